@@ -1,0 +1,186 @@
+"""Extract handler: one ExtractTask → run the engine in a worker process → store → announce."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.consumer import consume
+from shared.context import Context
+from shared.errors import ErrorCode, PermanentError
+from shared.extraction import ExtractLimits
+from shared.jobs import artifact_key, result_key
+from shared.models import (
+    Artifact,
+    ExtractTask,
+    Job,
+    JobError,
+    JobResultSummary,
+    JobStatus,
+    Progress,
+    utcnow,
+)
+from shared.outcome import announce_terminal, publish_event
+from shared.pool import WorkOutput, WorkRequest
+from shared.storage import ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+
+async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
+    job = await ctx.jobs.get(task.job_id)
+    if job.status.terminal:
+        # A redelivery after the outcome was stored: announce it again (same event ids).
+        await announce_terminal(ctx, job, task.webhook)
+        return
+    job = job.model_copy(
+        update={
+            "status": JobStatus.PROCESSING,
+            "started_at": utcnow(),
+            "attempts": job.attempts + 1,
+        }
+    )
+    await ctx.jobs.save(job)
+    try:
+        out = await _extract(ctx, job)
+    except PermanentError as exc:
+        job = job.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "error": JobError(code=str(exc.code), message=exc.message),
+                "finished_at": utcnow(),
+            }
+        )
+    else:
+        job = job.model_copy(
+            update={
+                "status": JobStatus.COMPLETED,
+                "result": out,
+                "finished_at": utcnow(),
+                "progress": Progress(
+                    pages_done=out.pages_extracted, pages_total=out.pages_extracted
+                ),
+            }
+        )
+    await ctx.jobs.save(job)
+    await announce_terminal(ctx, job, task.webhook)
+
+
+async def _extract(ctx: Context, job: Job) -> JobResultSummary:
+    assert ctx.pool is not None
+    settings = ctx.settings
+    with tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp:
+        pdf_path = f"{tmp}/source.pdf"
+        try:
+            await ctx.storage.download(job.source_key, pdf_path, bucket=job.source_bucket)
+        except ObjectNotFound as exc:
+            raise PermanentError(
+                "the source object does not exist", ErrorCode.SOURCE_UNREACHABLE
+            ) from exc
+        progress = _ProgressReporter(ctx, job)
+        out = await ctx.pool.run(
+            WorkRequest(
+                pdf_path=pdf_path,
+                out_dir=tmp,
+                options=job.options,
+                limits=ExtractLimits(max_pages=settings.max_pages),
+            ),
+            progress.update,
+        )
+        await progress.flush()
+        return await _store(ctx, job, out)
+
+
+async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
+    artifacts: list[Artifact] = []
+    for art in out.artifacts:
+        await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
+        size, digest = await asyncio.to_thread(_size_and_sha256, art.path)
+        artifacts.append(
+            Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
+        )
+    await ctx.storage.put_file(result_key(job.job_id), out.result_path, "application/json")
+    return JobResultSummary(
+        page_count=out.page_count,
+        pages_extracted=out.pages_extracted,
+        artifacts=tuple(artifacts),
+        warnings=out.warnings,
+    )
+
+
+def _size_and_sha256(path: str) -> tuple[int, str]:
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+class _ProgressReporter:
+    """Publishes job.progress events without ever holding up the worker."""
+
+    def __init__(self, ctx: Context, job: Job) -> None:
+        self._ctx = ctx
+        self._job = job
+        self._latest: tuple[int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def update(self, done: int, total: int) -> None:
+        self._latest = (done, total)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while self._latest is not None:
+            done, total = self._latest
+            self._latest = None
+            job = self._job.model_copy(
+                update={"progress": Progress(pages_done=done, pages_total=total)}
+            )
+            await self._ctx.jobs.save(job)
+            await publish_event(self._ctx, job, "job.progress")
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            await self._task
+
+
+async def handle_dead(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
+    """A task the extract queue gave up on (delivery limit): its job fails, and everyone hears."""
+    job = await ctx.jobs.get(task.job_id)
+    if not job.status.terminal:
+        log.error("job %s dead-lettered after repeated worker crashes", job.job_id)
+        job = job.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "error": JobError(
+                    code=ErrorCode.EXTRACTION_CRASHED,
+                    message="the document crashed the extraction worker on every attempt",
+                ),
+                "finished_at": utcnow(),
+            }
+        )
+        await ctx.jobs.save(job)
+    await announce_terminal(ctx, job, task.webhook)
+
+
+async def serve(ctx: Context, stop: asyncio.Event) -> None:
+    """Run the extract consumer and the dead-letter consumer until `stop` is set."""
+    await asyncio.gather(
+        consume(
+            ctx,
+            ctx.topology.extract,
+            ExtractTask,
+            handle,
+            prefetch=ctx.settings.extract_workers,
+            stop=stop,
+        ),
+        consume(ctx, ctx.topology.extract_dead, ExtractTask, handle_dead, prefetch=4, stop=stop),
+    )

@@ -1,0 +1,365 @@
+"""HTTP ingress: accept uploads and JSON submissions, answer job status, serve results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from pydantic import ValidationError
+
+from shared.context import Context
+from shared.errors import ErrorCode, PdfRelayError, PermanentError, TransientError, http_status
+from shared.jobs import artifact_key, result_key
+from shared.models import ExtractOptions, Job, Source, WebhookSpec
+from shared.storage import ObjectNotFound
+from shared.submit import Submission, Submitter
+from shared.uploads import Spooled, spool
+from shared.watch import JobWatcher
+
+log = logging.getLogger(__name__)
+
+CTX = web.AppKey("ctx", Context)
+WATCHER = web.AppKey("watcher", JobWatcher)
+SUBMITTER = web.AppKey("submitter", Submitter)
+TENANTS = web.AppKey("tenants", dict[str, str])
+
+RETRY_AFTER_S = "5"
+CHUNK = 64 * 1024
+MAX_FIELD_BYTES = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(
+    code: ErrorCode, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    status = http_status(code)
+    hdrs = dict(headers or {})
+    if status == 503:
+        hdrs.setdefault("Retry-After", RETRY_AFTER_S)
+    return web.json_response(
+        {"error": {"code": str(code), "message": message}}, status=status, headers=hdrs
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except PdfRelayError as exc:
+        return error_response(exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error_response(ErrorCode.NOT_FOUND, "no such resource")
+        if exc.status == 413:
+            return error_response(ErrorCode.FILE_TOO_LARGE, "the request body is too large")
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": {"code": "INTERNAL", "message": "internal error"}}, status=500
+        )
+
+
+def tenant_of(request: web.Request) -> str:
+    """The tenant the request's API key belongs to ('default' when keys are off)."""
+    tenants = request.app[TENANTS]
+    if not tenants:
+        return "default"
+    auth = request.headers.get("Authorization", "")
+    scheme, _, key = auth.partition(" ")
+    tenant = tenants.get(key.strip()) if scheme.lower() == "bearer" else None
+    if tenant is None:
+        raise PermanentError("a valid API key is required", ErrorCode.UNAUTHORIZED)
+    return tenant
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        tenant_of(request)
+    return await handler(request)
+
+
+def _options(raw: Any) -> ExtractOptions:
+    try:
+        if isinstance(raw, str):
+            raw = json.loads(raw) if raw.strip() else {}
+        return ExtractOptions.model_validate(raw or {})
+    except (ValueError, ValidationError) as exc:
+        raise PermanentError(f"invalid options: {_brief(exc)}", ErrorCode.INVALID_OPTIONS) from exc
+
+
+def _brief(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
+        )
+    return str(exc)
+
+
+def _webhook(url: str | None, token: str | None) -> WebhookSpec | None:
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise PermanentError("webhook_url must be an http(s) URL", ErrorCode.WEBHOOK_URL_REFUSED)
+    return WebhookSpec(url=url, token=token or None)
+
+
+async def _part_text(part: BodyPartReader) -> str:
+    data = await part.read_chunk(MAX_FIELD_BYTES + 1)
+    if len(data) > MAX_FIELD_BYTES:
+        raise PermanentError(f"form field {part.name!r} is too long", ErrorCode.INVALID_REQUEST)
+    return data.decode("utf-8", errors="replace")
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK):
+        yield chunk
+
+
+async def _read_multipart(
+    request: web.Request, ctx: Context
+) -> tuple[Spooled | None, dict[str, str], str | None]:
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    spooled: Spooled | None = None
+    filename: str | None = None
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise PermanentError("nested multipart is not supported", ErrorCode.INVALID_REQUEST)
+            if part.name == "file":
+                if spooled is not None:
+                    raise PermanentError("one file per job", ErrorCode.INVALID_REQUEST)
+                filename = part.filename
+                spooled = await spool(
+                    _part_chunks(part), ctx.settings.max_file_bytes, ctx.settings.spool_dir
+                )
+            elif part.name:
+                fields[part.name] = await _part_text(part)
+    except BaseException:
+        if spooled is not None:
+            os.unlink(spooled.path)
+        raise
+    return spooled, fields, filename
+
+
+async def create_job(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    tenant = tenant_of(request)
+    idem = request.headers.get("Idempotency-Key") or None
+    ctype = request.content_type
+    if ctype == "multipart/form-data":
+        spooled, fields, filename = await _read_multipart(request, ctx)
+        try:
+            if spooled is None:
+                raise PermanentError("the form has no 'file' part", ErrorCode.INVALID_REQUEST)
+            sub = Submission(
+                tenant=tenant,
+                door="http",
+                options=_options(fields.get("options")),
+                spool_path=spooled.path,
+                sha256=spooled.sha256,
+                size=spooled.size,
+                webhook=_webhook(fields.get("webhook_url"), fields.get("webhook_token")),
+                client_ref=fields.get("client_ref"),
+                filename=filename,
+                idempotency_key=idem,
+            )
+            job, _ = await request.app[SUBMITTER].submit(ctx, sub)
+        finally:
+            if spooled is not None:
+                os.unlink(spooled.path)
+    elif ctype == "application/json":
+        sub = await _json_submission(request, tenant, idem)
+        job, _ = await request.app[SUBMITTER].submit(ctx, sub)
+    else:
+        raise PermanentError(
+            "send multipart/form-data with a 'file' part, or application/json with a 'source'",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        )
+    body = await ctx.jobs.view(job, ctx.settings.base_url)
+    return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.job_id}"})
+
+
+async def _json_submission(request: web.Request, tenant: str, idem: str | None) -> Submission:
+    try:
+        payload = await request.json()
+    except ValueError as exc:
+        raise PermanentError("the body is not valid JSON", ErrorCode.INVALID_REQUEST) from exc
+    if not isinstance(payload, dict):
+        raise PermanentError("the body must be a JSON object", ErrorCode.INVALID_REQUEST)
+    try:
+        source = Source.model_validate(payload.get("source"))
+    except ValidationError as exc:
+        raise PermanentError(f"invalid source: {_brief(exc)}", ErrorCode.INVALID_REQUEST) from exc
+    if source.s3 is None:
+        raise PermanentError("URL sources are not supported yet", ErrorCode.INVALID_REQUEST)
+    hook = payload.get("webhook") or {}
+    if not isinstance(hook, dict):
+        raise PermanentError("webhook must be an object", ErrorCode.INVALID_REQUEST)
+    client_ref = payload.get("client_ref")
+    return Submission(
+        tenant=tenant,
+        door="http",
+        options=_options(payload.get("options")),
+        s3_bucket=source.s3.bucket,
+        s3_key=source.s3.key,
+        webhook=_webhook(hook.get("url"), hook.get("token")),
+        client_ref=str(client_ref) if client_ref is not None else None,
+        idempotency_key=idem,
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    tenant = tenant_of(request)
+    job_id = request.match_info["job_id"]
+    job = await ctx.jobs.get(job_id, tenant)
+    wait = _wait_seconds(request, ctx)
+    if wait > 0 and not job.status.terminal:
+        job = await _wait_for_end(request, job, wait)
+    return web.json_response(await ctx.jobs.view(job, ctx.settings.base_url))
+
+
+def _wait_seconds(request: web.Request, ctx: Context) -> float:
+    raw = request.query.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError as exc:
+        raise PermanentError("wait must be a number of seconds", ErrorCode.INVALID_REQUEST) from exc
+    if wait < 0:
+        raise PermanentError("wait must not be negative", ErrorCode.INVALID_REQUEST)
+    return min(wait, ctx.settings.max_wait_s)
+
+
+async def _wait_for_end(request: web.Request, job: Job, wait: float) -> Job:
+    ctx = request.app[CTX]
+    async with request.app[WATCHER].listen(job.job_id) as events:
+        # Re-read after subscribing, so an end that happened in between is not missed.
+        job = await ctx.jobs.get(job.job_id)
+        try:
+            async with asyncio.timeout(wait):
+                while not job.status.terminal:
+                    event = await events.get()
+                    if event["type"] != "job.progress":
+                        job = await ctx.jobs.get(job.job_id)
+        except TimeoutError:
+            job = await ctx.jobs.get(job.job_id)
+    return job
+
+
+async def get_result(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
+    if job.status.value != "completed":
+        raise PermanentError(
+            f"the job is {job.status.value}, it has no result", ErrorCode.NOT_FOUND
+        )
+    return await _send_object(request, result_key(job.job_id), "application/json")
+
+
+async def get_artifact(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
+    name = request.match_info["name"]
+    arts = {a.name: a for a in (job.result.artifacts if job.result else ())}
+    if name not in arts:
+        raise PermanentError(f"the job has no artifact {name!r}", ErrorCode.NOT_FOUND)
+    return await _send_object(
+        request, artifact_key(job.job_id, name), arts[name].content_type, attachment=name
+    )
+
+
+async def _send_object(
+    request: web.Request, key: str, content_type: str, attachment: str | None = None
+) -> web.StreamResponse:
+    storage = request.app[CTX].storage
+    try:
+        info = await storage.stat(key)
+        chunks = await storage.stream(key)
+    except ObjectNotFound as exc:
+        raise PermanentError("the stored result is missing", ErrorCode.NOT_FOUND) from exc
+    resp = web.StreamResponse(headers={"Content-Type": content_type})
+    resp.content_length = info.size
+    if attachment:
+        resp.headers["Content-Disposition"] = f'attachment; filename="{attachment}"'
+    await resp.prepare(request)
+    while (chunk := await storage.read_chunk(chunks)) is not None:
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    checks: dict[str, str] = {}
+    try:
+        await ctx.storage.ping()
+        checks["storage"] = "ok"
+    except TransientError as exc:
+        checks["storage"] = exc.message
+    checks["broker"] = (
+        "ok" if not ctx.connection.is_closed and ctx.channel.is_initialized else "down"
+    )
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status=200 if ready else 503,
+        headers=None if ready else {"Retry-After": RETRY_AFTER_S},
+    )
+
+
+def create_app(ctx: Context) -> web.Application:
+    """The ingress application over an open context."""
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=ctx.settings.max_file_bytes + 1024 * 1024,
+    )
+    app[CTX] = ctx
+    app[TENANTS] = ctx.settings.tenant_keys()
+    app[SUBMITTER] = Submitter()
+    app[WATCHER] = JobWatcher()
+
+    async def watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+        await app[WATCHER].start(ctx)
+        yield
+        await app[WATCHER].stop()
+
+    app.cleanup_ctx.append(watcher_ctx)
+    app.add_routes(
+        [
+            web.post("/v1/jobs", create_job),
+            web.get("/v1/jobs/{job_id}", get_job),
+            web.get("/v1/jobs/{job_id}/result", get_result),
+            web.get("/v1/jobs/{job_id}/artifacts/{name}", get_artifact),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+        ]
+    )
+    return app
+
+
+async def serve(ctx: Context, stop: asyncio.Event) -> None:
+    """Serve HTTP on the configured host and port until `stop` is set."""
+    runner = web.AppRunner(create_app(ctx), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, ctx.settings.http_host, ctx.settings.http_port)
+        await site.start()
+        log.info(
+            "ingress listening on http://%s:%s", ctx.settings.http_host, ctx.settings.http_port
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()

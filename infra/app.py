@@ -1,0 +1,58 @@
+"""Handler registration in one place, and running one or several handlers in a process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from handlers import extract, ingress
+from shared.context import Context, open_context
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Serve = Callable[[Context, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    serve: Serve
+    needs_pool: bool = False
+
+
+HANDLERS: dict[str, HandlerSpec] = {
+    "ingress": HandlerSpec(ingress.serve),
+    "extract": HandlerSpec(extract.serve, needs_pool=True),
+}
+
+
+async def run_handlers(
+    names: list[str], settings: Settings, s3_endpoint: str, stop: asyncio.Event
+) -> None:
+    """Open one context and run the named handlers in it until `stop` is set or one fails."""
+    specs = [HANDLERS[n] for n in names]
+    label = "+".join(names) if len(names) < len(HANDLERS) else "dev"
+    async with open_context(
+        settings, s3_endpoint, name=label, with_pool=any(s.needs_pool for s in specs)
+    ) as ctx:
+        tasks = [
+            asyncio.create_task(s.serve(ctx, stop), name=n)
+            for n, s in zip(names, specs, strict=True)
+        ]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT stop consuming and let in-flight work finish."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,90 @@
+"""The `pdfrelay` command: dev, run <handler>, submit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from infra.app import HANDLERS, install_signal_handlers, run_handlers
+from infra.client import main_submit
+from infra.s3server import embedded_s3
+from shared.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+async def _run(names: list[str], settings: Settings, endpoint: str) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await run_handlers(names, settings, endpoint, stop)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if settings.s3_endpoint:
+        endpoint_cm = None
+        endpoint = settings.s3_endpoint
+    else:
+        endpoint_cm = embedded_s3()
+        endpoint = endpoint_cm.__enter__()
+    try:
+        print(f"pdfrelay dev: HTTP on http://{settings.http_host}:{settings.http_port}", flush=True)
+        print(f"pdfrelay dev: S3 at {endpoint} (bucket {settings.s3_bucket})", flush=True)
+        print(f"pdfrelay dev: {settings.extract_workers} extraction workers", flush=True)
+        asyncio.run(_run(list(HANDLERS), settings, endpoint))
+    finally:
+        if endpoint_cm is not None:
+            endpoint_cm.__exit__(None, None, None)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if not settings.s3_endpoint:
+        print("PDFRELAY_S3_ENDPOINT is required for `pdfrelay run`", file=sys.stderr)
+        return 2
+    asyncio.run(_run([args.handler], settings, settings.s3_endpoint))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdfrelay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="every handler in one process, embedded S3 when unset")
+    dev.set_defaults(func=cmd_dev)
+
+    run = sub.add_parser("run", help="one handler per process")
+    run.add_argument("handler", choices=sorted(HANDLERS))
+    run.set_defaults(func=cmd_run)
+
+    submit = sub.add_parser("submit", help="upload PDFs and print job ids or results")
+    submit.add_argument("files", nargs="+")
+    submit.add_argument("--wait", action="store_true", help="wait and print the text")
+    submit.add_argument("--webhook-url")
+    submit.add_argument("--options", help='JSON, e.g. {"outputs": ["text", "markdown"]}')
+    submit.add_argument(
+        "--url",
+        default=os.environ.get("PDFRELAY_URL", "http://127.0.0.1:8080"),
+        help="the service (default $PDFRELAY_URL or http://127.0.0.1:8080)",
+    )
+    submit.add_argument("--api-key", default=os.environ.get("PDFRELAY_API_KEY"))
+    submit.set_defaults(func=main_submit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

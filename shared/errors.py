@@ -1,0 +1,82 @@
+"""The error hierarchy: every failure a client can see has a stable code and a human message."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable error codes (CONTRACT.md)."""
+
+    NOT_A_PDF = "NOT_A_PDF"
+    EMPTY_FILE = "EMPTY_FILE"
+    PDF_ENCRYPTED = "PDF_ENCRYPTED"
+    PDF_DAMAGED = "PDF_DAMAGED"
+    TOO_MANY_PAGES = "TOO_MANY_PAGES"
+    PAGE_TOO_LARGE = "PAGE_TOO_LARGE"
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    EXTRACTION_TIMEOUT = "EXTRACTION_TIMEOUT"
+    EXTRACTION_CRASHED = "EXTRACTION_CRASHED"
+    OCR_UNAVAILABLE = "OCR_UNAVAILABLE"
+    SOURCE_UNREACHABLE = "SOURCE_UNREACHABLE"
+    INVALID_OPTIONS = "INVALID_OPTIONS"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    WEBHOOK_URL_REFUSED = "WEBHOOK_URL_REFUSED"
+    QUEUE_FULL = "QUEUE_FULL"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+
+
+class PdfRelayError(Exception):
+    """Base of every error pdfrelay raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class PermanentError(PdfRelayError):
+    """Retrying cannot help: the job fails with this code at once."""
+
+
+class TransientError(PdfRelayError):
+    """A dependency is away for now: retry later with backoff."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+
+class QueueFullError(TransientError):
+    """The broker refused the message because the queue is at its length limit."""
+
+    code = ErrorCode.QUEUE_FULL
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.NOT_A_PDF: 415,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.EMPTY_FILE: 400,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.FILE_TOO_LARGE: 413,
+    ErrorCode.INVALID_OPTIONS: 422,
+    ErrorCode.WEBHOOK_URL_REFUSED: 422,
+    ErrorCode.SOURCE_UNREACHABLE: 422,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.QUEUE_FULL: 503,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
+}
+
+
+def http_status(code: ErrorCode) -> int:
+    """The HTTP status the ingress answers for an error code (500 for anything unlisted)."""
+    return HTTP_STATUS.get(code, 500)

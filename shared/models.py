@@ -1,0 +1,232 @@
+"""Pydantic models: job options, job records and the messages that travel on the broker."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+Output = Literal["text", "markdown", "metadata", "page_images", "images", "tables"]
+OcrMode = Literal["auto", "always", "never"]
+
+# The seed service's `extraction_method` values, mapped onto our options.
+SEED_METHODS: dict[str, tuple[tuple[Output, ...], OcrMode]] = {
+    "native": (("text", "metadata"), "never"),
+    "tesseract_ocr": (("text", "metadata"), "always"),
+    "both": (("text", "metadata"), "auto"),
+    "preview": (("metadata", "page_images"), "never"),
+    "preview_and_native": (("text", "metadata", "page_images"), "never"),
+}
+
+_PAGES_RE = re.compile(r"^\s*\d+\s*(-\s*\d*\s*)?(,\s*\d+\s*(-\s*\d*\s*)?)*$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ExtractOptions(Frozen):
+    """What to extract (CONTRACT.md `options`)."""
+
+    outputs: tuple[Output, ...] = ("text", "metadata")
+    pages: str | None = Field(default=None, description='Page ranges, 1-based: "1-3,7"')
+    ocr: OcrMode = "auto"
+    ocr_language: Annotated[str, Field(pattern=r"^[a-z_]{3,8}(\+[a-z_]{3,8})*$")] = "eng"
+    image_dpi: Annotated[int, Field(ge=36, le=600)] = 150
+    force_refresh: bool = False
+    method: str | None = Field(default=None, description="Seed alias: native, tesseract_ocr, …")
+
+    @field_validator("outputs")
+    @classmethod
+    def _dedupe(cls, v: tuple[Output, ...]) -> tuple[Output, ...]:
+        if not v:
+            raise ValueError("outputs must not be empty")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("pages")
+    @classmethod
+    def _pages(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        if not _PAGES_RE.match(v):
+            raise ValueError('pages must look like "1-3,7"')
+        return v.replace(" ", "")
+
+    @model_validator(mode="after")
+    def _apply_method(self) -> ExtractOptions:
+        if self.method is None:
+            return self
+        if self.method not in SEED_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; one of {sorted(SEED_METHODS)}")
+        outputs, ocr = SEED_METHODS[self.method]
+        merged = tuple(dict.fromkeys((*outputs, *self.outputs)))
+        object.__setattr__(self, "outputs", merged)
+        object.__setattr__(self, "ocr", ocr)
+        object.__setattr__(self, "method", None)
+        return self
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobError(Frozen):
+    code: str
+    message: str
+
+
+class Progress(Frozen):
+    pages_done: int = 0
+    pages_total: int | None = None
+
+
+class Artifact(Frozen):
+    name: str
+    size: int
+    sha256: str
+    content_type: str = "application/octet-stream"
+    url: str | None = None
+
+
+class JobResultSummary(Frozen):
+    page_count: int
+    pages_extracted: int
+    artifacts: tuple[Artifact, ...] = ()
+    result_url: str | None = None
+    warnings: tuple[str, ...] = ()
+    cached: bool = False
+
+
+class S3Source(Frozen):
+    bucket: str | None = None
+    key: str
+
+
+class Source(Frozen):
+    """Where the PDF comes from; exactly one of the fields."""
+
+    s3: S3Source | None = None
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Source:
+        if (self.s3 is None) == (self.url is None):
+            raise ValueError("source needs exactly one of 's3' or 'url'")
+        return self
+
+
+class WebhookSpec(Frozen):
+    """A webhook as the client gives it; `token` travels only in broker messages."""
+
+    url: str
+    token: str | None = Field(default=None, repr=False)
+    progress: bool = False
+
+
+class WebhookState(BaseModel):
+    state: Literal["pending", "delivered", "retrying", "dead"] = "pending"
+    url: str
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
+class Job(BaseModel):
+    """The job record, stored at `jobs/{job_id}/record.json`; what GET /v1/jobs/{id} shows."""
+
+    schema_: Literal["pdfrelay.job/1"] = Field(default="pdfrelay.job/1", alias="schema")
+    job_id: str
+    tenant: str = "default"
+    status: JobStatus = JobStatus.QUEUED
+    door: Literal["http", "broker", "object-drop", "seed"] = "http"
+    filename: str | None = None
+    client_ref: str | None = None
+    options: ExtractOptions = ExtractOptions()
+    source_key: str
+    source_bucket: str | None = None
+    source_sha256: str | None = None
+    source_size: int | None = None
+    progress: Progress = Progress()
+    error: JobError | None = None
+    result: JobResultSummary | None = None
+    webhook_url: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ExtractTask(Frozen):
+    """The message on the extract queue: one job (or, later, one page range of it)."""
+
+    schema_: Literal["pdfrelay.extract-task/1"] = Field(
+        default="pdfrelay.extract-task/1", alias="schema"
+    )
+    job_id: str
+    tenant: str = "default"
+    webhook: WebhookSpec | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class PageText(Frozen):
+    number: int
+    text: str
+    ocr: bool = False
+
+
+class ExtractionResult(BaseModel):
+    """The document stored at `results/{job_id}/result.json` (GET /v1/jobs/{id}/result)."""
+
+    schema_: Literal["pdfrelay.result/1"] = Field(default="pdfrelay.result/1", alias="schema")
+    job_id: str | None = None
+    page_count: int
+    pages: list[PageText] = []
+    markdown: str | None = None
+    metadata: dict[str, object] | None = None
+    tables: list[dict[str, object]] | None = None
+    warnings: list[str] = []
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class WebhookDelivery(Frozen):
+    """One webhook event on the dispatch queue; `body` is signed byte for byte on every attempt."""
+
+    schema_: Literal["pdfrelay.webhook-delivery/1"] = Field(
+        default="pdfrelay.webhook-delivery/1", alias="schema"
+    )
+    event_id: str
+    job_id: str
+    event_type: str
+    url: str
+    token: str | None = Field(default=None, repr=False)
+    body: str
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

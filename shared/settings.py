@@ -1,0 +1,73 @@
+"""Settings: one pydantic-settings model, read once at the entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every `PDFRELAY_*` environment variable (CONTRACT.md, Settings)."""
+
+    model_config = SettingsConfigDict(env_prefix="PDFRELAY_", frozen=True, extra="ignore")
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    namespace: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")] = "pdfrelay"
+    """Prefix of every exchange and queue name; tests use their own."""
+
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr = SecretStr("pdfrelay")
+    s3_secret_key: SecretStr = SecretStr("pdfrelay-secret")
+    s3_bucket: str = "pdfrelay"
+    s3_region: str = "us-east-1"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_base_url: str | None = None
+    """Base of the download links in job records; defaults to http://{host}:{port}."""
+    api_keys: SecretStr | None = None
+    """`tenant:key,tenant2:key2`; when set every /v1 call needs a bearer key."""
+
+    webhook_secret: SecretStr | None = None
+    webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
+    webhook_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    webhook_timeout_s: float = 15.0
+
+    extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    extract_delivery_limit: int = Field(default=3, ge=1, le=100)
+    max_queue_length: int = Field(default=10_000, ge=1)
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_pages: int = Field(default=5_000, ge=1)
+    job_timeout_s: float = Field(default=600.0, gt=0, le=1500)
+    worker_memory_mb: int = Field(default=2048, ge=64)
+    max_wait_s: float = Field(default=60.0, ge=0)
+    spool_dir: str | None = None
+    extract_trace_dir: str | None = None
+    """Test aid: each worker process appends its start/end times here."""
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(ip_network(p.strip()) for p in v.split(",") if p.strip())
+        return v
+
+    def tenant_keys(self) -> dict[str, str]:
+        """API key → tenant, parsed from `api_keys`."""
+        if self.api_keys is None:
+            return {}
+        keys: dict[str, str] = {}
+        for pair in self.api_keys.get_secret_value().split(","):
+            tenant, sep, key = pair.strip().partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError("PDFRELAY_API_KEYS must look like tenant:key,tenant2:key2")
+            keys[key] = tenant
+        return keys
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url or f"http://{self.http_host}:{self.http_port}"

@@ -1,0 +1,156 @@
+"""The S3 adapter: MinIO's client, run in a small thread pool so the loop never blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from shared.errors import TransientError
+from shared.settings import Settings
+
+T = TypeVar("T")
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "NotFound"}
+
+
+class ObjectNotFound(KeyError):
+    """The key does not exist."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    metadata: dict[str, str]
+
+
+class Storage:
+    """Async facade over one MinIO client and one bucket."""
+
+    def __init__(self, settings: Settings, endpoint: str, threads: int = 16) -> None:
+        parts = urlsplit(endpoint)
+        self.bucket = settings.s3_bucket
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="s3")
+        self._http = urllib3.PoolManager(
+            maxsize=threads,
+            timeout=urllib3.Timeout(connect=5, read=60),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+        )
+        self.client = Minio(
+            parts.netloc,
+            access_key=settings.s3_access_key.get_secret_value(),
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=parts.scheme == "https",
+            region=settings.s3_region,
+            http_client=self._http,
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except S3Error as exc:
+            if exc.code in _NOT_FOUND:
+                raise ObjectNotFound(args[1] if len(args) > 1 else "") from exc
+            raise TransientError(f"storage error: {exc.code}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError("storage is unreachable") from exc
+
+    async def ensure_bucket(self) -> None:
+        if not await self._run(self.client.bucket_exists, self.bucket):
+            try:
+                await self._run(self.client.make_bucket, self.bucket)
+            except TransientError as exc:
+                # Another process may have created it between the check and the call.
+                if not await self._run(self.client.bucket_exists, self.bucket):
+                    raise exc
+
+    async def ping(self) -> None:
+        await self._run(self.client.bucket_exists, self.bucket)
+
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/json",
+        bucket: str | None = None,
+    ) -> None:
+        await self._run(
+            self.client.put_object,
+            bucket or self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+        )
+
+    async def put_json(self, key: str, obj: Any) -> None:
+        await self.put_bytes(key, json.dumps(obj, separators=(",", ":")).encode())
+
+    async def put_file(self, key: str, path: str, content_type: str) -> None:
+        await self._run(self.client.fput_object, self.bucket, key, path, content_type=content_type)
+
+    async def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
+        def read(bucket_name: str, object_key: str) -> bytes:
+            resp = self.client.get_object(bucket_name, object_key)
+            try:
+                return bytes(resp.read())
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return await self._run(read, bucket or self.bucket, key)
+
+    async def get_json(self, key: str) -> Any:
+        return json.loads(await self.get_bytes(key))
+
+    async def download(self, key: str, path: str, bucket: str | None = None) -> None:
+        await self._run(self.client.fget_object, bucket or self.bucket, key, path)
+
+    async def stat(self, key: str, bucket: str | None = None) -> ObjectInfo:
+        st = await self._run(self.client.stat_object, bucket or self.bucket, key)
+        meta = {k.lower(): str(v) for k, v in (st.metadata or {}).items()}
+        return ObjectInfo(key=key, size=int(st.size or 0), etag=str(st.etag), metadata=meta)
+
+    async def stream(self, key: str, chunk: int = 64 * 1024) -> Iterator[bytes]:
+        """Open `key` for reading; iterate the returned chunks from a thread (see `read_chunks`)."""
+        resp = await self._run(self.client.get_object, self.bucket, key)
+        return _chunks(resp, chunk)
+
+    async def read_chunk(self, it: Iterator[bytes]) -> bytes | None:
+        return await self._run(next, it, None)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        def listing() -> list[str]:
+            return [
+                str(o.object_name)
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            ]
+
+        return await self._run(listing)
+
+    async def delete(self, key: str) -> None:
+        await self._run(self.client.remove_object, self.bucket, key)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._http.clear()
+
+
+def _chunks(resp: Any, size: int) -> Iterator[bytes]:
+    try:
+        yield from resp.stream(size)
+    finally:
+        resp.close()
+        resp.release_conn()

@@ -1,0 +1,118 @@
+"""Turning a request from any door into a queued job: store, record, publish confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.broker import publish
+from shared.context import Context
+from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.jobs import record_key, upload_key
+from shared.models import ExtractOptions, ExtractTask, Job, WebhookSpec, new_job_id
+from shared.outcome import publish_event
+from shared.storage import ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+Door = Literal["http", "broker", "object-drop", "seed"]
+
+
+@dataclass(frozen=True)
+class Submission:
+    tenant: str
+    door: Door
+    options: ExtractOptions
+    spool_path: str | None = None
+    """A local file to store as the job's upload; otherwise `s3_key` names the source."""
+    s3_bucket: str | None = None
+    s3_key: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    webhook: WebhookSpec | None = None
+    client_ref: str | None = None
+    filename: str | None = None
+    idempotency_key: str | None = None
+    job_id: str | None = None
+
+
+class Submitter:
+    """Serialises submissions that share an idempotency key within this process."""
+
+    def __init__(self) -> None:
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def submit(self, ctx: Context, sub: Submission) -> tuple[Job, bool]:
+        """Queue the job; returns (job, created). An idempotency key seen before returns its job.
+
+        Raises:
+            QueueFullError, TransientError: nothing was accepted; the client should retry.
+        """
+        if sub.idempotency_key is None:
+            return await _create(ctx, sub), True
+        lock_key = f"{sub.tenant}\0{sub.idempotency_key}"
+        async with self._locks[lock_key]:
+            try:
+                existing = await ctx.jobs.find_idempotent(sub.tenant, sub.idempotency_key)
+                if existing is not None:
+                    return await ctx.jobs.get(existing, sub.tenant), False
+                job = await _create(ctx, sub)
+                await ctx.jobs.remember_idempotent(sub.tenant, sub.idempotency_key, job.job_id)
+                return job, True
+            finally:
+                if not self._locks[lock_key].locked():
+                    del self._locks[lock_key]
+
+
+async def _create(ctx: Context, sub: Submission) -> Job:
+    job_id = sub.job_id or new_job_id()
+    if sub.spool_path is not None:
+        source_key, source_bucket = upload_key(job_id), None
+        await ctx.storage.put_file(source_key, sub.spool_path, "application/pdf")
+    elif sub.s3_key is not None:
+        source_key, source_bucket = sub.s3_key, sub.s3_bucket
+        try:
+            info = await ctx.storage.stat(source_key, bucket=source_bucket)
+        except ObjectNotFound as exc:
+            raise PermanentError(
+                f"no object {source_key!r} in the source bucket", ErrorCode.SOURCE_UNREACHABLE
+            ) from exc
+        if info.size > ctx.settings.max_file_bytes:
+            raise PermanentError(
+                f"the file is larger than the limit of {ctx.settings.max_file_bytes} bytes",
+                ErrorCode.FILE_TOO_LARGE,
+            )
+    else:
+        raise PermanentError("the request has no source", ErrorCode.INVALID_REQUEST)
+    job = Job(
+        job_id=job_id,
+        tenant=sub.tenant,
+        door=sub.door,
+        filename=sub.filename,
+        client_ref=sub.client_ref,
+        options=sub.options,
+        source_key=source_key,
+        source_bucket=source_bucket,
+        source_sha256=sub.sha256,
+        source_size=sub.size,
+        webhook_url=sub.webhook.url if sub.webhook else None,
+    )
+    await ctx.jobs.save(job)
+    task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook)
+    try:
+        await publish(ctx.channel, ctx.topology.requests, "extract-task", task, message_id=job_id)
+    except TransientError:
+        # Not accepted: take the record back so no half-made job lingers.
+        with contextlib.suppress(TransientError):
+            await ctx.storage.delete(record_key(job_id))
+        raise
+    try:
+        await publish_event(ctx, job, "job.accepted")
+    except TransientError:
+        # The job is safely queued; only this notice is lost, and the terminal event still comes.
+        log.warning("job %s accepted but the job.accepted event was not confirmed", job_id)
+    return job

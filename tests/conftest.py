@@ -1,0 +1,180 @@
+"""Fixtures: the real RabbitMQ (a vhost per run) and a real S3 API server, started when missing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from handlers import extract, ingress
+from infra.topology import delete, topology_for
+from shared.context import Context, open_context
+from shared.settings import Settings
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the S3 server exited at start")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.05)
+    raise RuntimeError("the S3 server did not start listening in time")
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A vhost of our own on the local broker, deleted afterwards (or a container with Docker)."""
+    if url := os.environ.get("PDFRELAY_TEST_AMQP_URL"):
+        yield url
+        return
+    if shutil.which("rabbitmqctl") is None and _docker_available():
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.13") as rabbit:
+            params = rabbit.get_connection_params()
+            yield f"amqp://guest:guest@{params.host}:{params.port}/"
+        return
+    vhost = f"pdfrelay-test-{RUN_ID}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+    )
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server in its own process (or MinIO in a container with Docker)."""
+    if url := os.environ.get("PDFRELAY_TEST_S3_ENDPOINT"):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.minio import MinioContainer
+
+        with MinioContainer(access_key="pdfrelay", secret_key="pdfrelay-secret") as minio:
+            cfg = minio.get_config()
+            yield f"http://{cfg['endpoint']}"
+        return
+    port = _free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def make_settings(amqp_url: str, s3_endpoint: str, tmp_path: Path) -> Any:
+    """Settings with a namespace and bucket of the test's own."""
+    name = uuid.uuid4().hex[:10]
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "amqp_url": amqp_url,
+            "namespace": f"t{name}",
+            "s3_endpoint": s3_endpoint,
+            "s3_bucket": f"t-{name}",
+            "extract_workers": 2,
+            "http_port": 0,
+            "spool_dir": str(tmp_path),
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+@dataclass
+class Stack:
+    """The handlers of one test, running in-process against the real services."""
+
+    ctx: Context
+    client: TestClient[Any, Any]
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start_extract(self) -> None:
+        self.tasks.append(asyncio.create_task(extract.serve(self.ctx, self.stop)))
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings, *, extract_running: bool = True
+) -> AsyncIterator[Stack]:
+    assert settings.s3_endpoint
+    async with open_context(settings, settings.s3_endpoint, name="test", with_pool=True) as ctx:
+        try:
+            stop = asyncio.Event()
+            async with TestClient(TestServer(ingress.create_app(ctx))) as client:
+                stack = Stack(ctx=ctx, client=client, stop=stop)
+                if extract_running:
+                    stack.start_extract()
+                try:
+                    yield stack
+                finally:
+                    stop.set()
+                    await asyncio.gather(*stack.tasks)
+        finally:
+            await _cleanup(ctx)
+
+
+async def _cleanup(ctx: Context) -> None:
+    channel = await ctx.connection.channel()
+    await delete(channel, topology_for(ctx.settings))
+    await channel.close()
+    for key in await ctx.storage.list_keys(""):
+        await ctx.storage.delete(key)
+    await ctx.storage._run(ctx.storage.client.remove_bucket, ctx.storage.bucket)
+
+
+@pytest.fixture
+async def stack(make_settings: Any) -> AsyncIterator[Stack]:
+    async with running_stack(make_settings()) as s:
+        yield s
+
+
+__all__ = ["Stack", "running_stack"]

@@ -1,0 +1,18 @@
+"""Test PDFs with content the tests know."""
+
+from __future__ import annotations
+
+import pymupdf
+
+
+def make_pdf(pages: list[str], title: str | None = None) -> bytes:
+    """A PDF with one page per string, each string written as the page's text."""
+    doc = pymupdf.open()
+    for text in pages:
+        page = doc.new_page(width=595, height=842)
+        page.insert_text((72, 72), text, fontsize=11)
+    if title:
+        doc.set_metadata({"title": title})
+    data: bytes = doc.tobytes()
+    doc.close()
+    return data
