@@ -59,6 +59,7 @@ async def open_context(
                 trace_dir=settings.extract_trace_dir,
             )
             stack.callback(pool.kill_all)
+            await pool.start()
         yield Context(
             settings=settings,
             topology=topology,

@@ -35,12 +35,17 @@ async def upload(
     return await resp.json()
 
 
-async def wait_done(stack: Stack, job_id: str, headers: dict[str, str] | None = None) -> Any:
-    resp = await stack.client.get(f"/v1/jobs/{job_id}", params={"wait": "30"}, headers=headers)
-    assert resp.status == 200
-    job = await resp.json()
-    assert job["status"] in ("completed", "failed"), job
-    return job
+async def wait_done(
+    stack: Stack, job_id: str, headers: dict[str, str] | None = None, rounds: int = 4
+) -> Any:
+    """Long-poll until the job ends (each round waits up to 30 s for its terminal event)."""
+    for _ in range(rounds):
+        resp = await stack.client.get(f"/v1/jobs/{job_id}", params={"wait": "30"}, headers=headers)
+        assert resp.status == 200
+        job = await resp.json()
+        if job["status"] in ("completed", "failed"):
+            return job
+    raise AssertionError(f"job {job_id} did not end: {job}")
 
 
 async def test_upload_extracts_text_and_metadata(stack: Stack) -> None:
@@ -225,6 +230,7 @@ async def _get_within(queue: Any) -> Any:
     return None
 
 
+@pytest.mark.timeout(300)
 async def test_hundred_concurrent_uploads_bounded_workers(
     make_settings: Any, tmp_path: Path
 ) -> None:
