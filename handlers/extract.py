@@ -12,6 +12,7 @@ from shared.consumer import consume
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction import ExtractLimits
+from shared.fetch import fetch_to_file
 from shared.jobs import artifact_key, result_key
 from shared.models import (
     Artifact,
@@ -21,10 +22,12 @@ from shared.models import (
     JobResultSummary,
     JobStatus,
     Progress,
+    WebhookSpec,
     utcnow,
 )
-from shared.outcome import announce_terminal, publish_event
+from shared.outcome import ProgressWebhooks, announce_terminal, publish_event
 from shared.pool import WorkOutput, WorkRequest
+from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,7 @@ async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessa
     )
     await ctx.jobs.save(job)
     try:
-        out = await _extract(ctx, job)
+        out = await _extract(ctx, job, task.webhook)
     except PermanentError as exc:
         job = job.model_copy(
             update={
@@ -69,18 +72,13 @@ async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessa
     await announce_terminal(ctx, job, task.webhook)
 
 
-async def _extract(ctx: Context, job: Job) -> JobResultSummary:
+async def _extract(ctx: Context, job: Job, webhook: WebhookSpec | None = None) -> JobResultSummary:
     assert ctx.pool is not None
     settings = ctx.settings
     with tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp:
         pdf_path = f"{tmp}/source.pdf"
-        try:
-            await ctx.storage.download(job.source_key, pdf_path, bucket=job.source_bucket)
-        except ObjectNotFound as exc:
-            raise PermanentError(
-                "the source object does not exist", ErrorCode.SOURCE_UNREACHABLE
-            ) from exc
-        progress = _ProgressReporter(ctx, job)
+        await _fetch_source(ctx, job, pdf_path)
+        progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook))
         out = await ctx.pool.run(
             WorkRequest(
                 pdf_path=pdf_path,
@@ -92,6 +90,25 @@ async def _extract(ctx: Context, job: Job) -> JobResultSummary:
         )
         await progress.flush()
         return await _store(ctx, job, out)
+
+
+async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
+    if job.source_url is not None:
+        await fetch_to_file(
+            job.source_url,
+            pdf_path,
+            SsrfPolicy(ctx.settings.webhook_allowed_networks),
+            max_bytes=ctx.settings.max_file_bytes,
+            timeout_s=ctx.settings.source_timeout_s,
+        )
+        return
+    assert job.source_key is not None
+    try:
+        await ctx.storage.download(job.source_key, pdf_path, bucket=job.source_bucket)
+    except ObjectNotFound as exc:
+        raise PermanentError(
+            "the source object does not exist", ErrorCode.SOURCE_UNREACHABLE
+        ) from exc
 
 
 async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
@@ -126,9 +143,10 @@ def _size_and_sha256(path: str) -> tuple[int, str]:
 class _ProgressReporter:
     """Publishes job.progress events without ever holding up the worker."""
 
-    def __init__(self, ctx: Context, job: Job) -> None:
+    def __init__(self, ctx: Context, job: Job, hooks: ProgressWebhooks | None = None) -> None:
         self._ctx = ctx
         self._job = job
+        self._hooks = hooks
         self._latest: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -146,6 +164,8 @@ class _ProgressReporter:
             )
             await self._ctx.jobs.save(job)
             await publish_event(self._ctx, job, "job.progress")
+            if self._hooks is not None:
+                await self._hooks.send(job)
 
     async def flush(self) -> None:
         if self._task is not None:
@@ -181,6 +201,7 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             handle,
             prefetch=ctx.settings.extract_workers,
             stop=stop,
+            backoff=ctx.topology.backoff(ctx.topology.extract),
         ),
         consume(ctx, ctx.topology.extract_dead, ExtractTask, handle_dead, prefetch=4, stop=stop),
     )

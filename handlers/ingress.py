@@ -12,10 +12,13 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
+from shared.broker import publish
 from shared.context import Context
 from shared.errors import ErrorCode, PdfRelayError, PermanentError, TransientError, http_status
 from shared.jobs import artifact_key, result_key
-from shared.models import ExtractOptions, Job, Source, WebhookSpec
+from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
+from shared.settings import Settings
+from shared.ssrf import SsrfPolicy, check_url_syntax
 from shared.storage import ObjectNotFound
 from shared.submit import Submission, Submitter
 from shared.uploads import Spooled, spool
@@ -81,7 +84,7 @@ def tenant_of(request: web.Request) -> str:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/"):
+    if request.path.startswith(("/v1/", "/api/")):
         tenant_of(request)
     return await handler(request)
 
@@ -103,12 +106,26 @@ def _brief(exc: Exception) -> str:
     return str(exc)
 
 
-def _webhook(url: str | None, token: str | None) -> WebhookSpec | None:
+async def _webhook(
+    settings: Settings, url: object, token: object, progress: object = None
+) -> WebhookSpec | None:
+    """The job's webhook, its URL checked against the SSRF policy now (and again at delivery)."""
     if not url:
         return None
-    if not url.startswith(("http://", "https://")):
-        raise PermanentError("webhook_url must be an http(s) URL", ErrorCode.WEBHOOK_URL_REFUSED)
-    return WebhookSpec(url=url, token=token or None)
+    if not isinstance(url, str) or not (token is None or isinstance(token, str)):
+        raise PermanentError("the webhook url and token must be strings", ErrorCode.INVALID_REQUEST)
+    check_url_syntax(url)
+    try:
+        await SsrfPolicy(settings.webhook_allowed_networks).resolve_checked(url)
+    except TransientError as exc:
+        raise PermanentError(
+            f"webhook URL refused: {exc.message}", ErrorCode.WEBHOOK_URL_REFUSED
+        ) from exc
+    if isinstance(progress, str):
+        progress = progress.strip().lower() in ("true", "1", "yes", "on")
+    if not (progress is None or isinstance(progress, bool)):
+        raise PermanentError("webhook progress must be true or false", ErrorCode.INVALID_REQUEST)
+    return WebhookSpec(url=url, token=token or None, progress=bool(progress))
 
 
 async def _part_text(part: BodyPartReader) -> str:
@@ -167,7 +184,12 @@ async def create_job(request: web.Request) -> web.Response:
                 spool_path=spooled.path,
                 sha256=spooled.sha256,
                 size=spooled.size,
-                webhook=_webhook(fields.get("webhook_url"), fields.get("webhook_token")),
+                webhook=await _webhook(
+                    ctx.settings,
+                    fields.get("webhook_url"),
+                    fields.get("webhook_token"),
+                    fields.get("webhook_progress"),
+                ),
                 client_ref=fields.get("client_ref"),
                 filename=filename,
                 idempotency_key=idem,
@@ -199,8 +221,6 @@ async def _json_submission(request: web.Request, tenant: str, idem: str | None) 
         source = Source.model_validate(payload.get("source"))
     except ValidationError as exc:
         raise PermanentError(f"invalid source: {_brief(exc)}", ErrorCode.INVALID_REQUEST) from exc
-    if source.s3 is None:
-        raise PermanentError("URL sources are not supported yet", ErrorCode.INVALID_REQUEST)
     hook = payload.get("webhook") or {}
     if not isinstance(hook, dict):
         raise PermanentError("webhook must be an object", ErrorCode.INVALID_REQUEST)
@@ -209,9 +229,12 @@ async def _json_submission(request: web.Request, tenant: str, idem: str | None) 
         tenant=tenant,
         door="http",
         options=_options(payload.get("options")),
-        s3_bucket=source.s3.bucket,
-        s3_key=source.s3.key,
-        webhook=_webhook(hook.get("url"), hook.get("token")),
+        s3_bucket=source.s3.bucket if source.s3 else None,
+        s3_key=source.s3.key if source.s3 else None,
+        url=source.url,
+        webhook=await _webhook(
+            request.app[CTX].settings, hook.get("url"), hook.get("token"), hook.get("progress")
+        ),
         client_ref=str(client_ref) if client_ref is not None else None,
         idempotency_key=idem,
     )
@@ -297,6 +320,34 @@ async def _send_object(
     return resp
 
 
+async def redeliver_webhook(request: web.Request) -> web.Response:
+    """Re-send a finished job's terminal webhook (same webhook-id and body, attempts reset)."""
+    ctx = request.app[CTX]
+    job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
+    if job.webhook_url is None:
+        raise PermanentError("the job has no webhook", ErrorCode.NOT_FOUND)
+    if not job.status.terminal:
+        raise PermanentError(f"the job is {job.status.value}, not finished", ErrorCode.CONFLICT)
+    state = await ctx.jobs.webhook_state(job.job_id)
+    if state is None or state.sealed is None:
+        raise PermanentError(
+            "the job's webhook has not been dispatched yet; try again shortly", ErrorCode.CONFLICT
+        )
+    if state.state in ("pending", "retrying"):
+        raise PermanentError(
+            f"a delivery of the job's webhook is in progress ({state.state})", ErrorCode.CONFLICT
+        )
+    # Only the webhooks handler holds the secret that opens the stored delivery: ask it.
+    await publish(
+        ctx.channel,
+        ctx.topology.webhooks_exchange,
+        ctx.topology.webhooks_redeliver,
+        WebhookRedeliver(job_id=job.job_id),
+    )
+    body = await ctx.jobs.view(job, ctx.settings.base_url)
+    return web.json_response(body, status=202)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -343,10 +394,12 @@ def create_app(ctx: Context) -> web.Application:
             web.get("/v1/jobs/{job_id}", get_job),
             web.get("/v1/jobs/{job_id}/result", get_result),
             web.get("/v1/jobs/{job_id}/artifacts/{name}", get_artifact),
+            web.post("/v1/jobs/{job_id}/webhook/redeliver", redeliver_webhook),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
         ]
     )
+
     return app
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from handlers import extract, ingress
+from handlers import extract, ingress, object_drop, requests, webhooks
 from shared.context import Context, open_context
 from shared.settings import Settings
 
@@ -27,6 +27,9 @@ class HandlerSpec:
 HANDLERS: dict[str, HandlerSpec] = {
     "ingress": HandlerSpec(ingress.serve),
     "extract": HandlerSpec(extract.serve, needs_pool=True),
+    "webhooks": HandlerSpec(webhooks.serve),
+    "requests": HandlerSpec(requests.serve),
+    "object-drop": HandlerSpec(object_drop.serve),
 }
 
 

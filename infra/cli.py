@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 
+from pydantic import BaseModel, SecretStr
+
+from infra import dlq
 from infra.app import HANDLERS, install_signal_handlers, run_handlers
 from infra.client import main_submit
 from infra.s3server import embedded_s3
+from shared.dispatch import dispatcher_secrets
+from shared.models import ExtractRequest
 from shared.settings import Settings
+from shared.signing import generate_secret
 
 
 def _settings() -> Settings:
@@ -26,6 +33,15 @@ async def _run(names: list[str], settings: Settings, endpoint: str) -> None:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     settings = _settings()
+    if not settings.webhook_secrets():
+        # A throwaway secret for this run, shown once so a developer can verify signatures.
+        secret = generate_secret()
+        settings = settings.model_copy(update={"webhook_secret": SecretStr(secret)})
+        print(
+            "pdfrelay dev: generated the webhook signing secret of this run "
+            f"(set PDFRELAY_WEBHOOK_SECRET to keep one): {secret}",
+            flush=True,
+        )
     if settings.s3_endpoint:
         endpoint_cm = None
         endpoint = settings.s3_endpoint
@@ -45,10 +61,31 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
+    if args.poll:
+        settings = settings.model_copy(update={"object_drop_poll_s": args.poll})
+    if args.handler == "webhooks":
+        try:
+            dispatcher_secrets(settings.webhook_secrets())
+        except ValueError as exc:
+            print(
+                f"`pdfrelay run webhooks` needs PDFRELAY_WEBHOOK_SECRET: {exc} (a Standard "
+                "Webhooks secret, whsec_ followed by base64; several, space-separated, "
+                "while rotating)",
+                file=sys.stderr,
+            )
+            return 2
     if not settings.s3_endpoint:
         print("PDFRELAY_S3_ENDPOINT is required for `pdfrelay run`", file=sys.stderr)
         return 2
     asyncio.run(_run([args.handler], settings, settings.s3_endpoint))
+    return 0
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {"extract-request": ExtractRequest}
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(SCHEMAS[args.name].model_json_schema(by_alias=True), indent=2))
     return 0
 
 
@@ -61,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one handler per process")
     run.add_argument("handler", choices=sorted(HANDLERS))
+    run.add_argument(
+        "--poll",
+        type=float,
+        metavar="SECONDS",
+        help="object-drop: also list inbox/ this often (S3 servers without notifications)",
+    )
     run.set_defaults(func=cmd_run)
 
     submit = sub.add_parser("submit", help="upload PDFs and print job ids or results")
@@ -75,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--api-key", default=os.environ.get("PDFRELAY_API_KEY"))
     submit.set_defaults(func=main_submit)
+
+    schema = sub.add_parser("schema", help="print the JSON schema of a public message")
+    schema.add_argument("name", choices=sorted(SCHEMAS))
+    schema.set_defaults(func=cmd_schema)
+
+    dlq.add_parser(sub)
     return parser
 
 

@@ -11,6 +11,10 @@ from shared.settings import Settings
 
 Arguments = dict[str, Any]
 
+WEBHOOK_DELIVERY_LIMIT = 20
+"""Handler failures (not HTTP failures: those go through the retry ladder) before a webhook
+delivery is dead-lettered."""
+
 
 @dataclass(frozen=True)
 class Exchange:
@@ -34,6 +38,7 @@ class Topology:
     delivery_limit: int
     max_queue_length: int
     retry_delays_ms: tuple[int, ...] = ()
+    backoff_ms: int = 5000
 
     # exchanges
     @property
@@ -56,6 +61,15 @@ class Topology:
     def webhooks_exchange(self) -> str:
         return f"{self.ns}.webhooks"
 
+    @property
+    def tasks(self) -> str:
+        """Internal: extract tasks (other services use `requests`)."""
+        return f"{self.ns}.tasks"
+
+    # routing keys
+    REQUEST_KEY = "extract"
+    TASK_KEY = "extract"
+
     # queues
     @property
     def extract(self) -> str:
@@ -66,6 +80,22 @@ class Topology:
         return f"{self.ns}.extract.dead"
 
     @property
+    def requests_queue(self) -> str:
+        return f"{self.ns}.requests"
+
+    @property
+    def requests_dead(self) -> str:
+        return f"{self.ns}.requests.dead"
+
+    @property
+    def object_drop(self) -> str:
+        return f"{self.ns}.object-drop"
+
+    @property
+    def object_drop_dead(self) -> str:
+        return f"{self.ns}.object-drop.dead"
+
+    @property
     def webhooks(self) -> str:
         return f"{self.ns}.webhooks"
 
@@ -73,8 +103,14 @@ class Topology:
     def webhooks_dead(self) -> str:
         return f"{self.ns}.webhooks.dead"
 
+    @property
+    def webhooks_redeliver(self) -> str:
+        return f"{self.ns}.webhooks.redeliver"
+
     def webhook_retry(self, step: int) -> str:
-        return f"{self.ns}.webhooks.retry.{step}"
+        """The wait queue of one step; named after its delay, because a queue's TTL cannot be
+        changed once declared: a new schedule gets new queues (old ones drain back, then idle)."""
+        return f"{self.ns}.webhooks.retry.{step}.{self.retry_delays_ms[step]}ms"
 
     def exchanges(self) -> list[Exchange]:
         return [
@@ -82,6 +118,7 @@ class Topology:
             Exchange(self.events, ExchangeType.TOPIC),
             Exchange(self.dead_letters, ExchangeType.DIRECT),
             Exchange(self.webhooks_exchange, ExchangeType.DIRECT),
+            Exchange(self.tasks, ExchangeType.DIRECT),
             # Must match the flags of MinIO's AMQP target in docker-compose.yml.
             Exchange(self.s3_events, ExchangeType.FANOUT),
         ]
@@ -101,19 +138,31 @@ class Topology:
                     "x-dead-letter-routing-key": self.extract_dead,
                     "x-dead-letter-strategy": "at-least-once",
                 },
-                bindings=((self.requests, "extract-task"),),
+                bindings=((self.tasks, self.TASK_KEY),),
             ),
             Queue(self.extract_dead, quorum, bindings=((self.dead_letters, self.extract_dead),)),
+            self._backoff_queue(self.extract),
+            self._backoff_queue(self.requests_queue),
+            self._backoff_queue(self.object_drop),
+            *self._door(self.requests_queue, self.requests_dead, (self.requests, self.REQUEST_KEY)),
+            *self._door(self.object_drop, self.object_drop_dead, (self.s3_events, "")),
             Queue(
                 self.webhooks,
                 {
                     **quorum,
+                    # Bounds the requeues of a delivery whose handler keeps failing (poison).
+                    "x-delivery-limit": WEBHOOK_DELIVERY_LIMIT,
                     "x-dead-letter-exchange": self.dead_letters,
                     "x-dead-letter-routing-key": self.webhooks_dead,
                 },
                 bindings=((self.webhooks_exchange, self.webhooks),),
             ),
             Queue(self.webhooks_dead, quorum, bindings=((self.dead_letters, self.webhooks_dead),)),
+            Queue(
+                self.webhooks_redeliver,
+                {**quorum, "x-delivery-limit": WEBHOOK_DELIVERY_LIMIT},
+                bindings=((self.webhooks_exchange, self.webhooks_redeliver),),
+            ),
             *(
                 Queue(
                     self.webhook_retry(step),
@@ -131,13 +180,49 @@ class Topology:
             ),
         ]
 
+    def backoff(self, queue: str) -> str:
+        """Where a message waits after a transient failure, before it returns to `queue`."""
+        return f"{queue}.backoff"
 
-def topology_for(settings: Settings, retry_delays_ms: tuple[int, ...] = ()) -> Topology:
+    def _backoff_queue(self, queue: str) -> Queue:
+        # Published to through the default exchange; dead-letters back to `queue` on expiry.
+        return Queue(
+            self.backoff(queue),
+            {
+                "x-queue-type": "quorum",
+                "x-message-ttl": self.backoff_ms,
+                "x-overflow": "reject-publish",
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue,
+                "x-dead-letter-strategy": "at-least-once",
+            },
+        )
+
+    def _door(self, name: str, dead: str, binding: tuple[str, str]) -> tuple[Queue, Queue]:
+        """An entry queue for messages from outside, and where the invalid ones are parked."""
+        return (
+            Queue(
+                name,
+                {
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": self.delivery_limit,
+                    "x-dead-letter-exchange": self.dead_letters,
+                    "x-dead-letter-routing-key": dead,
+                },
+                bindings=(binding,),
+            ),
+            Queue(dead, {"x-queue-type": "quorum"}, bindings=((self.dead_letters, dead),)),
+        )
+
+
+def topology_for(settings: Settings) -> Topology:
+    """The topology of `settings`; one webhook wait queue per step of the retry schedule."""
     return Topology(
         ns=settings.namespace,
         delivery_limit=settings.extract_delivery_limit,
         max_queue_length=settings.max_queue_length,
-        retry_delays_ms=retry_delays_ms,
+        backoff_ms=max(1, round(settings.transient_backoff_s * 1000)),
+        retry_delays_ms=tuple(max(1, round(d * 1000)) for d in settings.webhook_retry_delays()),
     )
 
 

@@ -12,6 +12,10 @@ from shared.errors import QueueFullError, TransientError
 PUBLISH_TIMEOUT_S = 10.0
 
 
+class NotRoutable(TransientError):
+    """No queue is bound for the message (a vanished reply queue, or missing topology)."""
+
+
 async def publish(
     channel: AbstractChannel,
     exchange: str,
@@ -22,10 +26,12 @@ async def publish(
     correlation_id: str | None = None,
     reply_to: str | None = None,
     headers: HeadersType | None = None,
+    expiration: float | None = None,
 ) -> None:
     """Publish one persistent message and wait for the broker's confirm.
 
     The channel must be opened with publisher confirms and `on_return_raises=True`.
+    `expiration` (seconds) is the message's TTL; it cannot outlast the queue's own TTL.
 
     Raises:
         QueueFullError: the broker nacked the message (a queue at its length limit).
@@ -40,6 +46,7 @@ async def publish(
         correlation_id=correlation_id,
         reply_to=reply_to,
         headers=headers or {},
+        expiration=expiration,
     )
     try:
         ex = await channel.get_exchange(exchange, ensure=False)
@@ -47,7 +54,7 @@ async def publish(
             message, routing_key=routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_S
         )
     except PublishError as exc:
-        raise TransientError(f"the broker could not route to {exchange}/{routing_key}") from exc
+        raise NotRoutable(f"the broker could not route to {exchange!r}/{routing_key!r}") from exc
     except DeliveryError as exc:
         raise QueueFullError("the queue is full") from exc
     except TimeoutError as exc:

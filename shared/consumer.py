@@ -1,8 +1,12 @@
 """Consuming a queue: validate each message at the boundary, run its handler, settle it once.
 
 This is the one place that classifies failures:
-- a message that fails validation is rejected without requeue (dead-lettered, never a hot loop);
-- TransientError: requeued after a short backoff; the queue's delivery limit bounds the loop;
+- a message that fails validation, or whose handler raises PermanentError, can never succeed:
+  it is dead-lettered (with an `x-pdfrelay-reason` header when the queue names its dead-letter
+  queue), never requeued;
+- TransientError: the message waits in the queue's backoff queue (TTL, dead-lettered back) and
+  is retried, up to a budget that does not count against the queue's delivery limit, which is
+  kept for crashes; a queue without a backoff queue requeues after a short pause;
 - anything else is logged with its traceback and requeued, so the delivery limit dead-letters a
   message that keeps failing (poison) and the dead-letter handler ends its job.
 """
@@ -17,8 +21,9 @@ from typing import TypeVar
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from pydantic import BaseModel, ValidationError
 
+from shared.broker import publish
 from shared.context import Context
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,8 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[M, Context, AbstractIncomingMessage], Awaitable[None]]
 
 TRANSIENT_BACKOFF_S = 2.0
+REASON_HEADER = "x-pdfrelay-reason"
+TRANSIENT_HEADER = "x-pdfrelay-transient-attempts"
 
 
 async def consume(
@@ -36,8 +43,15 @@ async def consume(
     *,
     prefetch: int,
     stop: asyncio.Event,
+    dead_letter: str | None = None,
+    backoff: str | None = None,
 ) -> None:
-    """Consume `queue_name` until `stop` is set, at most `prefetch` messages in flight."""
+    """Consume `queue_name` until `stop` is set, at most `prefetch` messages in flight.
+
+    `dead_letter` names the queue (bound to the dead-letter exchange) that takes messages that
+    can never succeed, with the reason in a header; without it they are rejected to the
+    queue's own dead-letter exchange. `backoff` names the queue's backoff queue.
+    """
     channel = await ctx.connection.channel()
     assert isinstance(channel, AbstractRobustChannel)
     in_flight: set[asyncio.Task[None]] = set()
@@ -50,7 +64,7 @@ async def consume(
             assert task is not None
             in_flight.add(task)
             try:
-                await _settle(ctx, message, model, handler)
+                await _settle(ctx, message, model, handler, dead_letter, backoff)
             finally:
                 in_flight.discard(task)
 
@@ -65,20 +79,27 @@ async def consume(
 
 
 async def _settle(
-    ctx: Context, message: AbstractIncomingMessage, model: type[M], handler: Handler[M]
+    ctx: Context,
+    message: AbstractIncomingMessage,
+    model: type[M],
+    handler: Handler[M],
+    dead_letter: str | None,
+    backoff: str | None,
 ) -> None:
     try:
         msg = model.model_validate_json(message.body)
     except ValidationError as exc:
-        log.warning("rejecting invalid message %s: %s", message.message_id, exc.errors()[:3])
-        await message.reject(requeue=False)
+        reason = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        await _dead_letter(ctx, message, f"invalid message: {reason}", dead_letter)
         return
     try:
         await handler(msg, ctx, message)
+    except PermanentError as exc:
+        await _dead_letter(ctx, message, f"{exc.code}: {exc.message}", dead_letter)
     except TransientError as exc:
-        log.warning("transient failure, requeueing %s: %s", message.message_id, exc.message)
-        await asyncio.sleep(TRANSIENT_BACKOFF_S)
-        await message.nack(requeue=True)
+        await _retry_later(ctx, message, exc, dead_letter, backoff)
     except asyncio.CancelledError:
         await message.nack(requeue=True)
         raise
@@ -87,3 +108,72 @@ async def _settle(
         await message.nack(requeue=True)
     else:
         await message.ack()
+
+
+async def _dead_letter(
+    ctx: Context, message: AbstractIncomingMessage, reason: str, dead_letter: str | None
+) -> None:
+    log.warning("dead-lettering message %s: %s", message.message_id, reason)
+    if dead_letter is None:
+        await message.reject(requeue=False)
+        return
+    headers = {**(message.headers or {}), REASON_HEADER: reason[:1000]}
+    try:
+        await publish(
+            ctx.channel,
+            ctx.topology.dead_letters,
+            dead_letter,
+            message.body,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            headers=headers,
+        )
+    except TransientError as exc:
+        # The copy was not confirmed: the queue's own dead-lettering keeps the message instead.
+        log.error("message %s parked without its reason: %s", message.message_id, exc.message)
+        await message.reject(requeue=False)
+        return
+    await message.ack()
+
+
+async def _retry_later(
+    ctx: Context,
+    message: AbstractIncomingMessage,
+    exc: TransientError,
+    dead_letter: str | None,
+    backoff: str | None,
+) -> None:
+    seen = (message.headers or {}).get(TRANSIENT_HEADER)
+    attempts = (seen if isinstance(seen, int) else 0) + 1
+    if attempts > ctx.settings.transient_retry_budget:
+        reason = f"gave up after {attempts - 1} transient failures: {exc.message}"
+        await _dead_letter(ctx, message, reason, dead_letter)
+        return
+    log.warning("transient failure %d of %s: %s", attempts, message.message_id, exc.message)
+    if backoff is not None and await _park(ctx, message, backoff, attempts):
+        await message.ack()
+        return
+    await asyncio.sleep(TRANSIENT_BACKOFF_S)
+    await message.nack(requeue=True)
+
+
+async def _park(
+    ctx: Context, message: AbstractIncomingMessage, backoff: str, attempts: int
+) -> bool:
+    """Copy the message to its backoff queue; False when the broker did not confirm."""
+    try:
+        await publish(
+            ctx.channel,
+            "",
+            backoff,
+            message.body,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            headers={**(message.headers or {}), TRANSIENT_HEADER: attempts},
+        )
+    except TransientError as exc:
+        log.warning("backoff queue unavailable (%s); requeueing in place", exc.message)
+        return False
+    return True

@@ -153,6 +153,8 @@ class WebhookState(BaseModel):
     last_error: str | None = None
     next_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
+    sealed: str | None = Field(default=None, exclude=True, repr=False)
+    """The last terminal delivery, encrypted (shared/sealing.py), for redelivery; never dumped."""
 
 
 class Job(BaseModel):
@@ -166,8 +168,12 @@ class Job(BaseModel):
     filename: str | None = None
     client_ref: str | None = None
     options: ExtractOptions = ExtractOptions()
-    source_key: str
+    source_key: str | None = None
     source_bucket: str | None = None
+    source_url: str | None = None
+    reply_to: str | None = None
+    """AMQP reply queue of a broker request; the terminal outcome is also sent there."""
+    correlation_id: str | None = None
     source_sha256: str | None = None
     source_size: int | None = None
     progress: Progress = Progress()
@@ -228,5 +234,30 @@ class WebhookDelivery(Frozen):
     url: str
     token: str | None = Field(default=None, repr=False)
     body: str
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class WebhookRedeliver(Frozen):
+    """A request to re-send a finished job's terminal webhook (same webhook-id and body)."""
+
+    schema_: Literal["pdfrelay.webhook-redeliver/1"] = Field(
+        default="pdfrelay.webhook-redeliver/1", alias="schema"
+    )
+    job_id: Annotated[str, Field(pattern=JOB_ID_RE.pattern)]
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class ExtractRequest(BaseModel):
+    """ExtractRequest v1: what other services publish on `pdfrelay.requests` (routing key
+    `extract`). The AMQP `message_id` is the idempotency key; `reply_to`/`correlation_id` are
+    honoured."""
+
+    schema_: Literal["pdfrelay.extract-request/1"] = Field(alias="schema")
+    source: Source
+    options: ExtractOptions = ExtractOptions()
+    webhook: WebhookSpec | None = None
+    client_ref: Annotated[str, Field(max_length=512)] | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 
-from shared.broker import publish
+from shared.broker import NotRoutable, publish
 from shared.context import Context
+from shared.errors import TransientError
 from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
+from shared.outbox import write_outbox
+
+log = logging.getLogger(__name__)
+
+PROGRESS_WEBHOOK_INTERVAL_S = 1.0
 
 TERMINAL_EVENTS = {
     JobStatus.COMPLETED: "job.completed",
@@ -35,16 +43,46 @@ async def publish_event(ctx: Context, job: Job, event_type: str) -> None:
 async def announce_terminal(ctx: Context, job: Job, webhook: WebhookSpec | None) -> None:
     """Publish the terminal event and queue the webhook; safe to repeat (same event id)."""
     event_type = TERMINAL_EVENTS[job.status]
+    if job.door == "object-drop":
+        await write_outbox(ctx.storage, job)
     await publish_event(ctx, job, event_type)
+    if job.reply_to is not None:
+        await _reply(ctx, job, event_type)
     if webhook is None:
         return
+    await queue_webhook(ctx, job, webhook, event_type, event_id(job.job_id, event_type))
+
+
+async def _reply(ctx: Context, job: Job, event_type: str) -> None:
+    """Answer a broker request on its `reply_to` queue, with its `correlation_id`."""
+    assert job.reply_to is not None
+    view = await ctx.jobs.view(job, ctx.settings.base_url)
+    try:
+        await publish(
+            ctx.channel,
+            "",
+            job.reply_to,
+            json.dumps({"type": event_type, "data": view}).encode(),
+            message_id=event_id(job.job_id, event_type),
+            correlation_id=job.correlation_id,
+            headers={"job_id": job.job_id},
+        )
+    except NotRoutable:
+        # The requester's reply queue is gone; the event on the exchange still stands.
+        log.warning("job %s: reply queue %r no longer exists", job.job_id, job.reply_to)
+
+
+async def queue_webhook(
+    ctx: Context, job: Job, webhook: WebhookSpec, event_type: str, delivery_id: str
+) -> None:
+    """Put one webhook event on the dispatch queue; the webhooks handler signs and sends it."""
     view = await ctx.jobs.view(job, ctx.settings.base_url)
     body = json.dumps(
         {"type": event_type, "timestamp": utcnow().isoformat(), "data": view},
         separators=(",", ":"),
     )
     delivery = WebhookDelivery(
-        event_id=event_id(job.job_id, event_type),
+        event_id=delivery_id,
         job_id=job.job_id,
         event_type=event_type,
         url=webhook.url,
@@ -58,3 +96,29 @@ async def announce_terminal(ctx: Context, job: Job, webhook: WebhookSpec | None)
         delivery,
         message_id=delivery.event_id,
     )
+
+
+class ProgressWebhooks:
+    """Queues `job.progress` webhooks for a job that asked for them, at most one per second.
+
+    Best effort by design: progress is superseded by the next update and by the terminal
+    event, so a broker hiccup here is logged and never fails or slows the extraction.
+    """
+
+    def __init__(self, ctx: Context, webhook: WebhookSpec | None) -> None:
+        self._ctx = ctx
+        self._webhook = webhook if webhook is not None and webhook.progress else None
+        self._sent_at = float("-inf")
+
+    async def send(self, job: Job) -> None:
+        if self._webhook is None:
+            return
+        now = time.monotonic()
+        if now - self._sent_at < PROGRESS_WEBHOOK_INTERVAL_S:
+            return
+        self._sent_at = now
+        delivery_id = f"{event_id(job.job_id, 'job.progress')}_{job.progress.pages_done}"
+        try:
+            await queue_webhook(self._ctx, job, self._webhook, "job.progress", delivery_id)
+        except TransientError as exc:
+            log.warning("progress webhook of job %s not queued: %s", job.job_id, exc.message)

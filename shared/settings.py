@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.retry import parse_schedule
+
 
 class Settings(BaseSettings):
     """Every `PDFRELAY_*` environment variable (CONTRACT.md, Settings)."""
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
     webhook_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     webhook_timeout_s: float = 15.0
+    webhook_prefetch: int = Field(default=64, ge=1, le=4096)
+    """Deliveries in flight per webhooks process (consumer prefetch = HTTP connections)."""
 
     extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     extract_delivery_limit: int = Field(default=3, ge=1, le=100)
@@ -45,6 +49,14 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(default=600.0, gt=0, le=1500)
     worker_memory_mb: int = Field(default=2048, ge=64)
     max_wait_s: float = Field(default=60.0, ge=0)
+    transient_backoff_s: float = Field(default=5.0, gt=0)
+    """Wait after a transient failure (storage or broker away) before a message is retried."""
+    transient_retry_budget: int = Field(default=120, ge=0)
+    """Transient failures of one message before it is dead-lettered (120 x 5 s = 10 min)."""
+    source_timeout_s: float = Field(default=60.0, gt=0)
+    object_drop_poll_s: float | None = Field(default=None, gt=0)
+    """List `inbox/` this often, for S3 servers without bucket notifications."""
+    """Time limit for fetching a URL source."""
     spool_dir: str | None = None
     extract_trace_dir: str | None = None
     """Test aid: each worker process appends its start/end times here."""
@@ -55,6 +67,23 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(ip_network(p.strip()) for p in v.split(",") if p.strip())
         return v
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        parse_schedule(v)
+        return v
+
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """The signing secrets, newest first (several during rotation: space or comma apart)."""
+        if self.webhook_secret is None:
+            return ()
+        raw = self.webhook_secret.get_secret_value().replace(",", " ")
+        return tuple(raw.split())
+
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """The retry schedule in seconds (`parse_schedule` of `webhook_retry_schedule`)."""
+        return parse_schedule(self.webhook_retry_schedule)
 
     def tenant_keys(self) -> dict[str, str]:
         """API key → tenant, parsed from `api_keys`."""

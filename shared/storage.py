@@ -131,14 +131,19 @@ class Storage:
     async def read_chunk(self, it: Iterator[bytes]) -> bytes | None:
         return await self._run(next, it, None)
 
-    async def list_keys(self, prefix: str) -> list[str]:
-        def listing() -> list[str]:
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        def listing() -> list[ObjectInfo]:
             return [
-                str(o.object_name)
+                ObjectInfo(
+                    key=str(o.object_name), size=int(o.size or 0), etag=str(o.etag), metadata={}
+                )
                 for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
             ]
 
         return await self._run(listing)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return [o.key for o in await self.list_objects(prefix)]
 
     async def delete(self, key: str) -> None:
         await self._run(self.client.remove_object, self.bucket, key)

@@ -12,9 +12,11 @@ from typing import Literal
 from shared.broker import publish
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.fetch import check_source_url
 from shared.jobs import record_key, upload_key
 from shared.models import ExtractOptions, ExtractTask, Job, WebhookSpec, new_job_id
 from shared.outcome import publish_event
+from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class Submission:
     """A local file to store as the job's upload; otherwise `s3_key` names the source."""
     s3_bucket: str | None = None
     s3_key: str | None = None
+    url: str | None = None
     sha256: str | None = None
     size: int | None = None
     webhook: WebhookSpec | None = None
@@ -38,6 +41,8 @@ class Submission:
     filename: str | None = None
     idempotency_key: str | None = None
     job_id: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
 
 
 class Submitter:
@@ -70,24 +75,7 @@ class Submitter:
 
 async def _create(ctx: Context, sub: Submission) -> Job:
     job_id = sub.job_id or new_job_id()
-    if sub.spool_path is not None:
-        source_key, source_bucket = upload_key(job_id), None
-        await ctx.storage.put_file(source_key, sub.spool_path, "application/pdf")
-    elif sub.s3_key is not None:
-        source_key, source_bucket = sub.s3_key, sub.s3_bucket
-        try:
-            info = await ctx.storage.stat(source_key, bucket=source_bucket)
-        except ObjectNotFound as exc:
-            raise PermanentError(
-                f"no object {source_key!r} in the source bucket", ErrorCode.SOURCE_UNREACHABLE
-            ) from exc
-        if info.size > ctx.settings.max_file_bytes:
-            raise PermanentError(
-                f"the file is larger than the limit of {ctx.settings.max_file_bytes} bytes",
-                ErrorCode.FILE_TOO_LARGE,
-            )
-    else:
-        raise PermanentError("the request has no source", ErrorCode.INVALID_REQUEST)
+    source_key, source_bucket = await _store_source(ctx, sub, job_id)
     job = Job(
         job_id=job_id,
         tenant=sub.tenant,
@@ -97,6 +85,9 @@ async def _create(ctx: Context, sub: Submission) -> Job:
         options=sub.options,
         source_key=source_key,
         source_bucket=source_bucket,
+        source_url=sub.url,
+        reply_to=sub.reply_to,
+        correlation_id=sub.correlation_id,
         source_sha256=sub.sha256,
         source_size=sub.size,
         webhook_url=sub.webhook.url if sub.webhook else None,
@@ -104,7 +95,9 @@ async def _create(ctx: Context, sub: Submission) -> Job:
     await ctx.jobs.save(job)
     task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook)
     try:
-        await publish(ctx.channel, ctx.topology.requests, "extract-task", task, message_id=job_id)
+        await publish(
+            ctx.channel, ctx.topology.tasks, ctx.topology.TASK_KEY, task, message_id=job_id
+        )
     except TransientError:
         # Not accepted: take the record back so no half-made job lingers.
         with contextlib.suppress(TransientError):
@@ -116,3 +109,29 @@ async def _create(ctx: Context, sub: Submission) -> Job:
         # The job is safely queued; only this notice is lost, and the terminal event still comes.
         log.warning("job %s accepted but the job.accepted event was not confirmed", job_id)
     return job
+
+
+async def _store_source(
+    ctx: Context, sub: Submission, job_id: str
+) -> tuple[str | None, str | None]:
+    """Store an upload, or check that the named source exists; returns (key, bucket)."""
+    if sub.spool_path is not None:
+        await ctx.storage.put_file(upload_key(job_id), sub.spool_path, "application/pdf")
+        return upload_key(job_id), None
+    if sub.url is not None:
+        await check_source_url(sub.url, SsrfPolicy(ctx.settings.webhook_allowed_networks))
+        return None, None
+    if sub.s3_key is None:
+        raise PermanentError("the request has no source", ErrorCode.INVALID_REQUEST)
+    try:
+        info = await ctx.storage.stat(sub.s3_key, bucket=sub.s3_bucket)
+    except ObjectNotFound as exc:
+        raise PermanentError(
+            f"no object {sub.s3_key!r} in the source bucket", ErrorCode.SOURCE_UNREACHABLE
+        ) from exc
+    if info.size > ctx.settings.max_file_bytes:
+        raise PermanentError(
+            f"the file is larger than the limit of {ctx.settings.max_file_bytes} bytes",
+            ErrorCode.FILE_TOO_LARGE,
+        )
+    return sub.s3_key, sub.s3_bucket

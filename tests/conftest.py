@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from handlers import extract, ingress
+from handlers import extract, ingress, webhooks
 from infra.topology import delete, topology_for
 from shared.context import Context, open_context
 from shared.settings import Settings
@@ -139,6 +139,18 @@ class Stack:
 
     def start_extract(self) -> None:
         self.tasks.append(asyncio.create_task(extract.serve(self.ctx, self.stop)))
+
+    def start(self, serve: Callable[[Context, asyncio.Event], Awaitable[None]]) -> None:
+        """Run one more handler in this stack until the test ends."""
+
+        async def run() -> None:
+            await serve(self.ctx, self.stop)
+
+        self.tasks.append(asyncio.create_task(run()))
+
+    def start_webhooks(self) -> None:
+        """The webhooks handler (its settings need a `webhook_secret`)."""
+        self.tasks.append(asyncio.create_task(webhooks.serve(self.ctx, self.stop)))
 
 
 @contextlib.asynccontextmanager

@@ -210,8 +210,8 @@ async def test_redelivered_task_of_a_finished_job_is_not_redone(stack: Stack) ->
     await queue.bind(stack.ctx.topology.events, "job.completed")
     await publish(
         stack.ctx.channel,
-        stack.ctx.topology.requests,
-        "extract-task",
+        stack.ctx.topology.tasks,
+        stack.ctx.topology.TASK_KEY,
         ExtractTask(job_id=job["job_id"]),
     )
     message = await queue.get(timeout=10, fail=False) or await _get_within(queue)

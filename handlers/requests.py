@@ -1,0 +1,55 @@
+"""Broker door: ExtractRequest v1 messages from other services become jobs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.consumer import consume
+from shared.context import Context
+from shared.models import ExtractRequest
+from shared.submit import Submission, Submitter
+
+TENANT_HEADER = "x-pdfrelay-tenant"
+
+
+async def handle(
+    req: ExtractRequest, ctx: Context, message: AbstractIncomingMessage, submitter: Submitter
+) -> None:
+    tenant = (message.headers or {}).get(TENANT_HEADER)
+    await submitter.submit(
+        ctx,
+        Submission(
+            tenant=tenant if isinstance(tenant, str) and tenant else "default",
+            door="broker",
+            options=req.options,
+            s3_bucket=req.source.s3.bucket if req.source.s3 else None,
+            s3_key=req.source.s3.key if req.source.s3 else None,
+            url=req.source.url,
+            webhook=req.webhook,
+            client_ref=req.client_ref,
+            idempotency_key=message.message_id,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+        ),
+    )
+
+
+async def serve(ctx: Context, stop: asyncio.Event) -> None:
+    """Consume `pdfrelay.requests`; invalid requests are parked with their reason."""
+    submitter = Submitter()
+
+    async def bound(req: ExtractRequest, ctx: Context, message: AbstractIncomingMessage) -> None:
+        await handle(req, ctx, message, submitter)
+
+    await consume(
+        ctx,
+        ctx.topology.requests_queue,
+        ExtractRequest,
+        bound,
+        prefetch=16,
+        stop=stop,
+        dead_letter=ctx.topology.requests_dead,
+        backoff=ctx.topology.backoff(ctx.topology.requests_queue),
+    )

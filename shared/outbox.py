@@ -1,0 +1,33 @@
+"""The object-drop door's names: `inbox/<name>` in, `outbox/<name>.json|.md|.error.json` out."""
+
+from __future__ import annotations
+
+import json
+
+from shared.jobs import result_key
+from shared.models import Job, JobStatus
+from shared.storage import Storage
+
+INBOX = "inbox/"
+OUTBOX = "outbox/"
+
+
+def outbox_key(inbox_key: str, suffix: str) -> str:
+    return f"{OUTBOX}{inbox_key.removeprefix(INBOX)}{suffix}"
+
+
+async def write_outbox(storage: Storage, job: Job) -> None:
+    """Write a finished object-drop job's result (or its error) beside the dropped name."""
+    assert job.source_key is not None
+    if job.status is JobStatus.COMPLETED:
+        raw = await storage.get_bytes(result_key(job.job_id))
+        await storage.put_bytes(outbox_key(job.source_key, ".json"), raw)
+        markdown = json.loads(raw).get("markdown")
+        if markdown:
+            await storage.put_bytes(
+                outbox_key(job.source_key, ".md"), str(markdown).encode(), "text/markdown"
+            )
+    else:
+        error = job.error.model_dump() if job.error else None
+        body = {"job_id": job.job_id, "status": job.status.value, "error": error}
+        await storage.put_json(outbox_key(job.source_key, ".error.json"), body)
