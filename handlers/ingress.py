@@ -399,7 +399,9 @@ def create_app(ctx: Context) -> web.Application:
             web.get("/readyz", readyz),
         ]
     )
+    from handlers.seed import ROUTES as SEED_ROUTES  # here: the seed module imports this one
 
+    app.add_routes(SEED_ROUTES)
     return app
 
 

@@ -11,6 +11,7 @@ from shared.context import Context
 from shared.errors import TransientError
 from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
 from shared.outbox import write_outbox
+from shared.seed_payloads import webhook_body as seed_webhook_body
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,15 @@ async def queue_webhook(
     ctx: Context, job: Job, webhook: WebhookSpec, event_type: str, delivery_id: str
 ) -> None:
     """Put one webhook event on the dispatch queue; the webhooks handler signs and sends it."""
-    view = await ctx.jobs.view(job, ctx.settings.base_url)
-    body = json.dumps(
-        {"type": event_type, "timestamp": utcnow().isoformat(), "data": view},
-        separators=(",", ":"),
-    )
+    if job.door == "seed" and event_type != "job.progress":
+        # The Secretary's clients get the payload they were written against (seed_payloads).
+        body = await seed_webhook_body(ctx, job)
+    else:
+        view = await ctx.jobs.view(job, ctx.settings.base_url)
+        body = json.dumps(
+            {"type": event_type, "timestamp": utcnow().isoformat(), "data": view},
+            separators=(",", ":"),
+        )
     delivery = WebhookDelivery(
         event_id=delivery_id,
         job_id=job.job_id,

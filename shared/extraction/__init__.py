@@ -1,13 +1,13 @@
 """The extraction engine: pure, synchronous functions over a PDF file, run in worker processes."""
 
-from shared.extraction.engine import (
+from shared.extraction.base import (
     EXTRACTOR_VERSION,
     ArtifactFile,
     EngineOutput,
     ExtractLimits,
     ProgressFn,
-    extract_document,
 )
+from shared.extraction.engine import extract_document, parse_pages
 
 __all__ = [
     "EXTRACTOR_VERSION",
@@ -16,4 +16,5 @@ __all__ = [
     "ExtractLimits",
     "ProgressFn",
     "extract_document",
+    "parse_pages",
 ]

@@ -1,44 +1,67 @@
-"""Turn one PDF file into an ExtractionResult plus artifact files; runs inside a worker process."""
+"""Turn one PDF file into an ExtractionResult plus artifact files; runs inside a worker process.
+
+One pass over the selected pages does everything a page needs (text, OCR, Markdown records,
+tables, images, renderings, metadata), so memory stays bounded by one page plus what the result
+itself holds, and progress is reported as pages finish.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import os
+import zipfile
 from pathlib import Path
-from typing import Any
 
 import pymupdf
 
 from shared.errors import ErrorCode, PermanentError
+from shared.extraction.base import (
+    EXTRACTOR_VERSION,
+    ArtifactFile,
+    EngineOutput,
+    ExtractLimits,
+    ProgressFn,
+)
+from shared.extraction.hostile import (
+    PageError,
+    is_out_of_memory,
+    open_pdf,
+    precheck_rendering,
+    quiet_mupdf,
+    short_error,
+    take_mupdf_messages,
+)
+from shared.extraction.images import EmbeddedImageWriter, PageImageWriter
+from shared.extraction.markdown import MarkdownBuilder, uri_links
+from shared.extraction.metadata import MetadataCollector
+from shared.extraction.ocr import needs_ocr, ocr_dpi_for, ocr_textpage, require_tessdata
+from shared.extraction.tables import FoundTable, find_tables
 from shared.models import ExtractionResult, ExtractOptions, PageText
 
-EXTRACTOR_VERSION = "1"
+__all__ = [
+    "EXTRACTOR_VERSION",
+    "ArtifactFile",
+    "EngineOutput",
+    "ExtractLimits",
+    "ProgressFn",
+    "extract_document",
+    "parse_pages",
+]
 
-ProgressFn = Callable[[int, int], None]
-"""Called as progress(pages_done, pages_total) while pages are processed."""
+TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT
+"""The flags of `page.get_text()`: the text output equals what a bare PyMuPDF loop gives."""
 
-
-@dataclass(frozen=True)
-class ExtractLimits:
-    max_pages: int = 5000
-    max_page_pixels: int = 50_000_000
-
-
-@dataclass(frozen=True)
-class ArtifactFile:
-    name: str
-    path: str
-    content_type: str
-
-
-@dataclass
-class EngineOutput:
-    result: ExtractionResult
-    artifacts: list[ArtifactFile] = field(default_factory=list)
+MARKDOWN_ARTIFACT = "document.md"
+TABLES_ARTIFACT = "tables.zip"
+MAX_MUPDF_WARNINGS = 20
 
 
 def parse_pages(spec: str | None, page_count: int) -> list[int]:
-    """0-based page indexes for a 1-based spec like "1-3,7"; out-of-range pages are dropped."""
+    """0-based page indexes for a 1-based spec like "1-3,7"; out-of-range pages are dropped.
+
+    Raises:
+        PermanentError: INVALID_OPTIONS for a reversed or zero range, or a spec that selects
+            no page of this document.
+    """
     if spec is None:
         return list(range(page_count))
     wanted: set[int] = set()
@@ -57,44 +80,193 @@ def parse_pages(spec: str | None, page_count: int) -> list[int]:
     return sorted(wanted)
 
 
-def _open(path: str) -> pymupdf.Document:
-    data_head = Path(path).read_bytes()[:1024]
-    if not data_head:
-        raise PermanentError("the file is empty", ErrorCode.EMPTY_FILE)
-    if b"%PDF-" not in data_head:
-        raise PermanentError("the file is not a PDF", ErrorCode.NOT_A_PDF)
-    try:
-        doc = pymupdf.open(path, filetype="pdf")
-    except Exception as exc:
-        raise PermanentError(
-            "the PDF is damaged and cannot be opened", ErrorCode.PDF_DAMAGED
-        ) from exc
-    if doc.needs_pass:
-        doc.close()
-        raise PermanentError("the PDF is encrypted with a password", ErrorCode.PDF_ENCRYPTED)
-    if doc.page_count == 0:
-        doc.close()
-        raise PermanentError("the PDF has no pages", ErrorCode.PDF_DAMAGED)
-    return doc
+class _Extraction:
+    """The state of one document's single pass over its pages."""
 
+    def __init__(
+        self,
+        doc: pymupdf.Document,
+        options: ExtractOptions,
+        limits: ExtractLimits,
+        out_dir: str,
+    ) -> None:
+        self.doc = doc
+        self.options = options
+        self.limits = limits
+        self.out_dir = out_dir
+        outputs = set(options.outputs)
+        self.want_text = "text" in outputs
+        self.want_markdown = "markdown" in outputs
+        self.want_tables = "tables" in outputs
+        self.needs_text = self.want_text or self.want_markdown
+        self.ocr_mode = options.ocr if self.needs_text else "never"
+        self.warnings: list[str] = []
+        self.mupdf_messages: list[str] = []
+        self.result = ExtractionResult(page_count=doc.page_count)
+        self.tessdata: str | None = None
+        self.markdown = MarkdownBuilder() if self.want_markdown else None
+        self.tables: list[FoundTable] = []
+        self.metadata = MetadataCollector(limits.max_links) if "metadata" in outputs else None
+        self.processed = 0
+        self.want_page_images = "page_images" in outputs
+        self.want_images = "images" in outputs
+        self.page_images: PageImageWriter | None = None
+        self.images: EmbeddedImageWriter | None = None
 
-def _metadata(doc: pymupdf.Document) -> dict[str, Any]:
-    meta = doc.metadata or {}
-    return {
-        "title": meta.get("title") or None,
-        "author": meta.get("author") or None,
-        "subject": meta.get("subject") or None,
-        "keywords": meta.get("keywords") or None,
-        "creator": meta.get("creator") or None,
-        "producer": meta.get("producer") or None,
-        "creation_date": meta.get("creationDate") or None,
-        "modification_date": meta.get("modDate") or None,
-        "page_count": doc.page_count,
-        "outline": [
-            {"level": level, "title": title, "page": page}
-            for level, title, page in doc.get_toc(simple=True)
-        ],
-    }
+    def run(self, progress: ProgressFn) -> EngineOutput:
+        doc = self.doc
+        indexes = parse_pages(self.options.pages, doc.page_count)
+        self._note_repair()
+        self._prechecks(indexes)
+        try:
+            if self.want_page_images:
+                self.page_images = PageImageWriter(
+                    self.out_dir, self.options.image_dpi, self.limits.preview_long_edge
+                )
+            if self.want_images:
+                self.images = EmbeddedImageWriter(self.out_dir, self.limits, self.warnings)
+            self._pages(indexes, progress)
+            return self._finish()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _pages(self, indexes: list[int], progress: ProgressFn) -> None:
+        total = len(indexes)
+        failed = 0
+        self.processed = 0
+        for done, index in enumerate(indexes, start=1):
+            try:
+                page = self.doc.load_page(index)
+                self._page(page)
+            except PageError as exc:
+                if is_out_of_memory(exc):
+                    raise MemoryError(str(exc)) from exc
+                failed += 1
+                self.warnings.append(f"page {index + 1} could not be read: {short_error(exc)}")
+            take_mupdf_messages(self.mupdf_messages)
+            progress(done, total)
+        if failed == total:
+            raise PermanentError(
+                "the PDF is damaged: none of the selected pages could be read",
+                ErrorCode.PDF_DAMAGED,
+            )
+        self.processed = total - failed
+
+    def _note_repair(self) -> None:
+        # MuPDF repairs on open, or later when a page meets a broken object
+        if self.doc.is_repaired and not any(w.startswith("repaired:") for w in self.warnings):
+            self.warnings.insert(
+                0,
+                "repaired: the file is damaged; MuPDF rebuilt its structure, so some content "
+                "may be missing",
+            )
+
+    def _abort(self) -> None:
+        """Close and drop half-written artifacts of a failed extraction."""
+        for writer in (self.page_images, self.images):
+            if writer is not None:
+                writer.discard()
+
+    def _prechecks(self, indexes: list[int]) -> None:
+        """Everything that can refuse the document before the first page is processed."""
+        if self.ocr_mode == "always":
+            self.tessdata = require_tessdata(self.options.ocr_language, self.limits.tessdata)
+        if self.want_page_images:
+            precheck_rendering(
+                self.doc, indexes, self.options.image_dpi, self.limits, "page images"
+            )
+        if self.ocr_mode == "always":
+            for index in indexes:
+                try:
+                    page = self.doc.load_page(index)
+                except PageError:
+                    continue
+                ocr_dpi_for(page, self.limits)
+
+    def _page(self, page: pymupdf.Page) -> None:
+        number = page.number + 1
+        if self.metadata is not None:
+            self.metadata.add_page(page)
+        textpage, ocr = self._textpage(page) if self.needs_text else (None, False)
+        found: list[FoundTable] = []
+        if self.want_tables:
+            cells = textpage if textpage is not None else page.get_textpage(flags=TEXT_FLAGS)
+            found = find_tables(page, cells)
+            self.tables.extend(found)
+        if self.markdown is not None and textpage is not None:
+            self.markdown.add_page(
+                number,
+                textpage,
+                textpage.rect,
+                uri_links(page),
+                [(t.bbox, t.markdown()) for t in found],
+                ocr=ocr,
+            )
+        if self.images is not None:
+            self.images.add_page(self.doc, page)
+        if self.page_images is not None:
+            self.page_images.add(page)
+
+    def _textpage(self, page: pymupdf.Page) -> tuple[pymupdf.TextPage, bool]:
+        """The page's text layer, or its OCR when `ocr` says so, and whether it is OCR.
+
+        Records the page's text for the `text` output.
+        """
+        textpage: pymupdf.TextPage | None = None
+        text = ""
+        ocr = self.ocr_mode == "always"
+        if not ocr:
+            textpage = page.get_textpage(flags=TEXT_FLAGS)
+            # the auto check needs the text only where an image could be a scan
+            if self.want_text or (self.ocr_mode == "auto" and page.get_images()):
+                text = textpage.extractText()
+                ocr = self.ocr_mode == "auto" and needs_ocr(page, text)
+        if ocr:
+            if self.tessdata is None:
+                self.tessdata = require_tessdata(self.options.ocr_language, self.limits.tessdata)
+            textpage = ocr_textpage(
+                page, TEXT_FLAGS, self.options.ocr_language, self.tessdata, self.limits
+            )
+            text = textpage.extractText() if self.want_text else ""
+        assert textpage is not None
+        if self.want_text:
+            self.result.pages.append(PageText(number=page.number + 1, text=text, ocr=ocr))
+        return textpage, ocr
+
+    def _finish(self) -> EngineOutput:
+        result = self.result
+        artifacts: list[ArtifactFile] = []
+        if self.markdown is not None:
+            result.markdown = self.markdown.render()
+            path = os.path.join(self.out_dir, MARKDOWN_ARTIFACT)
+            Path(path).write_text(result.markdown, encoding="utf-8")
+            artifacts.append(ArtifactFile(MARKDOWN_ARTIFACT, path, "text/markdown; charset=utf-8"))
+        if self.want_tables:
+            result.tables = [t.as_dict() for t in self.tables]
+            artifacts.append(self._tables_artifact())
+        if self.page_images is not None:
+            artifacts.append(self.page_images.close())
+        if self.images is not None:
+            artifacts.append(self.images.close())
+        if self.metadata is not None:
+            result.metadata = self.metadata.build(self.doc)
+        self._note_repair()
+        take_mupdf_messages(self.mupdf_messages)
+        result.warnings = self.warnings + [
+            f"mupdf: {m}" for m in self.mupdf_messages[:MAX_MUPDF_WARNINGS]
+        ]
+        return EngineOutput(result=result, artifacts=artifacts, pages_processed=self.processed)
+
+    def _tables_artifact(self) -> ArtifactFile:
+        path = os.path.join(self.out_dir, TABLES_ARTIFACT)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            parts = []
+            for table in self.tables:
+                zf.writestr(f"{table.name}.csv", table.csv())
+                parts.append(f"## Page {table.page}, table {table.index}\n\n{table.markdown()}")
+            zf.writestr("tables.md", "\n".join(parts))
+        return ArtifactFile(TABLES_ARTIFACT, path, "application/zip")
 
 
 def extract_document(
@@ -106,25 +278,25 @@ def extract_document(
 ) -> EngineOutput:
     """Extract what `options` asks for from the PDF at `path`.
 
+    Args:
+        path: the PDF file (untrusted).
+        options: outputs, page ranges, OCR mode and language, image resolution.
+        limits: bounds checked before the per-page work.
+        out_dir: an existing folder for the artifact files.
+        progress: called as progress(pages_done, pages_total) after each page.
+
+    Returns:
+        The result and the artifact files written into `out_dir`.
+
     Raises:
-        PermanentError: with a stable code for every input the engine refuses.
+        PermanentError: with a stable code for every input the engine refuses: EMPTY_FILE,
+            FILE_TOO_LARGE, NOT_A_PDF, PDF_ENCRYPTED, PDF_DAMAGED, TOO_MANY_PAGES,
+            PAGE_TOO_LARGE, OCR_UNAVAILABLE, INVALID_OPTIONS.
+        MemoryError: MuPDF could not allocate memory (the worker's limit).
     """
-    doc = _open(path)
-    try:
-        if doc.page_count > limits.max_pages:
-            raise PermanentError(
-                f"the PDF has {doc.page_count} pages, more than the limit of {limits.max_pages}",
-                ErrorCode.TOO_MANY_PAGES,
-            )
-        indexes = parse_pages(options.pages, doc.page_count)
-        result = ExtractionResult(page_count=doc.page_count)
-        if "text" in options.outputs:
-            for done, index in enumerate(indexes, start=1):
-                text = doc.load_page(index).get_text()
-                result.pages.append(PageText(number=index + 1, text=text))
-                progress(done, len(indexes))
-        if "metadata" in options.outputs:
-            result.metadata = _metadata(doc)
-        return EngineOutput(result=result)
-    finally:
-        doc.close()
+    with quiet_mupdf():
+        doc = open_pdf(path, limits)
+        try:
+            return _Extraction(doc, options, limits, out_dir).run(progress)
+        finally:
+            doc.close()

@@ -108,6 +108,8 @@ async def test_object_drop_writes_the_outbox_once_per_object(stack: Stack) -> No
 
     result = await stack.ctx.storage.get_json("outbox/reports/Quarterly Report ü.pdf.json")
     assert "dropped text" in result["pages"][0]["text"]
+    markdown = await stack.ctx.storage.get_bytes("outbox/reports/Quarterly Report ü.pdf.md")
+    assert b"dropped text" in markdown
 
     # The same notification again (MinIO retries, replays) makes no second job.
     info = await stack.ctx.storage.stat(key)

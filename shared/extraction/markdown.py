@@ -1,0 +1,868 @@
+"""Markdown from MuPDF's structured text: headings from font sizes and weights, no layout model.
+
+Speed is the point. MuPDF writes the structured text of a page as JSON in C (one record per
+line: bounding box, the line's font, its text), and `json` reads it in C too, at about half
+the cost of `page.get_text("dict")` (one Python dict per span). The line's font is that of its
+first character, which is what headings, code blocks and list items need; inline bold or
+italic is not rendered. Links come from the page's link list, tables from `find_tables()` when
+the caller asks for them.
+
+The text is untrusted: "<" and "[" in prose are escaped, so that a PDF cannot smuggle raw HTML
+or a `javascript:` link into the Markdown; links are made only for http(s), mailto and ftp.
+
+Pages are added one at a time (`MarkdownBuilder.add_page`) and keep only compact paragraph
+records; heading levels are decided in `render()` once the body font size of the whole selection
+is known.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pymupdf
+
+JSON_SCALE = 10.0
+"""MuPDF's JSON writer prints integers; scaling by 10 keeps a tenth of a point."""
+
+Rect = tuple[float, float, float, float]
+
+_JSON = json.JSONDecoder(strict=False)
+"""Control characters can reach the JSON unescaped; one decoder, not one per page."""
+
+_BOLD_NAME = re.compile(r"bold|black|heavy|semibold|demi|(?:cm|sf|ec|tc|lm)bx|cmb\d", re.I)
+_MONO_NAME = re.compile(
+    r"mono|courier|typewriter|consol|menlo|inconsolata|cmtt|sftt|ectt|lmtt|txtt|cmsltt|pcr|"
+    r"nimbusmon|fixedsys|sourcecode|firacode",
+    re.I,
+)
+_BULLET_CHARS = "•◦▪▫‣\u2043●○■□►▶➢➤✓✔∙·\uf0b7\uf0a7\uf0d8\uf076\uf0fc\uf0a8"
+_DASHES = "\u2013\u2014"
+_BULLET = re.compile(rf"^(?:[{_BULLET_CHARS}]\s*|[-{_DASHES}*+]\s+)(?=\S)")
+_NUMBERED = re.compile(r"^(?:\d{1,3}[.)]|\(\d{1,3}\)|\(?[a-z][)]|\([ivx]{1,5}\))\s+(?=\S)")
+_LIST_FIRST = frozenset(_BULLET_CHARS + _DASHES + "-*+(0123456789")
+_ONLY_BULLET = re.compile(rf"^\s*[{_BULLET_CHARS}{_DASHES}\-*]\s*$")
+_NUMBER = re.compile(r"^\s*(?:\d{1,3}(?:\.\d{1,3})*\.?|[A-Z]\.?|[IVX]{1,5}\.?)\s*$")
+"""A section number alone: "3", "3.1.1", "A", "IV."."""
+_SECTION_HEAD = re.compile(r"^\d{1,3}(?:\.\d{1,3})+\.?\s+\w")
+"""A title led by a multi-level section number: "3.1.1 UNIX"."""
+_LEADER = re.compile(r"(?:\. ?){4,}|…{2,}|_{4,}")
+"""Dot leaders of a table of contents."""
+_LETTER = re.compile(r"[^\W\d_]")
+_PAGE_NUMBER = re.compile(r"^\W*(?:\d{1,5}|[ivxlcdm]{1,8})\W*$", re.I)
+_DIGITS = re.compile(r"\d+")
+_NEEDS_ESCAPE = re.compile(r"^(?:#|>|[-+*]\s|\d+[.)]\s|`{3}|~{3}|={3,}\s*$|-{3,}\s*$)")
+_HYPHENS = ("-", "\u00ad", "\u2010")
+_SENTENCE_END = (".", "!", "?", ":")
+_SAFE_SCHEMES = ("http://", "https://", "mailto:", "ftp://")
+
+MAX_SIZE_LEVELS = 4
+"""Heading levels given by font size; larger sizes beyond them (title pages) share level 1."""
+
+HEADING_MAX_WIDTH = 0.8
+"""A heading in body-size type is narrower than this share of the page's text width."""
+
+MARGIN_BAND = 0.15
+"""Running heads, feet and page numbers: a page's first or last line, within this fraction of
+the page's height from its edge."""
+
+
+@dataclass(slots=True)
+class Line:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    size: float
+    bold: bool
+    mono: bool
+    text: str
+    tabular: bool = False
+    """Pieces of one baseline set far apart (a table row, a form): never a heading."""
+
+
+@dataclass(slots=True)
+class Block:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    lines: list[Line] = field(default_factory=list)
+    table: str | None = None
+
+
+@dataclass(slots=True)
+class Para:
+    kind: str
+    """"p", "li", "code" or "table"."""
+    text: str
+    size: float = 0.0
+    bold: bool = False
+    lines: int = 1
+    first_in_block: bool = True
+    narrow: bool = True
+    """Ends well before the block's right edge, or is the whole block (a heading shape)."""
+    margin_key: str | None = None
+    """Set for one-line paragraphs in the top or bottom band: running head/foot candidates."""
+
+
+@dataclass(slots=True)
+class _PageParas:
+    number: int
+    paras: list[Para]
+
+
+_font_cache: dict[str, tuple[bool, bool]] = {}
+
+
+def _font_style(name: str, weight: str, family: str) -> tuple[bool, bool]:
+    """(bold, mono) from MuPDF's font flags, helped by the name (TeX fonts often lack flags)."""
+    base = name.rpartition("+")[2]
+    bold = weight == "bold" or bool(_BOLD_NAME.search(base))
+    mono = family == "monospace" or bool(_MONO_NAME.search(base))
+    return bold, mono
+
+
+def _json_blocks(textpage: pymupdf.TextPage) -> list[Block]:
+    mupdf = pymupdf.mupdf
+    buf = mupdf.fz_new_buffer(16384)
+    out = mupdf.FzOutput(buf)
+    mupdf.fz_print_stext_page_as_json(out, textpage.this, JSON_SCALE)
+    out.fz_close_output()
+    raw = mupdf.fz_buffer_extract(buf)
+    # lone surrogates from broken ToUnicode maps are written as invalid UTF-8
+    data = _JSON.decode(raw.decode("utf-8", "replace"))
+    scale = JSON_SCALE
+    cache = _font_cache
+    blocks: list[Block] = []
+    # the hot loop of the Markdown path: plain indexing, one cache lookup per line
+    for b in data["blocks"]:
+        if b["type"] != "text":
+            continue
+        lines: list[Line] = []
+        for ln in b["lines"]:
+            text = ln["text"]
+            if not text or text.isspace():
+                continue
+            bb = ln["bbox"]
+            font = ln["font"]
+            fname = font["name"]
+            style = cache.get(fname)
+            if style is None:
+                style = _font_style(fname, font["weight"], font["family"])
+                if len(cache) < 4096:
+                    cache[fname] = style
+            x0 = bb["x"] / scale
+            y0 = bb["y"] / scale
+            y1 = y0 + bb["h"] / scale
+            mono = style[1]
+            if mono:
+                text = text.rstrip()
+            else:
+                text = " ".join(text.split())
+                if "<" in text or "[" in text:
+                    text = _escape_inline(text)
+                if lines:
+                    prev = lines[-1]
+                    if not prev.mono and abs(y1 - prev.y1) < 1.0 and x0 >= prev.x1 - 1.0:
+                        # one baseline split by a wide gap: join (see _merge_rows)
+                        _join_row(prev, x0, y0, x0 + bb["w"] / scale, text)
+                        continue
+            lines.append(
+                Line(
+                    x0,
+                    y0,
+                    x0 + bb["w"] / scale,
+                    y1,
+                    (font["size"] + 0.5) / scale,
+                    style[0],
+                    mono,
+                    text,
+                )
+            )
+        if lines:
+            bb = b["bbox"]
+            x0 = bb["x"] / scale
+            y0 = bb["y"] / scale
+            blocks.append(Block(x0, y0, x0 + bb["w"] / scale, y0 + bb["h"] / scale, lines))
+    return blocks
+
+
+def _dict_blocks(textpage: pymupdf.TextPage) -> list[Block]:
+    """The same structure from `extractDICT()`: slower, used only if the JSON path fails."""
+    blocks: list[Block] = []
+    for b in textpage.extractDICT().get("blocks", ()):
+        if b.get("type") != 0:
+            continue
+        lines: list[Line] = []
+        for ln in b.get("lines", ()):
+            spans = ln.get("spans") or ()
+            text = "".join(s.get("text", "") for s in spans)
+            if not spans or not text or text.isspace():
+                continue
+            first = spans[0]
+            flags = int(first.get("flags", 0))
+            bold, mono = _font_style(
+                str(first.get("font", "")),
+                "bold" if flags & pymupdf.TEXT_FONT_BOLD else "normal",
+                "monospace" if flags & pymupdf.TEXT_FONT_MONOSPACED else "serif",
+            )
+            x0, y0, x1, y1 = ln["bbox"]
+            lines.append(
+                Line(
+                    x0,
+                    y0,
+                    x1,
+                    y1,
+                    float(first.get("size", 0.0)),
+                    bold,
+                    mono,
+                    text.rstrip() if mono else _escape_inline(" ".join(text.split())),
+                )
+            )
+        if lines:
+            x0, y0, x1, y1 = b["bbox"]
+            blocks.append(Block(x0, y0, x1, y1, lines))
+    _merge_rows(blocks)
+    return blocks
+
+
+def _escape_inline(text: str) -> str:
+    return text.replace("<", "\\<").replace("[", "\\[")
+
+
+def text_blocks(textpage: pymupdf.TextPage) -> list[Block]:
+    """The text blocks of a page, each with its lines, in MuPDF's order."""
+    try:
+        return _json_blocks(textpage)
+    except (ValueError, KeyError, TypeError, AttributeError, pymupdf.mupdf.FzErrorBase):
+        return _dict_blocks(textpage)
+
+
+def uri_links(page: pymupdf.Page) -> list[tuple[Rect, str]]:
+    """External links of a page as (rect, uri), read with MuPDF's own link list (cheap even on
+    pages with hundreds of internal links, unlike `page.get_links()`)."""
+    mupdf = pymupdf.mupdf
+    found: list[tuple[Rect, str]] = []
+    link = mupdf.fz_load_links(page.this)
+    while link.m_internal:
+        uri = link.uri()
+        if uri and mupdf.fz_is_external_link(uri):
+            r = link.rect()
+            found.append(((r.x0, r.y0, r.x1, r.y1), uri))
+        link = link.next()
+    if found and page.rotation:
+        # text is extracted from the unrotated page (as `page.get_textpage` does)
+        derotate = page.derotation_matrix
+        rects = [(pymupdf.Rect(r) * derotate, uri) for r, uri in found]
+        found = [((r.x0, r.y0, r.x1, r.y1), uri) for r, uri in rects]
+    return found
+
+
+def _safe_uri(uri: str) -> str | None:
+    """Only schemes that are safe to make clickable; `javascript:` and friends stay text."""
+    uri = uri.strip()
+    if not uri.lower().startswith(_SAFE_SCHEMES):
+        return None
+    for char, code in ((" ", "%20"), ("(", "%28"), (")", "%29"), ("<", "%3C"), (">", "%3E")):
+        uri = uri.replace(char, code)
+    return uri
+
+
+def _link_lines(blocks: Sequence[Block], rect: Rect) -> list[Line]:
+    """The prose lines a link rectangle touches."""
+    x0, y0, x1, y1 = rect
+    found = []
+    for block in blocks:
+        if block.y1 < y0 or block.y0 > y1 or block.x1 < x0 or block.x0 > x1:
+            continue
+        for line in block.lines:
+            if not (line.mono or line.y1 < y0 or line.y0 > y1 or line.x1 < x0 or line.x0 > x1):
+                found.append(line)
+    return found
+
+
+def _link_text(line: Line, piece: str, link_md: str) -> bool:
+    pos = line.text.find(piece)
+    if pos < 0 or link_md in line.text:
+        return False
+    line.text = line.text[:pos] + link_md + line.text[pos + len(piece) :]
+    return True
+
+
+def _apply_links(
+    textpage: pymupdf.TextPage, blocks: Sequence[Block], links: Sequence[tuple[Rect, str]]
+) -> None:
+    for rect, raw_uri in links:
+        uri = _safe_uri(raw_uri)
+        if uri is None:
+            continue
+        lines = _link_lines(blocks, rect)
+        if not lines:
+            continue
+        # a printed URL (the common case in manuals) is found without asking MuPDF
+        printed = raw_uri.removeprefix("mailto:")
+        if any(
+            _link_text(line, candidate, f"<{uri}>")
+            for candidate in dict.fromkeys((printed, printed.rstrip("/")))
+            for line in lines
+        ):
+            continue
+        try:
+            # C-level copy; TextPage.extractTextbox walks every character in Python
+            box = pymupdf.mupdf.fz_copy_rectangle(textpage.this, pymupdf.mupdf.FzRect(*rect), 0)
+        except (RuntimeError, ValueError, TypeError, pymupdf.mupdf.FzErrorBase):
+            continue
+        for raw_piece in box.splitlines():
+            # MuPDF copies the characters the box touches, often with trailing punctuation
+            piece = _escape_inline(" ".join(raw_piece.split()).rstrip(".,;"))
+            if not piece:
+                continue
+            if piece.rstrip("/") in (raw_uri.rstrip("/"), printed.rstrip("/")):
+                link_md = f"<{uri}>"
+            else:
+                anchor = piece.replace("]", "\\]")
+                link_md = f"[{anchor}]({uri})"
+            for line in lines:
+                if _link_text(line, piece, link_md):
+                    break
+
+
+def _reading_order(blocks: list[Block], width: float, height: float) -> list[Block]:
+    """MuPDF's order, except on two-column pages: each column top to bottom, with full-width
+    blocks (titles, figures across both columns) cutting the page into bands."""
+    if len(blocks) < 4 or width <= 0:
+        return blocks
+    mid = width / 2
+    tol = width * 0.02
+    left = [b for b in blocks if b.x1 <= mid + tol and b.x0 < mid - tol]
+    right = [b for b in blocks if b.x0 >= mid - tol and b.x1 > mid + tol]
+    if len(left) < 2 or len(right) < 2:
+        return blocks
+    for column in (left, right):
+        tall = sum(b.y1 - b.y0 for b in column)
+        wide = sum(b.x1 - b.x0 for b in column) / len(column)
+        if tall < 0.3 * height or wide < 0.3 * width:
+            return blocks
+    in_columns = {id(b) for b in left} | {id(b) for b in right}
+    full = sorted((b for b in blocks if id(b) not in in_columns), key=lambda b: b.y0)
+    left.sort(key=lambda b: b.y0)
+    right.sort(key=lambda b: b.y0)
+    ordered: list[Block] = []
+    li = ri = 0
+    for cut in full:
+        while li < len(left) and left[li].y0 < cut.y0:
+            ordered.append(left[li])
+            li += 1
+        while ri < len(right) and right[ri].y0 < cut.y0:
+            ordered.append(right[ri])
+            ri += 1
+        ordered.append(cut)
+    ordered.extend(left[li:])
+    ordered.extend(right[ri:])
+    return ordered
+
+
+def _join(lines: Sequence[Line]) -> str:
+    text = lines[0].text
+    for line in lines[1:]:
+        nxt = line.text
+        if text.endswith(_HYPHENS) and len(text) > 1 and text[-2].isalpha() and nxt[:1].islower():
+            text = text[:-1] + nxt
+        else:
+            text = f"{text} {nxt}"
+    return text
+
+
+def _code(lines: Sequence[Line]) -> str:
+    """Code lines with their indentation; fragments on one baseline become one line."""
+    left = min(line.x0 for line in lines)
+    widths = sorted(
+        (line.x1 - line.x0) / len(stripped)
+        for line in lines
+        if len(stripped := line.text.strip()) >= 4
+    )
+    char_w = widths[len(widths) // 2] if widths else lines[0].size * 0.52
+    rows: list[tuple[float, list[Line]]] = []
+    for line in sorted(lines, key=lambda ln: ln.y1):
+        if rows and abs(rows[-1][0] - line.y1) <= 1.5:
+            rows[-1][1].append(line)
+        else:
+            rows.append((line.y1, [line]))
+    out = []
+    for _, row in rows:
+        text = ""
+        for frag in sorted(row, key=lambda ln: ln.x0):
+            body = frag.text.lstrip()
+            # leading spaces that are glyphs are inside the line's box already
+            column = round((frag.x0 - left) / char_w) if char_w > 0 else 0
+            column += len(frag.text) - len(body)
+            column = max(len(text) + (1 if text else 0), min(column, 120))
+            text = text.ljust(column) + body.rstrip()
+        out.append(text)
+    return "\n".join(out)
+
+
+class _ParaCollector:
+    """Splits the lines of one page's blocks into paragraphs, list items and code runs."""
+
+    def __init__(
+        self,
+        top: float,
+        bottom: float,
+        text_width: float,
+        out: list[Para],
+        sizes: dict[float, int],
+    ) -> None:
+        self.top = top
+        """Lines starting above this (the page's first lines) may be running heads."""
+        self.bottom = bottom
+        """Lines ending below this (the page's last lines) may be running feet."""
+        self.max_heading_width = HEADING_MAX_WIDTH * text_width
+        self.out = out
+        self.sizes = sizes
+        """Characters per font size (rounded to half points), for the body size."""
+        self.code: list[Line] = []
+        """Code lines not yet written: display code often spans several MuPDF blocks."""
+        self.blocks: Sequence[Block] = ()
+        """All blocks of the page, to tell table rows from headings."""
+
+    def block(self, block: Block) -> None:
+        """Split one block into paragraphs."""
+        lines = block.lines
+        sizes = self.sizes
+        if len(lines) == 1:  # the most common block: a heading, a label, a short line
+            line = lines[0]
+            if line.mono:
+                self._flush("code", lines, True, block.x1, last_in_block=True)
+            else:
+                sizes[line.size] = sizes.get(line.size, 0) + len(line.text)
+                self._flush(_list_kind(line.text), lines, True, block.x1, last_in_block=True)
+            return
+        monos = [line.mono for line in lines]
+        # a prose line that merely starts with `code` is not a code block
+        mixed = any(monos) and not all(monos)
+        last = len(lines) - 1
+        list_first = _LIST_FIRST
+        run: list[Line] = []
+        kind = ""
+        first = True
+        bx0 = block.x0
+        bx1 = block.x1
+        for i, line in enumerate(lines):
+            text = line.text
+            if line.mono and not (
+                mixed and (i == 0 or not monos[i - 1]) and (i == last or not monos[i + 1])
+            ):
+                k = "code"
+            else:
+                # sizes come from MuPDF in tenths of a point: few distinct values
+                sizes[line.size] = sizes.get(line.size, 0) + len(text)
+                k = _list_kind(text) if text[0] in list_first or text[1:2] == ")" else "p"
+            if run:
+                prev = run[-1]
+                brk = False
+                if k == "code" or kind == "code":
+                    brk = k != kind
+                elif (
+                    k == "li"
+                    or abs(line.size - prev.size) > 0.6
+                    or line.bold != prev.bold
+                    or line.y0 - prev.y1 > 0.8 * max(line.size, 1.0)
+                ):
+                    brk = True
+                elif kind == "li":
+                    brk = line.x0 < run[0].x0 - 1.0
+                else:
+                    indented = line.x0 > bx0 + 0.9 * line.size and prev.x0 <= bx0 + 1.0
+                    short = prev.x1 < bx1 - 2.5 * prev.size and prev.text.endswith(_SENTENCE_END)
+                    # table-of-contents lines stay lines
+                    brk = indented or short or _has_leader(prev.text)
+                if brk:
+                    self._flush(kind, run, first, bx1, last_in_block=False)
+                    first = False
+                    run = []
+            if not run:
+                kind = k
+            run.append(line)
+        if run:
+            self._flush(kind, run, first, bx1, last_in_block=True)
+
+    def finish(self) -> None:
+        """Write what is pending at the end of the page."""
+        self._flush_code()
+
+    def _flush_code(self) -> None:
+        if self.code:
+            head = self.code[0]
+            self.out.append(Para("code", _code(self.code), head.size, head.bold, len(self.code)))
+            self.code = []
+
+    def _flush(
+        self, kind: str, run: list[Line], first: bool, bx1: float, *, last_in_block: bool
+    ) -> None:
+        head = run[0]
+        if kind == "code":
+            pending = self.code
+            if pending and head.y0 - pending[-1].y1 > 1.5 * max(head.size, 1.0):
+                self._flush_code()
+            self.code.extend(run)
+            return
+        self._flush_code()
+        text = head.text if len(run) == 1 else _join(run)
+        margin_key = None
+        if len(run) == 1 and (head.y0 <= self.top or head.y1 >= self.bottom):
+            margin_key = _DIGITS.sub("#", text.lower())
+        # a heading ends its lines early; MuPDF gives the first line of a description item
+        # ("Term: text running to the margin") a block of its own, so width counts too
+        last = run[-1]
+        narrow = (last_in_block or last.x1 < bx1 - 2.0 * head.size) and (
+            last.x1 - last.x0 < self.max_heading_width or bool(_SECTION_HEAD.match(text))
+        )
+        if narrow and head.tabular:
+            narrow = False
+        if narrow and head.bold and len(self.blocks) >= 3:
+            narrow = not _in_table_row(head, self.blocks)
+        # lines of one run share boldness and (to 0.6 pt) size: the run breaks otherwise
+        size = head.size if len(run) == 1 else max(line.size for line in run)
+        self.out.append(Para(kind, text, size, head.bold, len(run), first, narrow, margin_key))
+
+
+def _has_leader(text: str) -> bool:
+    if ". ." in text or "...." in text or "\u2026\u2026" in text or "____" in text:
+        return bool(_LEADER.search(text))
+    return False
+
+
+def _list_kind(text: str) -> str:
+    """ "li" for a list item ("- x", "• x", "1. x", "(a) x", "a) x"), else "p"."""
+    first = text[0]
+    if first in _LIST_FIRST:
+        return "li" if _BULLET.match(text) or _NUMBERED.match(text) else "p"
+    return "li" if text[1:2] == ")" and first.islower() else "p"
+
+
+def _in_table_row(line: Line, blocks: Sequence[Block]) -> bool:
+    """Whether two or more other blocks sit on the line's baseline (a table row)."""
+    y = line.y1 - 0.5
+    others = 0
+    for block in blocks:
+        if block.y0 <= y <= block.y1 and not (block.x0 <= line.x0 and line.x1 <= block.x1):
+            others += 1
+            if others >= 2:
+                return True
+    return False
+
+
+def _join_row(prev: Line, x0: float, y0: float, x1: float, text: str) -> None:
+    """Append a piece of the same baseline to `prev`; a wide gap makes it a table-like row,
+    unless what stands apart is a bullet or a section number ("3.1.1      UNIX")."""
+    if x0 - prev.x1 > 2.0 * max(prev.size, 1.0) and not (
+        len(prev.text) <= 12 and (_ONLY_BULLET.match(prev.text) or _NUMBER.match(prev.text))
+    ):
+        prev.tabular = True
+    prev.text = f"{prev.text} {text}"
+    prev.x1 = x1
+    if y0 < prev.y0:
+        prev.y0 = y0
+
+
+def _merge_rows(blocks: Sequence[Block]) -> None:
+    """Join the pieces MuPDF splits one baseline into within a block (wide gaps, table
+    cells), so that each visual line is one line; code keeps its pieces for its columns.
+    (The JSON path does this as it reads the lines.)"""
+    for block in blocks:
+        lines = block.lines
+        if len(lines) < 2:
+            continue
+        out = [lines[0]]
+        for line in lines[1:]:
+            prev = out[-1]
+            if (
+                abs(line.y1 - prev.y1) < 1.0
+                and line.x0 >= prev.x1 - 1.0
+                and not line.mono
+                and not prev.mono
+            ):
+                _join_row(prev, line.x0, line.y0, line.x1, line.text)
+            else:
+                out.append(line)
+        if len(out) != len(lines):
+            block.lines = out
+
+
+def _merge_markers(blocks: list[Block]) -> list[Block]:
+    """Put a bullet or a section number back in front of its text.
+
+    Set apart by a wide gap ("3.1.1      UNIX", "•   item"), MuPDF gives the marker a line or
+    block of its own; its text is the next line on the same baseline to its right.
+    """
+    if not any(len(line.text) <= 12 for block in blocks for line in block.lines):
+        return blocks
+    flat = [line for block in blocks for line in block.lines]
+    merged: set[int] = set()
+    for i in [i for i, line in enumerate(flat) if len(line.text) <= 12]:
+        line = flat[i]
+        text = line.text
+        if line.mono or not (_ONLY_BULLET.match(text) or _NUMBER.match(text)):
+            continue
+        for nxt in flat[i + 1 : i + 4]:
+            if abs(nxt.y1 - line.y1) <= 2.5 and line.x1 <= nxt.x0 + 1.0 and not nxt.mono:
+                nxt.text = f"{text.strip()} {nxt.text}"
+                nxt.x0 = line.x0
+                merged.add(id(line))
+                break
+    if not merged:
+        return blocks
+    out = []
+    for block in blocks:
+        block.lines = [line for line in block.lines if id(line) not in merged]
+        if block.lines:
+            block.x0 = min(block.x0, *(line.x0 for line in block.lines))
+            out.append(block)
+    return out
+
+
+class MarkdownBuilder:
+    """Accumulates pages; `render()` returns the document's Markdown."""
+
+    def __init__(self) -> None:
+        self._pages: list[_PageParas] = []
+        self._sizes: dict[float, int] = {}
+
+    def add_page(
+        self,
+        number: int,
+        textpage: pymupdf.TextPage,
+        page_rect: pymupdf.Rect,
+        links: Sequence[tuple[Rect, str]] = (),
+        tables: Sequence[tuple[Rect, str]] = (),
+        *,
+        ocr: bool = False,
+    ) -> None:
+        """Add one page (1-based `number`) from its structured text.
+
+        Args:
+            number: the page number, 1-based.
+            textpage: the page's text (native or OCR).
+            page_rect: the rectangle of the text page (`textpage.rect`: unrotated), for
+                columns and the running head/foot bands.
+            links: external links as (rect, uri), e.g. from `uri_links(page)`.
+            tables: tables found on the page as (bbox, markdown); their text is replaced by
+                the table.
+            ocr: the text comes from OCR, whose one font says nothing about code or emphasis.
+        """
+        blocks = text_blocks(textpage)
+        if ocr:
+            for block in blocks:
+                for line in block.lines:
+                    if line.mono:
+                        line.mono = False
+                        line.text = " ".join(line.text.split())
+                    line.bold = False
+        if tables:
+            blocks = _place_tables(blocks, tables)
+        blocks = _merge_markers(blocks)
+        if links:
+            _apply_links(textpage, blocks, links)
+        width = page_rect.width
+        height = page_rect.height
+        ordered = _reading_order(blocks, width, height)
+        paras: list[Para] = []
+        text_width = width
+        top = bottom = 0.0
+        if blocks:
+            text_width = max(b.x1 for b in blocks) - min(b.x0 for b in blocks)
+            # running heads and feet: the page's first and last lines, near the edges
+            top = min(min(b.y0 for b in blocks) + 1.0, page_rect.y0 + height * MARGIN_BAND)
+            bottom = max(max(b.y1 for b in blocks) - 1.0, page_rect.y1 - height * MARGIN_BAND)
+        collector = _ParaCollector(top, bottom, text_width, paras, self._sizes)
+        collector.blocks = blocks
+        for block in ordered:
+            if block.table is not None:
+                collector.finish()
+                paras.append(Para("table", block.table))
+            else:
+                collector.block(block)
+        collector.finish()
+        self._pages.append(_PageParas(number, paras))
+
+    def render(self) -> str:
+        """The Markdown of every page added so far, in the order they were added."""
+        body = _body_size(self._sizes)
+        drop = _running_heads(self._pages)
+        levels, bold_level = _heading_levels(self._pages, body, drop)
+        out: list[str] = []
+        prev_kind = ""
+        for page in self._pages:
+            for para in page.paras:
+                if para.margin_key is not None and (
+                    para.margin_key in drop or _PAGE_NUMBER.match(para.text)
+                ):
+                    continue
+                level = _heading_level(para, body, levels, bold_level)
+                if prev_kind == "li" and (level or para.kind != "li"):
+                    out.append("\n")  # a list ends with a blank line
+                if level:
+                    out.append(f"{'#' * level} {para.text}\n\n")
+                    prev_kind = "h"
+                    continue
+                if para.kind == "li":
+                    out.append(_list_item(para.text))
+                elif para.kind == "code":
+                    fence = "````" if "```" in para.text else "```"
+                    out.append(f"{fence}\n{para.text}\n{fence}\n\n")
+                elif para.kind == "table":
+                    out.append(para.text.strip("\n") + "\n\n")
+                else:
+                    text = para.text
+                    if _NEEDS_ESCAPE.match(text):
+                        text = "\\" + text
+                    out.append(text + "\n\n")
+                prev_kind = para.kind
+        return "".join(out).rstrip("\n") + "\n" if out else ""
+
+
+def _list_item(text: str) -> str:
+    m = _BULLET.match(text)
+    if m:
+        return f"- {text[m.end() :]}\n"
+    m = _NUMBERED.match(text)
+    if m:
+        marker = m.group(0).strip()
+        if marker[:-1].isdigit():
+            return f"{marker[:-1]}. {text[m.end() :]}\n"
+        return f"- {marker} {text[m.end() :]}\n"
+    return f"- {text}\n"
+
+
+def _body_size(sizes: dict[float, int]) -> float:
+    """The size (to half a point) of most characters."""
+    if not sizes:
+        return 0.0
+    buckets: dict[float, int] = {}
+    for size, count in sizes.items():
+        key = round(size * 2) / 2
+        buckets[key] = buckets.get(key, 0) + count
+    return max(buckets.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+
+
+def _running_heads(pages: Sequence[_PageParas]) -> set[str]:
+    """Margin lines that repeat on many pages (running heads and feet, page-number lines)."""
+    if len(pages) < 2:
+        return set()
+    counts: dict[str, int] = {}
+    for page in pages:
+        seen = {p.margin_key for p in page.paras if p.margin_key is not None}
+        for key in seen:
+            counts[key] = counts.get(key, 0) + 1
+    threshold = max(2, int(len(pages) * 0.2))
+    return {key for key, n in counts.items() if n >= threshold}
+
+
+def _is_candidate(para: Para, drop: set[str]) -> bool:
+    if para.kind not in ("p", "li") or para.lines > 4 or len(para.text) > 250:
+        return False
+    if para.margin_key is not None and para.margin_key in drop:
+        return False
+    if para.kind == "li" and not _NUMBERED.match(para.text):
+        return False
+    if _has_leader(para.text):
+        return False
+    return bool(_LETTER.search(para.text, 0, 40))
+
+
+def _heading_threshold(body: float) -> float:
+    return body + max(1.0, body * 0.1)
+
+
+def _heading_levels(
+    pages: Sequence[_PageParas], body: float, drop: set[str]
+) -> tuple[list[float], int]:
+    """Heading sizes, largest first, and the level of headings in bold body text."""
+    threshold = _heading_threshold(body)
+    found: set[float] = set()
+    for page in pages:
+        for para in page.paras:
+            if para.size >= threshold and _is_candidate(para, drop):
+                found.add(round(para.size * 2) / 2)
+    clusters: list[float] = []
+    for size in sorted(found, reverse=True):
+        if not clusters or clusters[-1] - size > 0.6:
+            clusters.append(size)
+    return clusters, min(len(clusters), MAX_SIZE_LEVELS) + 1
+
+
+def _heading_level(para: Para, body: float, levels: list[float], bold_level: int) -> int:
+    """The heading level of a paragraph, 0 for none.
+
+    Larger than the body: by size rank. At body size: bold, or led by a multi-level section
+    number ("3.1.1 UNIX"), and shaped like a heading (short, alone on its lines, no final
+    punctuation).
+    """
+    text = para.text
+    if para.kind not in ("p", "li") or para.lines > 4 or len(text) > 250:
+        return 0
+    if para.kind == "li" and not _NUMBERED.match(text):
+        return 0
+    if not _LETTER.search(text, 0, 40) or _has_leader(text):
+        return 0
+    if para.size >= _heading_threshold(body) and levels:
+        size = round(para.size * 2) / 2
+        rank = next((i for i, s in enumerate(levels) if size >= s - 0.6), len(levels) - 1)
+        return max(1, rank + 1 - max(0, len(levels) - MAX_SIZE_LEVELS))
+    if (
+        abs(para.size - body) <= 1.0
+        and para.lines <= 2
+        and len(text) <= 120
+        and para.narrow
+        and para.first_in_block
+        and not text.endswith((".", ",", ";", ":", "-"))
+        and (para.bold or (para.lines == 1 and _SECTION_HEAD.match(text)))
+    ):
+        return bold_level
+    return 0
+
+
+def _place_tables(blocks: list[Block], tables: Sequence[tuple[Rect, str]]) -> list[Block]:
+    """Drop the lines inside each table's box and put the table where its box starts."""
+    out: list[Block] = []
+    for block in blocks:
+        kept = []
+        for line in block.lines:
+            cx = (line.x0 + line.x1) / 2
+            cy = (line.y0 + line.y1) / 2
+            if not any(t[0] <= cx <= t[2] and t[1] <= cy <= t[3] for t, _ in tables):
+                kept.append(line)
+        if kept:
+            block.lines = kept
+            out.append(block)
+    table_blocks = [Block(r[0], r[1], r[2], r[3], [], md) for r, md in tables]
+    # tables go before the first block that starts below them (MuPDF's order is kept otherwise)
+    for tb in sorted(table_blocks, key=lambda b: b.y0):
+        at = next((i for i, b in enumerate(out) if b.table is None and b.y0 >= tb.y0), len(out))
+        out.insert(at, tb)
+    return out
+
+
+def document_markdown(doc: pymupdf.Document, indexes: Sequence[int], flags: int) -> str:
+    """Markdown of the given 0-based pages of an open document (no OCR, no tables)."""
+    builder = MarkdownBuilder()
+    for index in indexes:
+        page = doc.load_page(index)
+        textpage = page.get_textpage(flags=flags)
+        builder.add_page(index + 1, textpage, textpage.rect, uri_links(page))
+    return builder.render()
+
+
+def headings(markdown: str) -> list[str]:
+    """The heading texts of a Markdown document (ATX headings), emphasis markers removed."""
+    found = []
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            stripped = line.lstrip("#")
+            if stripped[:1] == " " and len(line) - len(stripped) <= 6:
+                found.append(stripped.strip().replace("**", "").replace("__", "").strip("_*` "))
+    return found

@@ -1,0 +1,231 @@
+"""Hostile input: every file ends with its stable error code or a clean success."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ErrorCode, PermanentError
+from shared.extraction import EngineOutput, ExtractLimits, extract_document
+from shared.extraction.hostile import scan_actions
+from shared.models import ExtractOptions, Output
+from tests.unit import pdfgen
+
+EVERYTHING: tuple[Output, ...] = (
+    "text",
+    "markdown",
+    "metadata",
+    "page_images",
+    "images",
+    "tables",
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("hostile")
+    empty = d / "empty.pdf"
+    empty.write_bytes(b"")
+    rich = pdfgen.rich_pdf(d / "rich.pdf")
+    return {
+        "rich": rich,
+        "empty": empty,
+        "random": pdfgen.random_bytes(d / "random.pdf"),
+        "html": pdfgen.html_renamed(d / "page.pdf"),
+        "png": pdfgen.png_renamed(d / "image.pdf"),
+        "truncated": pdfgen.truncated_pdf(rich, d / "truncated.pdf"),
+        "cut_header": pdfgen.truncated_pdf(rich, d / "cut.pdf", keep=0.004),
+        "broken_xref": pdfgen.broken_xref_pdf(d / "xref.pdf"),
+        "encrypted": pdfgen.encrypted_pdf(d / "locked.pdf", user_pw="user-secret"),
+        "owner_only": pdfgen.encrypted_pdf(d / "owner.pdf", user_pw=None),
+        "blank_pages": pdfgen.blank_pages_pdf(d / "blank.pdf", 2000),
+        "huge_page": pdfgen.huge_mediabox_pdf(d / "huge.pdf"),
+        "bomb": pdfgen.bomb_pdf(d / "bomb.pdf"),
+        "actions": pdfgen.actions_pdf(d / "actions.pdf"),
+        "cycle": pdfgen.page_tree_cycle_pdf(d / "cycle.pdf"),
+        "broken_content": pdfgen.broken_content_pdf(d / "content.pdf"),
+    }
+
+
+def run(
+    path: Path,
+    out_dir: Path,
+    outputs: tuple[Output, ...] = EVERYTHING,
+    limits: ExtractLimits | None = None,
+    **options: object,
+) -> EngineOutput:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return extract_document(
+        str(path),
+        ExtractOptions.model_validate({"outputs": outputs, "ocr": "never", **options}),
+        limits or ExtractLimits(),
+        str(out_dir),
+        lambda done, total: None,
+    )
+
+
+def refused(path: Path, out_dir: Path, **kwargs: object) -> PermanentError:
+    with pytest.raises(PermanentError) as info:
+        run(path, out_dir, **kwargs)  # type: ignore[arg-type]
+    message = info.value.message
+    assert str(path) not in message
+    assert str(out_dir) not in message
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("empty", ErrorCode.EMPTY_FILE),
+        ("random", ErrorCode.NOT_A_PDF),
+        ("html", ErrorCode.NOT_A_PDF),
+        ("png", ErrorCode.NOT_A_PDF),
+        ("encrypted", ErrorCode.PDF_ENCRYPTED),
+        ("cycle", ErrorCode.PDF_DAMAGED),
+        ("cut_header", ErrorCode.PDF_DAMAGED),
+    ],
+)
+def test_refused_with_stable_code(
+    files: dict[str, Path], tmp_path: Path, name: str, code: ErrorCode
+) -> None:
+    assert refused(files[name], tmp_path).code is code
+
+
+def test_png_is_named_in_the_message(files: dict[str, Path], tmp_path: Path) -> None:
+    assert "PNG" in refused(files["png"], tmp_path).message
+
+
+def test_file_size_limit(files: dict[str, Path], tmp_path: Path) -> None:
+    error = refused(files["rich"], tmp_path, limits=ExtractLimits(max_file_bytes=100))
+    assert error.code is ErrorCode.FILE_TOO_LARGE
+
+
+def test_truncated_file_is_repaired(files: dict[str, Path], tmp_path: Path) -> None:
+    out = run(files["truncated"], tmp_path)
+    assert out.result.warnings[0].startswith("repaired:")
+    assert "Extraction Guide" in out.result.pages[0].text
+    assert (out.result.metadata or {})["repaired"] is True
+
+
+def test_broken_xref_is_repaired(
+    files: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out = run(files["broken_xref"], tmp_path)
+    assert [p.text.strip() for p in out.result.pages] == ["repaired file words"]
+    assert out.result.warnings[0].startswith("repaired:")
+    # MuPDF's complaints become warnings, not stderr noise in the worker's log
+    assert any(w.startswith("mupdf: ") for w in out.result.warnings)
+    captured = capfd.readouterr()
+    assert "repair" not in captured.err
+    assert "repair" not in captured.out
+
+
+def test_broken_content_stream_keeps_what_it_can(files: dict[str, Path], tmp_path: Path) -> None:
+    out = run(files["broken_content"], tmp_path, ("text", "markdown"))
+    assert [p.text.strip() for p in out.result.pages] == ["good page words", "broken page words"]
+    assert "good page words" in (out.result.markdown or "")
+    assert any("Missing" in w for w in out.result.warnings if w.startswith("mupdf: "))
+    assert out.pages_processed == 2
+
+
+def test_owner_password_only_opens_and_reports_permissions(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = run(files["owner_only"], tmp_path, ("text", "metadata"))
+    assert "secret words inside" in out.result.pages[0].text
+    meta = out.result.metadata or {}
+    assert meta["encrypted"] is True
+    permissions = meta["permissions"]
+    assert isinstance(permissions, dict)
+    assert permissions["print"] is True
+    assert permissions["copy"] is False
+    assert permissions["modify"] is False
+
+
+def test_thousands_of_blank_pages_over_the_limit(files: dict[str, Path], tmp_path: Path) -> None:
+    error = refused(files["blank_pages"], tmp_path, limits=ExtractLimits(max_pages=1000))
+    assert error.code is ErrorCode.TOO_MANY_PAGES
+    assert "2000" in error.message
+
+
+def test_thousands_of_blank_pages_within_the_limit(files: dict[str, Path], tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    out = extract_document(
+        str(files["blank_pages"]),
+        ExtractOptions(outputs=("text", "markdown", "metadata")),
+        ExtractLimits(),
+        str(tmp_path),
+        lambda done, total: calls.append((done, total)),
+    )
+    assert out.result.page_count == 2000
+    assert len(out.result.pages) == 2000
+    assert all(p.text == "" and not p.ocr for p in out.result.pages)
+    assert out.result.markdown == ""
+    assert len(calls) == 2000
+    assert calls[-1] == (2000, 2000)
+
+
+def test_huge_media_box(files: dict[str, Path], tmp_path: Path) -> None:
+    # text needs no rendering: a clean success
+    out = run(files["huge_page"], tmp_path / "text", ("text", "metadata", "images"))
+    assert "giant page words" in out.result.pages[0].text
+    # rendering is refused before any pixel is allocated
+    error = refused(files["huge_page"], tmp_path / "img", outputs=("page_images",))
+    assert error.code is ErrorCode.PAGE_TOO_LARGE
+
+
+def test_decompression_bomb(files: dict[str, Path], tmp_path: Path) -> None:
+    assert files["bomb"].stat().st_size < 5_000
+    # text, Markdown and metadata never decode the image
+    out = run(files["bomb"], tmp_path / "a", ("text", "markdown", "metadata", "tables"))
+    assert "bomb page words" in out.result.pages[0].text
+    # the image output skips it with a warning
+    out = run(files["bomb"], tmp_path / "b", ("images",))
+    assert any("40000x40000" in w for w in out.result.warnings)
+    # rendering the page would decode it: refused up front
+    error = refused(files["bomb"], tmp_path / "c", outputs=("page_images",))
+    assert error.code is ErrorCode.PAGE_TOO_LARGE
+    assert "40000x40000" in error.message
+
+
+def test_javascript_and_launch_actions_are_reported_not_run(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = run(files["actions"], tmp_path)
+    assert "actions page words" in out.result.pages[0].text
+    meta = out.result.metadata or {}
+    assert meta["has_javascript"] is True
+    assert meta["has_launch_actions"] is True
+    assert meta["actions"] == {"javascript": 2, "launch": 1, "uri": 1}
+    links = meta["links"]
+    assert isinstance(links, list)
+    assert {link["uri"] for link in links} == {
+        "file:calc.exe#page=1",
+        "https://tracker.invalid/ping",
+    }
+
+
+def test_scan_actions_on_a_clean_file(files: dict[str, Path]) -> None:
+    import pymupdf
+
+    with pymupdf.open(files["rich"]) as doc:
+        counts, complete = scan_actions(doc)
+    assert complete is True
+    assert "javascript" not in counts
+    assert "launch" not in counts
+
+
+def test_every_hostile_file_then_a_good_one(files: dict[str, Path], tmp_path: Path) -> None:
+    """The engine keeps working after each bad file (no state leaks between documents)."""
+    codes = []
+    for index, path in enumerate(files.values()):
+        try:
+            run(path, tmp_path / f"h{index}", ("text", "metadata"))
+            codes.append("ok")
+        except PermanentError as exc:
+            codes.append(str(exc.code))
+        out = run(files["rich"], tmp_path / f"g{index}", ("text",))
+        assert "Extraction Guide" in out.result.pages[0].text
+    assert set(codes) <= {"ok", *(code.value for code in ErrorCode)}
+    assert codes.count("ok") >= 8
