@@ -8,6 +8,8 @@ import tempfile
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from shared.cancel import cancelled, raise_if_requested
+from shared.cancel import listen as listen_for_cancels
 from shared.consumer import consume
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError
@@ -26,15 +28,22 @@ from shared.models import (
     utcnow,
 )
 from shared.outcome import ProgressWebhooks, announce_terminal, publish_event
-from shared.pool import WorkOutput, WorkRequest
+from shared.pool import JobCancelled, WorkOutput, WorkRequest
 from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
+from shared.tracing import job_span
 
 log = logging.getLogger(__name__)
 
 
 async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
     job = await ctx.jobs.get(task.job_id)
+    # The job's trace (from the message, else the record), down to its webhook.
+    with job_span("extract", job.job_id, job.traceparent):
+        await _handle(task, ctx, job)
+
+
+async def _handle(task: ExtractTask, ctx: Context, job: Job) -> None:
     if job.status.terminal:
         # A redelivery after the outcome was stored: announce it again (same event ids).
         await announce_terminal(ctx, job, task.webhook)
@@ -49,6 +58,8 @@ async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessa
     await ctx.jobs.save(job)
     try:
         out = await _extract(ctx, job, task.webhook)
+    except JobCancelled:
+        job = cancelled(job)
     except PermanentError as exc:
         job = job.model_copy(
             update={
@@ -69,25 +80,38 @@ async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessa
             }
         )
     await ctx.jobs.save(job)
+    ctx.metrics.job_ended(job.status, job.door, job.error.code if job.error else None)
+    log.info("job %s %s %s", job.job_id, job.status.value, job.error.code if job.error else "")
     await announce_terminal(ctx, job, task.webhook)
 
 
 async def _extract(ctx: Context, job: Job, webhook: WebhookSpec | None = None) -> JobResultSummary:
     assert ctx.pool is not None
     settings = ctx.settings
-    with tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
+        ctx.pool.track(job.job_id),  # from here on a cancel request reaches the job
+    ):
         pdf_path = f"{tmp}/source.pdf"
         await _fetch_source(ctx, job, pdf_path)
+        await raise_if_requested(ctx, job.job_id)
         progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook))
-        out = await ctx.pool.run(
-            WorkRequest(
-                pdf_path=pdf_path,
-                out_dir=tmp,
-                options=job.options,
-                limits=ExtractLimits(max_pages=settings.max_pages),
-            ),
-            progress.update,
-        )
+        with ctx.metrics.extraction_seconds.time():
+            out = await ctx.pool.run(
+                WorkRequest(
+                    pdf_path=pdf_path,
+                    out_dir=tmp,
+                    options=job.options,
+                    limits=ExtractLimits(
+                        max_pages=settings.max_pages,
+                        max_file_bytes=settings.max_file_bytes,
+                        tessdata=settings.tessdata_dir,
+                    ),
+                ),
+                progress.update,
+                job_id=job.job_id,
+            )
+        ctx.metrics.job_pages.observe(out.pages_extracted)
         await progress.flush()
         return await _store(ctx, job, out)
 
@@ -188,11 +212,13 @@ async def handle_dead(task: ExtractTask, ctx: Context, message: AbstractIncoming
             }
         )
         await ctx.jobs.save(job)
+        ctx.metrics.job_ended(job.status, job.door, ErrorCode.EXTRACTION_CRASHED)
+        ctx.metrics.dead_letters.labels(queue=ctx.topology.extract).inc()
     await announce_terminal(ctx, job, task.webhook)
 
 
 async def serve(ctx: Context, stop: asyncio.Event) -> None:
-    """Run the extract consumer and the dead-letter consumer until `stop` is set."""
+    """Run the extract and dead-letter consumers and the cancel listener until `stop` is set."""
     await asyncio.gather(
         consume(
             ctx,
@@ -204,4 +230,5 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             backoff=ctx.topology.backoff(ctx.topology.extract),
         ),
         consume(ctx, ctx.topology.extract_dead, ExtractTask, handle_dead, prefetch=4, stop=stop),
+        listen_for_cancels(ctx, stop),
     )

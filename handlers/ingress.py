@@ -9,18 +9,24 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
+from handlers import jobs_api
 from shared.broker import publish
 from shared.context import Context
 from shared.errors import ErrorCode, PdfRelayError, PermanentError, TransientError, http_status
 from shared.jobs import artifact_key, result_key
+from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
+from shared.openapi import ROUTES as DOCS_ROUTES
+from shared.quota import QuotaExceeded
 from shared.settings import Settings
 from shared.ssrf import SsrfPolicy, check_url_syntax
 from shared.storage import ObjectNotFound
 from shared.submit import Submission, Submitter
+from shared.tracing import server_middleware
 from shared.uploads import Spooled, spool
 from shared.watch import JobWatcher
 
@@ -54,6 +60,8 @@ def error_response(
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except QuotaExceeded as exc:
+        return error_response(exc.code, exc.message, jobs_api.quota_headers(request, exc))
     except PdfRelayError as exc:
         return error_response(exc.code, exc.message)
     except web.HTTPException as exc:
@@ -140,15 +148,29 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def _next_part(reader: MultipartReader) -> BodyPartReader | MultipartReader | None:
+    """The next part of a form; a malformed one is the client's error (400), not ours (500)."""
+    try:
+        return await reader.next()
+    except (HttpProcessingError, ValueError) as exc:
+        raise PermanentError(
+            "malformed multipart body: a part's headers or boundary are invalid",
+            ErrorCode.INVALID_REQUEST,
+        ) from exc
+
+
 async def _read_multipart(
     request: web.Request, ctx: Context
 ) -> tuple[Spooled | None, dict[str, str], str | None]:
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary
+        raise PermanentError(f"malformed multipart body: {exc}", ErrorCode.INVALID_REQUEST) from exc
     fields: dict[str, str] = {}
     spooled: Spooled | None = None
     filename: str | None = None
     try:
-        while (part := await reader.next()) is not None:
+        while (part := await _next_part(reader)) is not None:
             if not isinstance(part, BodyPartReader):
                 raise PermanentError("nested multipart is not supported", ErrorCode.INVALID_REQUEST)
             if part.name == "file":
@@ -248,7 +270,8 @@ async def get_job(request: web.Request) -> web.Response:
     wait = _wait_seconds(request, ctx)
     if wait > 0 and not job.status.terminal:
         job = await _wait_for_end(request, job, wait)
-    return web.json_response(await ctx.jobs.view(job, ctx.settings.base_url))
+    view = await ctx.jobs.view(job, ctx.settings.base_url)
+    return web.json_response(await jobs_api.with_estimate(request, job, view))
 
 
 def _wait_seconds(request: web.Request, ctx: Context) -> float:
@@ -352,6 +375,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of this process (shared/metrics.py)."""
+    body = await request.app[CTX].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     checks: dict[str, str] = {}
@@ -360,9 +389,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["storage"] = "ok"
     except TransientError as exc:
         checks["storage"] = exc.message
-    checks["broker"] = (
-        "ok" if not ctx.connection.is_closed and ctx.channel.is_initialized else "down"
-    )
+    # A robust connection is never "closed" while it reconnects: ask whether it is connected.
+    connected = ctx.connection.connected.is_set() and not ctx.connection.is_closed
+    checks["broker"] = "ok" if connected and ctx.channel.is_initialized else "down"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "unavailable", "checks": checks},
@@ -374,7 +403,7 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(ctx: Context) -> web.Application:
     """The ingress application over an open context."""
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[server_middleware, errors_middleware, auth_middleware],
         client_max_size=ctx.settings.max_file_bytes + 1024 * 1024,
     )
     app[CTX] = ctx
@@ -388,6 +417,7 @@ def create_app(ctx: Context) -> web.Application:
         await app[WATCHER].stop()
 
     app.cleanup_ctx.append(watcher_ctx)
+    jobs_api.setup(app, ctx, app[WATCHER], tenant_of)  # list, cancel, events, retention
     app.add_routes(
         [
             web.post("/v1/jobs", create_job),
@@ -397,6 +427,8 @@ def create_app(ctx: Context) -> web.Application:
             web.post("/v1/jobs/{job_id}/webhook/redeliver", redeliver_webhook),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+            *DOCS_ROUTES,
         ]
     )
     from handlers.seed import ROUTES as SEED_ROUTES  # here: the seed module imports this one

@@ -24,6 +24,7 @@ from shared.errors import PermanentError
 from shared.models import WebhookDelivery, WebhookRedeliver, WebhookState
 from shared.sealing import Sealer
 from shared.ssrf import SsrfConnector, SsrfPolicy
+from shared.tracing import client_trace_config
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,17 @@ async def handle(
     """Attempt the delivery; record the state, then republish (retry or dead) before the ack."""
     attempts = attempts_made(message) + 1
     result = await d.attempt(msg)
+    ctx.metrics.webhook_attempts.labels(event=msg.event_type, outcome=result.outcome).inc()
+    ctx.metrics.webhook_attempt_seconds.observe(result.elapsed_s)
+    if msg.event_type != PROGRESS_EVENT:
+        log.info(
+            "webhook %s of job %s, attempt %d: %s%s",
+            msg.event_type,
+            msg.job_id,
+            attempts,
+            result.outcome,
+            f" (HTTP {result.status})" if result.status is not None else "",
+        )
     if msg.event_type == PROGRESS_EVENT:
         # Best effort: the next update or the terminal event supersedes a lost one.
         if result.outcome != "delivered":
@@ -49,6 +61,7 @@ async def handle(
         await d.retry_later(msg, attempts, *step_wait)
         return
     await d.park(msg, attempts, result)
+    ctx.metrics.dead_letters.labels(queue=ctx.topology.webhooks).inc()
     log.warning(
         "webhook %s of job %s is dead after %d attempt(s) (%s): %s",
         msg.event_type,
@@ -87,8 +100,11 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
     prefetch = settings.webhook_prefetch
     connector = SsrfConnector(policy, limit=prefetch, limit_per_host=prefetch)
     # No cookie jar: one receiver must never see what another one set.
+    # The trace config sends each job's trace on as the `traceparent` header (shared/tracing).
     async with aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=[client_trace_config()],
     ) as session:
         d = Dispatcher(
             ctx=ctx,

@@ -9,8 +9,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from handlers import extract, ingress, object_drop, requests, webhooks
+from handlers import extract, ingress, object_drop, ops, requests, webhooks
 from shared.context import Context, open_context
+from shared.logs import protect, settings_secrets
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ async def run_handlers(
 ) -> None:
     """Open one context and run the named handlers in it until `stop` is set or one fails."""
     specs = [HANDLERS[n] for n in names]
+    protect(settings_secrets(settings))
     label = "+".join(names) if len(names) < len(HANDLERS) else "dev"
     async with open_context(
         settings, s3_endpoint, name=label, with_pool=any(s.needs_pool for s in specs)
@@ -46,6 +48,9 @@ async def run_handlers(
             asyncio.create_task(s.serve(ctx, stop), name=n)
             for n, s in zip(names, specs, strict=True)
         ]
+        if "ingress" not in names:
+            # No HTTP of their own: /metrics and the probes on PDFRELAY_METRICS_PORT.
+            tasks.append(asyncio.create_task(ops.serve(ctx, stop), name="ops"))
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)

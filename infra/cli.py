@@ -1,4 +1,4 @@
-"""The `pdfrelay` command: dev, run <handler>, submit."""
+"""The `pdfrelay` command: dev, run <handler>, submit, jobs, cancel, sweep, dlq, schema."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import sys
 
 from pydantic import BaseModel, SecretStr
 
-from infra import dlq
+from infra import client, dlq, sweep
 from infra.app import HANDLERS, install_signal_handlers, run_handlers
-from infra.client import main_submit
 from infra.s3server import embedded_s3
 from shared.dispatch import dispatcher_secrets
+from shared.logs import configure_logging, resolve_format
 from shared.models import ExtractRequest
 from shared.settings import Settings
 from shared.signing import generate_secret
@@ -106,18 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    submit = sub.add_parser("submit", help="upload PDFs and print job ids or results")
-    submit.add_argument("files", nargs="+")
-    submit.add_argument("--wait", action="store_true", help="wait and print the text")
-    submit.add_argument("--webhook-url")
-    submit.add_argument("--options", help='JSON, e.g. {"outputs": ["text", "markdown"]}')
-    submit.add_argument(
-        "--url",
-        default=os.environ.get("PDFRELAY_URL", "http://127.0.0.1:8080"),
-        help="the service (default $PDFRELAY_URL or http://127.0.0.1:8080)",
-    )
-    submit.add_argument("--api-key", default=os.environ.get("PDFRELAY_API_KEY"))
-    submit.set_defaults(func=main_submit)
+    client.add_parsers(sub)  # submit, jobs, cancel
+    sweep.add_parser(sub)
 
     schema = sub.add_parser("schema", help="print the JSON schema of a public message")
     schema.add_argument("name", choices=sorted(SCHEMAS))
@@ -128,10 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     args = build_parser().parse_args(argv)
+    # JSON lines for deployed handlers (`run`), text for people; PDFRELAY_LOG_FORMAT decides.
+    try:
+        fmt = resolve_format(
+            os.environ.get("PDFRELAY_LOG_FORMAT"), "json" if args.command == "run" else "text"
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(fmt, logging.INFO)
     return int(args.func(args))
 
 

@@ -62,6 +62,11 @@ class Topology:
         return f"{self.ns}.webhooks"
 
     @property
+    def control(self) -> str:
+        """Fanout: cancel requests, to every extract process (each binds a queue of its own)."""
+        return f"{self.ns}.control"
+
+    @property
     def tasks(self) -> str:
         """Internal: extract tasks (other services use `requests`)."""
         return f"{self.ns}.tasks"
@@ -119,6 +124,7 @@ class Topology:
             Exchange(self.dead_letters, ExchangeType.DIRECT),
             Exchange(self.webhooks_exchange, ExchangeType.DIRECT),
             Exchange(self.tasks, ExchangeType.DIRECT),
+            Exchange(self.control, ExchangeType.FANOUT),
             # Must match the flags of MinIO's AMQP target in docker-compose.yml.
             Exchange(self.s3_events, ExchangeType.FANOUT),
         ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from pydantic import BaseModel, ValidationError
@@ -24,11 +24,13 @@ from pydantic import BaseModel, ValidationError
 from shared.broker import publish
 from shared.context import Context
 from shared.errors import PermanentError, TransientError
+from shared.logs import job_context
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[M, Context, AbstractIncomingMessage], Awaitable[None]]
+Outcome = Literal["ack", "dead", "retry", "requeue"]
 
 TRANSIENT_BACKOFF_S = 2.0
 REASON_HEADER = "x-pdfrelay-reason"
@@ -57,16 +59,21 @@ async def consume(
     in_flight: set[asyncio.Task[None]] = set()
     try:
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(queue_name, ensure=False)
+        # Declared (passively), not just named: a robust channel restores only the queues it
+        # declared, with their consumers, when the connection comes back after a broker restart.
+        queue = await channel.declare_queue(queue_name, passive=True)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             task = asyncio.current_task()
             assert task is not None
             in_flight.add(task)
             try:
-                await _settle(ctx, message, model, handler, dead_letter, backoff)
+                outcome = await _settle(ctx, message, model, handler, dead_letter, backoff)
             finally:
                 in_flight.discard(task)
+            ctx.metrics.messages.labels(queue=queue_name, outcome=outcome).inc()
+            if outcome == "dead":
+                ctx.metrics.dead_letters.labels(queue=queue_name).inc()
 
         tag = await queue.consume(on_message)
         await stop.wait()
@@ -85,7 +92,8 @@ async def _settle(
     handler: Handler[M],
     dead_letter: str | None,
     backoff: str | None,
-) -> None:
+) -> Outcome:
+    """Run the handler and settle the message; returns how it was settled."""
     try:
         msg = model.model_validate_json(message.body)
     except ValidationError as exc:
@@ -93,21 +101,26 @@ async def _settle(
             f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:5]
         )
         await _dead_letter(ctx, message, f"invalid message: {reason}", dead_letter)
-        return
-    try:
-        await handler(msg, ctx, message)
-    except PermanentError as exc:
-        await _dead_letter(ctx, message, f"{exc.code}: {exc.message}", dead_letter)
-    except TransientError as exc:
-        await _retry_later(ctx, message, exc, dead_letter, backoff)
-    except asyncio.CancelledError:
-        await message.nack(requeue=True)
-        raise
-    except Exception:
-        log.exception("handler failed on %s; requeueing", message.message_id)
-        await message.nack(requeue=True)
-    else:
+        return "dead"
+    job_id = getattr(msg, "job_id", None)
+    # Every log line about this message names its job.
+    with job_context(job_id if isinstance(job_id, str) else None):
+        try:
+            await handler(msg, ctx, message)
+        except PermanentError as exc:
+            await _dead_letter(ctx, message, f"{exc.code}: {exc.message}", dead_letter)
+            return "dead"
+        except TransientError as exc:
+            return await _retry_later(ctx, message, exc, dead_letter, backoff)
+        except asyncio.CancelledError:
+            await message.nack(requeue=True)
+            raise
+        except Exception:
+            log.exception("handler failed on %s; requeueing", message.message_id)
+            await message.nack(requeue=True)
+            return "requeue"
         await message.ack()
+        return "ack"
 
 
 async def _dead_letter(
@@ -143,19 +156,20 @@ async def _retry_later(
     exc: TransientError,
     dead_letter: str | None,
     backoff: str | None,
-) -> None:
+) -> Outcome:
     seen = (message.headers or {}).get(TRANSIENT_HEADER)
     attempts = (seen if isinstance(seen, int) else 0) + 1
     if attempts > ctx.settings.transient_retry_budget:
         reason = f"gave up after {attempts - 1} transient failures: {exc.message}"
         await _dead_letter(ctx, message, reason, dead_letter)
-        return
+        return "dead"
     log.warning("transient failure %d of %s: %s", attempts, message.message_id, exc.message)
     if backoff is not None and await _park(ctx, message, backoff, attempts):
         await message.ack()
-        return
+        return "retry"
     await asyncio.sleep(TRANSIENT_BACKOFF_S)
     await message.nack(requeue=True)
+    return "requeue"
 
 
 async def _park(

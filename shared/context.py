@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from infra.topology import Topology, declare, topology_for
 from shared.jobs import JobStore
+from shared.metrics import Metrics
 from shared.pool import WorkerPool
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ class Context:
     storage: Storage
     jobs: JobStore
     pool: WorkerPool | None
+    metrics: Metrics = field(default_factory=Metrics)
+    """This process's Prometheus metrics (shared/metrics.py)."""
 
 
 @asynccontextmanager
@@ -36,6 +40,8 @@ async def open_context(
     settings: Settings, s3_endpoint: str, *, name: str, with_pool: bool = False
 ) -> AsyncIterator[Context]:
     """Connect to the broker and storage, declare the topology, and close all in reverse order."""
+    configure_tracing(f"pdfrelay-{name}")
+    metrics = Metrics()
     async with AsyncExitStack() as stack:
         storage = Storage(settings, s3_endpoint)
         stack.callback(storage.close)
@@ -60,6 +66,8 @@ async def open_context(
             )
             stack.callback(pool.kill_all)
             await pool.start()
+            metrics.watch_pool(pool)
+        metrics.watch_queues(connection, [q.name for q in topology.queues()])
         yield Context(
             settings=settings,
             topology=topology,
@@ -68,4 +76,5 @@ async def open_context(
             storage=storage,
             jobs=JobStore(storage),
             pool=pool,
+            metrics=metrics,
         )

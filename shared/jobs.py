@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import re
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from shared.errors import ErrorCode, PermanentError
+from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.models import JOB_ID_RE, Job, WebhookState
 from shared.storage import ObjectNotFound, Storage
+
+log = logging.getLogger(__name__)
+
+INDEX_PREFIX = "index/"
+INFLIGHT_PREFIX = "inflight/"
+_INVERT_MS = 10**13 - 1
+"""Index names hold `_INVERT_MS - created_ms`, so S3's ascending key order is newest first."""
+INDEX_NAME_RE = re.compile(r"^(\d{13})-([0-9a-f]{32})$")
 
 
 def upload_key(job_id: str) -> str:
@@ -32,6 +45,51 @@ def artifact_key(job_id: str, name: str) -> str:
     return f"results/{job_id}/artifacts/{name}"
 
 
+def cancel_key(job_id: str) -> str:
+    """Written when a cancel is requested; the extract handler checks it before extracting."""
+    return f"jobs/{job_id}/cancel.json"
+
+
+def tenant_segment(tenant: str) -> str:
+    """The tenant as one key segment (a `/` in a tenant name cannot reach another's prefix)."""
+    return quote(tenant, safe="")
+
+
+def index_prefix(tenant: str) -> str:
+    return f"{INDEX_PREFIX}{tenant_segment(tenant)}/"
+
+
+def inverted_ms(at: datetime) -> int:
+    return _INVERT_MS - int(at.timestamp() * 1000)
+
+
+def index_name(created_at: datetime, job_id: str) -> str:
+    return f"{inverted_ms(created_at):013d}-{job_id}"
+
+
+def parse_index_name(name: str) -> tuple[datetime, str] | None:
+    """(created_at to the millisecond, job_id) of an index entry's name, None if malformed."""
+    m = INDEX_NAME_RE.match(name)
+    if m is None:
+        return None
+    created = datetime.fromtimestamp((_INVERT_MS - int(m.group(1))) / 1000, UTC)
+    return created, m.group(2)
+
+
+def index_key(tenant: str, created_at: datetime, job_id: str) -> str:
+    """The job's entry in its tenant's index: an empty object, newest first by key."""
+    return index_prefix(tenant) + index_name(created_at, job_id)
+
+
+def inflight_prefix(tenant: str) -> str:
+    return f"{INFLIGHT_PREFIX}{tenant_segment(tenant)}/"
+
+
+def inflight_key(tenant: str, job_id: str, pages: int) -> str:
+    """The job's hold on its tenant's page quota; the pages are in the name, so a LIST sums."""
+    return f"{inflight_prefix(tenant)}{job_id}.{pages}"
+
+
 def idempotency_key(tenant: str, key: str) -> str:
     digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()
     return f"idempotency/{digest}.json"
@@ -48,9 +106,51 @@ class JobStore:
         self.storage = storage
 
     async def save(self, job: Job) -> None:
+        """Store the record; a job that has ended gives back its hold on the page quota."""
         await self.storage.put_bytes(
             record_key(job.job_id), job.model_dump_json(by_alias=True).encode()
         )
+        if job.status.terminal and job.pages_reserved is not None:
+            try:
+                await self.storage.delete(inflight_key(job.tenant, job.job_id, job.pages_reserved))
+            except TransientError as exc:
+                # The outcome is stored; the sweeper removes holds of ended jobs later.
+                log.warning("job %s: quota hold not released: %s", job.job_id, exc.message)
+
+    async def create(self, job: Job) -> None:
+        """Store a new job's record and its entry in the tenant's index (GET /v1/jobs)."""
+        await self.save(job)
+        try:
+            await self.storage.put_bytes(
+                index_key(job.tenant, job.created_at, job.job_id), b"", "application/octet-stream"
+            )
+        except TransientError:
+            with contextlib.suppress(TransientError):
+                await self.storage.delete(record_key(job.job_id))
+            raise
+
+    async def discard(self, job: Job) -> None:
+        """Take back what `create` (and a quota hold) wrote, for a job that was not accepted,
+        and the copy of its upload: a refused upload must not stay in the bucket."""
+        keys = [index_key(job.tenant, job.created_at, job.job_id), record_key(job.job_id)]
+        if job.pages_reserved is not None:
+            keys.append(inflight_key(job.tenant, job.job_id, job.pages_reserved))
+        if job.source_key == upload_key(job.job_id):
+            keys.append(job.source_key)
+        for key in keys:
+            await self.storage.delete(key)
+
+    async def request_cancel(self, job_id: str) -> None:
+        await self.storage.put_json(
+            cancel_key(job_id), {"requested_at": datetime.now(UTC).isoformat()}
+        )
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        try:
+            await self.storage.stat(cancel_key(job_id))
+        except ObjectNotFound:
+            return False
+        return True
 
     async def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job, or JobNotFound, also when it belongs to another tenant."""

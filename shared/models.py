@@ -120,8 +120,9 @@ class JobResultSummary(Frozen):
 
 
 class S3Source(Frozen):
-    bucket: str | None = None
-    key: str
+    # What S3 (and MinIO) accept; anything else would fail inside the storage client.
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] | None = None
+    key: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class Source(Frozen):
@@ -180,10 +181,14 @@ class Job(BaseModel):
     error: JobError | None = None
     result: JobResultSummary | None = None
     webhook_url: str | None = None
+    traceparent: str | None = None
+    """W3C trace context the job was submitted in; its handlers continue that trace."""
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempts: int = 0
+    pages_reserved: int | None = None
+    """Pages this job holds of its tenant's page quota (shared/quota.py) until it ends."""
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -14,8 +14,9 @@ import json
 import multiprocessing
 import os
 import resource
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,6 +36,20 @@ class WorkerCrashed(PdfRelayError):
     """The worker process died without an answer (killed, segfault, out of memory)."""
 
     code = ErrorCode.EXTRACTION_CRASHED
+
+
+class JobCancelled(PdfRelayError):
+    """The job was cancelled: its worker was stopped, or never started."""
+
+    code = ErrorCode.CANCELLED
+
+
+@dataclass
+class _Tracked:
+    """A job `cancel` can reach: flagged before its worker starts, killed while it runs."""
+
+    cancelled: bool = False
+    proc: multiprocessing.process.BaseProcess | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,7 @@ def _child(
             "ok",
             path,
             out.result.page_count,
-            len(out.result.pages),
+            out.pages_processed,
             tuple(out.result.warnings),
             tuple(out.artifacts),
         )
@@ -93,6 +108,13 @@ def _child(
             fh.write(json.dumps(span) + "\n")
     conn.send(reply)
     conn.close()
+
+
+def _entry_modules() -> list[str]:
+    """The modules the entry script (`__main__`) took its functions and classes from."""
+    main = sys.modules.get("__main__")
+    found = {getattr(v, "__module__", None) for v in vars(main).values()} if main else set()
+    return sorted(m for m in found if isinstance(m, str) and m not in ("__main__", "builtins"))
 
 
 def _warm_up() -> None:  # pragma: no cover - runs in the worker process
@@ -115,10 +137,14 @@ class WorkerPool:
         self._trace_dir = trace_dir
         self._sem = asyncio.Semaphore(workers)
         self._mp = multiprocessing.get_context("forkserver")
-        # Preloading __main__ spares every worker from re-importing the entry script (the
-        # `pdfrelay` CLI, pytest, …), which otherwise costs a few hundred ms per document.
-        self._mp.set_forkserver_preload(["__main__", "shared.pool"])
+        # Every worker runs the entry script again as `__mp_main__` (CPython < 3.13 ignores the
+        # `__main__` preload: the forkserver is never told the script's path), so the modules
+        # the script imports from must already be in the forkserver, or each document pays for
+        # importing the whole application again (about 2 s of CPU for the `pdfrelay` CLI).
+        self._mp.set_forkserver_preload(["__main__", "shared.pool", *_entry_modules()])
         self._running: set[multiprocessing.process.BaseProcess] = set()
+        self._jobs: dict[str, _Tracked] = {}
+        self._cancelled: set[multiprocessing.process.BaseProcess] = set()
         self.on_start: list[Callable[[int], None]] = []
         """Observers told each new worker's pid (metrics, fault-injection tests)."""
         self.started = 0
@@ -131,14 +157,20 @@ class WorkerPool:
         await asyncio.to_thread(proc.join)
         proc.close()
 
-    async def run(self, req: WorkRequest, on_progress: ProgressCallback) -> WorkOutput:
+    async def run(
+        self, req: WorkRequest, on_progress: ProgressCallback, job_id: str | None = None
+    ) -> WorkOutput:
         """Extract one document in a fresh worker process.
 
         Raises:
             PermanentError: the engine refused the document, or it ran out of time.
             WorkerCrashed: the process died (the caller decides whether to retry).
+            JobCancelled: `cancel(job_id)` was called while `job_id` was tracked.
         """
+        tracked = self._jobs.get(job_id) if job_id is not None else None
         async with self._sem:
+            if tracked is not None and tracked.cancelled:
+                raise JobCancelled("the job was cancelled")
             receiver, sender = self._mp.Pipe(duplex=False)
             proc = self._mp.Process(
                 target=_child,
@@ -150,6 +182,10 @@ class WorkerPool:
             sender.close()
             self.started += 1
             self._running.add(proc)
+            if tracked is not None:
+                tracked.proc = proc
+                if tracked.cancelled:  # while the process was starting
+                    self._kill_cancelled(proc)
             assert proc.pid is not None
             for observer in self.on_start:
                 observer(proc.pid)
@@ -164,6 +200,9 @@ class WorkerPool:
                 ) from exc
             finally:
                 self._running.discard(proc)
+                self._cancelled.discard(proc)
+                if tracked is not None:
+                    tracked.proc = None
                 receiver.close()
                 # A worker that answered exits at once; one that did not is stopped.
                 await asyncio.to_thread(proc.join, EXIT_GRACE_S)
@@ -190,6 +229,8 @@ class WorkerPool:
                         msg = conn.recv()
                     except EOFError:
                         await asyncio.to_thread(proc.join)
+                        if proc in self._cancelled:
+                            raise JobCancelled("the job was cancelled") from None
                         self.crashed += 1
                         raise WorkerCrashed(
                             f"the worker process died (exit code {proc.exitcode})"
@@ -203,6 +244,30 @@ class WorkerPool:
                         raise PermanentError(msg[2], ErrorCode(msg[1]))
         finally:
             loop.remove_reader(conn.fileno())
+
+    @contextlib.contextmanager
+    def track(self, job_id: str) -> Iterator[None]:
+        """Let `cancel(job_id)` reach the job while the block runs, also before `run`."""
+        self._jobs[job_id] = _Tracked()
+        try:
+            yield
+        finally:
+            self._jobs.pop(job_id, None)
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop the worker of a tracked job, or keep it from starting; False: not tracked here."""
+        tracked = self._jobs.get(job_id)
+        if tracked is None:
+            return False
+        tracked.cancelled = True
+        if tracked.proc is not None:
+            self._kill_cancelled(tracked.proc)
+        return True
+
+    def _kill_cancelled(self, proc: multiprocessing.process.BaseProcess) -> None:
+        self._cancelled.add(proc)
+        with contextlib.suppress(ValueError, OSError):
+            proc.kill()
 
     def kill_all(self) -> None:
         """Stop every running worker (shutdown, or tests that simulate a crash)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +29,10 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    """`/metrics`, `/healthz`, `/readyz` of `pdfrelay run` handlers other than the ingress."""
+    log_format: Literal["json", "text"] | None = None
+    """Log lines as JSON objects or text; default json for `pdfrelay run`, text otherwise."""
     public_base_url: str | None = None
     """Base of the download links in job records; defaults to http://{host}:{port}."""
     api_keys: SecretStr | None = None
@@ -49,6 +53,12 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(default=600.0, gt=0, le=1500)
     worker_memory_mb: int = Field(default=2048, ge=64)
     max_wait_s: float = Field(default=60.0, ge=0)
+    tenant_page_quota: int | None = Field(default=None, ge=1)
+    """Pages in flight (accepted, not ended) per tenant before uploads get 429 QUOTA_EXCEEDED."""
+    retention_days: float = Field(default=30.0, ge=0)
+    """Jobs (record, upload, results) are deleted this long after they ended; 0 keeps them."""
+    sweep_interval_s: float = Field(default=3600.0, gt=0)
+    """How often the ingress deletes the jobs past `retention_days`."""
     transient_backoff_s: float = Field(default=5.0, gt=0)
     """Wait after a transient failure (storage or broker away) before a message is retried."""
     transient_retry_budget: int = Field(default=120, ge=0)
@@ -57,6 +67,8 @@ class Settings(BaseSettings):
     object_drop_poll_s: float | None = Field(default=None, gt=0)
     """List `inbox/` this often, for S3 servers without bucket notifications."""
     """Time limit for fetching a URL source."""
+    tessdata_dir: str | None = None
+    """Tesseract language data folder; unset: $TESSDATA_PREFIX or the Debian/Ubuntu locations."""
     spool_dir: str | None = None
     extract_trace_dir: str | None = None
     """Test aid: each worker process appends its start/end times here."""

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.commonconfig import CopySource
+from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.lifecycleconfig import LifecycleConfig
 
 from shared.errors import TransientError
 from shared.settings import Settings
@@ -33,6 +37,7 @@ class ObjectInfo:
     size: int
     etag: str
     metadata: dict[str, str]
+    last_modified: datetime | None = None
 
 
 class Storage:
@@ -45,7 +50,9 @@ class Storage:
         self._http = urllib3.PoolManager(
             maxsize=threads,
             timeout=urllib3.Timeout(connect=5, read=60),
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+            retries=urllib3.Retry(
+                total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
+            ),
         )
         self.client = Minio(
             parts.netloc,
@@ -64,6 +71,8 @@ class Storage:
             if exc.code in _NOT_FOUND:
                 raise ObjectNotFound(args[1] if len(args) > 1 else "") from exc
             raise TransientError(f"storage error: {exc.code}") from exc
+        except (ServerError, InvalidResponseError) as exc:
+            raise TransientError(f"storage answered an error: {type(exc).__name__}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError("storage is unreachable") from exc
 
@@ -135,18 +144,54 @@ class Storage:
         def listing() -> list[ObjectInfo]:
             return [
                 ObjectInfo(
-                    key=str(o.object_name), size=int(o.size or 0), etag=str(o.etag), metadata={}
+                    key=str(o.object_name),
+                    size=int(o.size or 0),
+                    etag=str(o.etag),
+                    metadata={},
+                    last_modified=o.last_modified,
                 )
                 for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
             ]
 
         return await self._run(listing)
 
+    async def list_after(self, prefix: str, start_after: str | None, limit: int) -> list[str]:
+        """At most `limit` keys under `prefix` that sort after `start_after`, in key order."""
+
+        def listing() -> list[str]:
+            found = self.client.list_objects(
+                self.bucket, prefix=prefix, recursive=True, start_after=start_after
+            )
+            return [str(o.object_name) for o in itertools.islice(found, limit)]
+
+        return await self._run(listing)
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        """The "folders" directly under `prefix` (keys up to their next `/`)."""
+
+        def listing() -> list[str]:
+            found = self.client.list_objects(self.bucket, prefix=prefix, recursive=False)
+            return [str(o.object_name) for o in found if o.is_dir]
+
+        return await self._run(listing)
+
+    async def get_lifecycle(self) -> LifecycleConfig | None:
+        return await self._run(self.client.get_bucket_lifecycle, self.bucket)
+
+    async def set_lifecycle(self, config: LifecycleConfig) -> None:
+        await self._run(self.client.set_bucket_lifecycle, self.bucket, config)
+
     async def list_keys(self, prefix: str) -> list[str]:
         return [o.key for o in await self.list_objects(prefix)]
 
     async def delete(self, key: str) -> None:
         await self._run(self.client.remove_object, self.bucket, key)
+
+    async def copy(self, src_key: str, dst_key: str) -> None:
+        """Server-side copy within the bucket, metadata included; ObjectNotFound: no `src_key`."""
+        await self._run(
+            self.client.copy_object, self.bucket, dst_key, CopySource(self.bucket, src_key)
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

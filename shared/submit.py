@@ -13,11 +13,14 @@ from shared.broker import publish
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.fetch import check_source_url
-from shared.jobs import record_key, upload_key
+from shared.jobs import JobNotFound, inflight_key, upload_key
+from shared.logs import job_context
 from shared.models import ExtractOptions, ExtractTask, Job, WebhookSpec, new_job_id
 from shared.outcome import publish_event
+from shared.quota import release, reserve
 from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
+from shared.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,8 @@ class Submitter:
             try:
                 existing = await ctx.jobs.find_idempotent(sub.tenant, sub.idempotency_key)
                 if existing is not None:
-                    return await ctx.jobs.get(existing, sub.tenant), False
+                    with contextlib.suppress(JobNotFound):  # else: deleted after its retention
+                        return await ctx.jobs.get(existing, sub.tenant), False
                 job = await _create(ctx, sub)
                 await ctx.jobs.remember_idempotent(sub.tenant, sub.idempotency_key, job.job_id)
                 return job, True
@@ -75,6 +79,27 @@ class Submitter:
 
 async def _create(ctx: Context, sub: Submission) -> Job:
     job_id = sub.job_id or new_job_id()
+    with job_context(job_id):
+        # Raises QuotaExceeded before anything is stored.
+        pages = await reserve(
+            ctx.storage,
+            ctx.settings,
+            tenant=sub.tenant,
+            door=sub.door,
+            job_id=job_id,
+            spool_path=sub.spool_path,
+        )
+        try:
+            return await _create_job(ctx, sub, job_id, pages)
+        except BaseException:
+            if pages is not None:
+                await release(ctx.storage, inflight_key(sub.tenant, job_id, pages))
+            raise
+
+
+async def _create_job(
+    ctx: Context, sub: Submission, job_id: str, pages_reserved: int | None = None
+) -> Job:
     source_key, source_bucket = await _store_source(ctx, sub, job_id)
     job = Job(
         job_id=job_id,
@@ -91,8 +116,10 @@ async def _create(ctx: Context, sub: Submission) -> Job:
         source_sha256=sub.sha256,
         source_size=sub.size,
         webhook_url=sub.webhook.url if sub.webhook else None,
+        traceparent=current_traceparent(),
+        pages_reserved=pages_reserved,
     )
-    await ctx.jobs.save(job)
+    await ctx.jobs.create(job)
     task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook)
     try:
         await publish(
@@ -101,8 +128,10 @@ async def _create(ctx: Context, sub: Submission) -> Job:
     except TransientError:
         # Not accepted: take the record back so no half-made job lingers.
         with contextlib.suppress(TransientError):
-            await ctx.storage.delete(record_key(job_id))
+            await ctx.jobs.discard(job)
         raise
+    ctx.metrics.job_state("accepted", job.door)
+    log.info("job %s accepted (door %s)", job_id, job.door)
     try:
         await publish_event(ctx, job, "job.accepted")
     except TransientError:

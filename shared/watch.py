@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -21,6 +21,8 @@ class JobWatcher:
         self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
+        self.observers: list[Callable[[str, bytes], None]] = []
+        """Told (routing key, body) of every job event, whoever listens (throughput meter)."""
 
     async def start(self, ctx: Context) -> None:
         self._channel = await ctx.connection.channel()
@@ -33,6 +35,8 @@ class JobWatcher:
             await self._channel.close()
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        for observe in self.observers:
+            observe(message.routing_key or "", message.body)
         job_id = (message.headers or {}).get("job_id")
         if not isinstance(job_id, str) or job_id not in self._listeners:
             return

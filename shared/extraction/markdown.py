@@ -106,6 +106,8 @@ class Para:
     """Ends well before the block's right edge, or is the whole block (a heading shape)."""
     margin_key: str | None = None
     """Set for one-line paragraphs in the top or bottom band: running head/foot candidates."""
+    tabular: bool = False
+    """Made of table-like rows (see Line.tabular)."""
 
 
 @dataclass(slots=True)
@@ -365,14 +367,17 @@ def _reading_order(blocks: list[Block], width: float, height: float) -> list[Blo
     return ordered
 
 
+def _join_text(text: str, nxt: str) -> str:
+    """Two lines of one paragraph; a word hyphenated at the line end is put back together."""
+    if text.endswith(_HYPHENS) and len(text) > 1 and text[-2].isalpha() and nxt[:1].islower():
+        return text[:-1] + nxt
+    return f"{text} {nxt}"
+
+
 def _join(lines: Sequence[Line]) -> str:
     text = lines[0].text
     for line in lines[1:]:
-        nxt = line.text
-        if text.endswith(_HYPHENS) and len(text) > 1 and text[-2].isalpha() and nxt[:1].islower():
-            text = text[:-1] + nxt
-        else:
-            text = f"{text} {nxt}"
+        text = _join_text(text, line.text)
     return text
 
 
@@ -469,10 +474,13 @@ class _ParaCollector:
                 elif (
                     k == "li"
                     or abs(line.size - prev.size) > 0.6
-                    or line.bold != prev.bold
                     or line.y0 - prev.y1 > 0.8 * max(line.size, 1.0)
                 ):
                     brk = True
+                elif line.bold != prev.bold:
+                    # a bold line after a heading-like one starts anew; a bold word at the
+                    # start of a line inside a sentence does not
+                    brk = prev.x1 < bx1 - 2.5 * prev.size or prev.text.endswith(_SENTENCE_END)
                 elif kind == "li":
                     brk = line.x0 < run[0].x0 - 1.0
                 else:
@@ -512,6 +520,26 @@ class _ParaCollector:
             return
         self._flush_code()
         text = head.text if len(run) == 1 else _join(run)
+        out = self.out
+        if (
+            kind == "p"
+            and text[:1].islower()
+            and not head.tabular
+            and out
+            and out[-1].kind == "p"
+            and not out[-1].narrow  # it ran to the margin: the sentence goes on
+            and not out[-1].tabular
+            and out[-1].bold == head.bold
+            and out[-1].margin_key is None
+            and abs(out[-1].size - head.size) <= 0.6
+            and not out[-1].text.endswith(_SENTENCE_END)
+        ):
+            # a new MuPDF block, or a gap, in the middle of a sentence
+            prev = out[-1]
+            prev.text = _join_text(prev.text, text)
+            prev.lines += len(run)
+            prev.narrow = False
+            return
         margin_key = None
         if len(run) == 1 and (head.y0 <= self.top or head.y1 >= self.bottom):
             margin_key = _DIGITS.sub("#", text.lower())
@@ -521,13 +549,16 @@ class _ParaCollector:
         narrow = (last_in_block or last.x1 < bx1 - 2.0 * head.size) and (
             last.x1 - last.x0 < self.max_heading_width or bool(_SECTION_HEAD.match(text))
         )
-        if narrow and head.tabular:
+        tabular = head.tabular or (len(run) > 1 and any(line.tabular for line in run))
+        if tabular:
             narrow = False
         if narrow and head.bold and len(self.blocks) >= 3:
             narrow = not _in_table_row(head, self.blocks)
         # lines of one run share boldness and (to 0.6 pt) size: the run breaks otherwise
         size = head.size if len(run) == 1 else max(line.size for line in run)
-        self.out.append(Para(kind, text, size, head.bold, len(run), first, narrow, margin_key))
+        self.out.append(
+            Para(kind, text, size, head.bold, len(run), first, narrow, margin_key, tabular)
+        )
 
 
 def _has_leader(text: str) -> bool:
@@ -567,6 +598,25 @@ def _join_row(prev: Line, x0: float, y0: float, x1: float, text: str) -> None:
     prev.x1 = x1
     if y0 < prev.y0:
         prev.y0 = y0
+
+
+OCR_HEADING_RATIO = 1.3
+"""On OCR pages, line heights vary from line to line: only this much larger counts as larger."""
+
+
+def _calm_ocr(blocks: Sequence[Block]) -> None:
+    """OCR text has one font and noisy sizes (from line heights): no code, no bold, and sizes
+    snapped to the page's median unless clearly larger."""
+    sizes = sorted(line.size for block in blocks for line in block.lines)
+    median = sizes[len(sizes) // 2] if sizes else 0.0
+    for block in blocks:
+        for line in block.lines:
+            if line.mono:
+                line.mono = False
+                line.text = _escape_inline(" ".join(line.text.split()))
+            line.bold = False
+            if line.size < median * OCR_HEADING_RATIO:
+                line.size = median
 
 
 def _merge_rows(blocks: Sequence[Block]) -> None:
@@ -656,12 +706,7 @@ class MarkdownBuilder:
         """
         blocks = text_blocks(textpage)
         if ocr:
-            for block in blocks:
-                for line in block.lines:
-                    if line.mono:
-                        line.mono = False
-                        line.text = " ".join(line.text.split())
-                    line.bold = False
+            _calm_ocr(blocks)
         if tables:
             blocks = _place_tables(blocks, tables)
         blocks = _merge_markers(blocks)
@@ -810,6 +855,8 @@ def _heading_level(para: Para, body: float, levels: list[float], bold_level: int
     if not _LETTER.search(text, 0, 40) or _has_leader(text):
         return 0
     if para.size >= _heading_threshold(body) and levels:
+        if len(text) > 40 and text.endswith((".", ",", ";")):
+            return 0  # a sentence set large (a pull quote, a noisy OCR line), not a title
         size = round(para.size * 2) / 2
         rank = next((i for i, s in enumerate(levels) if size >= s - 0.6), len(levels) - 1)
         return max(1, rank + 1 - max(0, len(levels) - MAX_SIZE_LEVELS))

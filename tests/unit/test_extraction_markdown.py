@@ -57,6 +57,27 @@ def test_hyphenated_line_break_is_joined(manual: str) -> None:
     assert "an extraordinary word broken over two lines." in manual
 
 
+def test_sentence_split_over_two_blocks_is_one_paragraph() -> None:
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_text((72, 60), "Title", fontsize=18)
+    page.insert_text(
+        (72, 100), "A sentence that runs all the way to the right margin and then", fontsize=11
+    )
+    page.insert_text(
+        (72, 140), "goes on after a gap that makes MuPDF start a new block.", fontsize=11
+    )
+    page.insert_text((72, 180), "Separate paragraph.", fontsize=11)
+    try:
+        md = document_markdown(doc, [0], TEXT_FLAGS)
+    finally:
+        doc.close()
+    assert md == (
+        "# Title\n\nA sentence that runs all the way to the right margin and then goes on "
+        "after a gap that makes MuPDF start a new block.\n\nSeparate paragraph.\n"
+    )
+
+
 def test_numbered_list(manual: str) -> None:
     assert "\n1. unpack the box\n2. plug it in\n\n```" in manual
 

@@ -1,0 +1,226 @@
+"""The HTTP API's request and response bodies as pydantic models, for the OpenAPI document.
+
+Where the service already has a model (options, progress, results, webhook state) it is used
+as is; these add the shapes that the handlers build as dicts: the public job view, errors,
+submissions, the seed-compatible envelopes. `tests/integration/test_observability.py` checks
+real answers against them, so a field added to an answer without being added here fails a test.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.errors import ErrorCode
+from shared.models import (
+    ExtractOptions,
+    JobError,
+    JobResultSummary,
+    JobStatus,
+    Progress,
+    Source,
+    WebhookSpec,
+    WebhookState,
+)
+
+Door = Literal["http", "broker", "object-drop", "seed"]
+SeedMethod = Literal["native", "tesseract_ocr", "both", "preview", "preview_and_native"]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class ErrorDetail(ApiModel):
+    code: ErrorCode = Field(description="Stable, machine-readable error code.")
+    message: str = Field(description="For people; never contains a path or a traceback.")
+
+
+class ErrorBody(ApiModel):
+    """Every error answer of `/v1`: `{"error": {"code": "…", "message": "…"}}`."""
+
+    error: ErrorDetail
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+class JobLinks(ApiModel):
+    self_: str = Field(alias="self", description="This job.")
+    result: str = Field(description="The extraction result (once completed).")
+    events: str = Field(description="Server-Sent Events of this job.")
+
+
+class JobView(ApiModel):
+    """A job as `GET /v1/jobs/{job_id}` shows it (and the body of events and webhooks)."""
+
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    status: JobStatus
+    door: Door = Field(description="How the job came in.")
+    filename: str | None = None
+    client_ref: str | None = Field(default=None, description="Echoed as the client gave it.")
+    options: ExtractOptions
+    progress: Progress
+    error: JobError | None = Field(default=None, description="Set when the job failed.")
+    result: JobResultSummary | None = Field(
+        default=None, description="Set when the job completed: page count and artifacts."
+    )
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    links: JobLinks
+    webhook: WebhookState | None = Field(
+        default=None, description="Delivery state when the job has a webhook."
+    )
+    queue_position: int | None = Field(
+        default=None,
+        description="`GET /v1/jobs/{job_id}` of a queued job: jobs ahead of it (estimate).",
+    )
+    eta_s: float | None = Field(
+        default=None,
+        description="`GET /v1/jobs/{job_id}` of an unfinished job: seconds until it ends, "
+        "from the measured pages per second (rough; null when unknown).",
+    )
+
+
+class JobList(ApiModel):
+    """A page of the tenant's jobs, newest first."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last one."
+    )
+
+
+class JobSubmission(ApiModel):
+    """`POST /v1/jobs` as `application/json`: a PDF the service fetches itself."""
+
+    source: Source
+    options: ExtractOptions | None = None
+    webhook: WebhookSpec | None = Field(
+        default=None,
+        description="Signed callback on the terminal event (and progress when asked for).",
+    )
+    client_ref: str | None = None
+
+
+class UploadForm(ApiModel):
+    """`POST /v1/jobs` as `multipart/form-data`: the PDF itself."""
+
+    file: bytes = Field(description="The PDF; streamed, size and `%PDF-` checked on arrival.")
+    options: str | None = Field(
+        default=None, description='ExtractOptions as JSON text, e.g. {"outputs": ["text"]}.'
+    )
+    webhook_url: str | None = None
+    webhook_token: str | None = Field(
+        default=None, description="Sent back as `Authorization: Bearer` on callbacks."
+    )
+    webhook_progress: bool | None = Field(default=None, description="Also send job.progress.")
+    client_ref: str | None = None
+
+
+# --- operations --------------------------------------------------------------------------------
+
+
+class Health(ApiModel):
+    status: Literal["ok"]
+
+
+class Readiness(ApiModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description='Per dependency: "ok" or what is wrong.')
+
+
+# --- seed (Secretary) compatibility -----------------------------------------------------------
+
+
+class SeedForm(ApiModel):
+    """The Secretary's form fields; every one of them takes effect."""
+
+    extraction_method: SeedMethod | None = "native"
+    page_start: Annotated[int, Field(ge=1)] | None = None
+    page_end: Annotated[int, Field(ge=1)] | None = None
+    includeImages: bool | None = None
+    useCache: bool | None = None
+    force_refresh: bool | None = None
+    callback_url: str | None = None
+    callback_token: str | None = None
+    jobId: str | None = None
+    wait_ms: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Wait up to this long (capped) and answer the result."
+    )
+
+
+class SeedUploadForm(SeedForm):
+    file: bytes
+
+
+class SeedUrlForm(SeedForm):
+    url: str
+
+
+class SeedProcess(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    main_processor: Literal["pdf"]
+    started: datetime | None = None
+    completed: datetime | None = None
+    duration_ms: int | None = None
+
+
+class SeedJobRef(ApiModel):
+    id: str
+
+
+class SeedWebhookRef(ApiModel):
+    delivered_to: str
+
+
+class SeedAcknowledgement(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["accepted"]
+    worker: str
+    process: SeedProcess
+    job: SeedJobRef
+    webhook: SeedWebhookRef | None = None
+    error: None = None
+
+
+class SeedOutcome(ApiModel):
+    """The seed's terminal payload (also its webhook body): `completed` or `error`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["completed", "error"]
+    worker: str
+    jobId: str
+    process: SeedProcess
+    data: dict[str, Any] | None = None
+    error: ErrorDetail | None = None
+
+
+class SeedEnvelope(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["success"]
+    data: dict[str, Any]
+
+
+class SeedError(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["error"]
+    worker: str | None = None
+    error: ErrorDetail
+
+
+class SeedPending(ApiModel):
+    status: Literal["processing"]
+    message: str

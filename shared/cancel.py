@@ -1,0 +1,93 @@
+"""Cancelling a job: asked for at the ingress, carried out where the job is.
+
+`request_cancel` (ingress) writes a durable cancel marker (`jobs/{id}/cancel.json`), ends a
+queued job at once (record, `job.cancelled` event; the webhook follows when the extract handler
+meets the job's task, which is where its token travels), and tells every extract process on the
+fanout exchange `pdfrelay.control`. `listen` (extract process) kills the worker of a job it is
+running, or keeps it from starting (`WorkerPool.cancel`). The extract handler checks the marker
+before it extracts, so a job whose process missed the message (a redelivery after a crash, or
+a handler that picked the job up just as it was cancelled) is cancelled all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ConfigDict, Field, ValidationError
+
+from shared.broker import NotRoutable, publish
+from shared.context import Context
+from shared.models import JOB_ID_RE, Frozen, Job, JobStatus, utcnow
+from shared.outcome import announce_terminal
+from shared.pool import JobCancelled
+
+log = logging.getLogger(__name__)
+
+
+class CancelRequest(Frozen):
+    """On the control exchange: stop job `job_id` wherever it runs."""
+
+    schema_: Literal["pdfrelay.cancel-request/1"] = Field(
+        default="pdfrelay.cancel-request/1", alias="schema"
+    )
+    job_id: str = Field(pattern=JOB_ID_RE.pattern)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def cancelled(job: Job) -> Job:
+    return job.model_copy(update={"status": JobStatus.CANCELLED, "finished_at": utcnow()})
+
+
+async def request_cancel(ctx: Context, job: Job) -> Job:
+    """Cancel a job that has not ended; returns it as it is now (cancelled when it was queued).
+
+    Raises:
+        TransientError: storage or broker away; the cancel may or may not have been recorded.
+    """
+    await ctx.jobs.request_cancel(job.job_id)
+    job = await ctx.jobs.get(job.job_id)  # after the marker: a handler starting now sees one
+    if job.status is JobStatus.QUEUED:
+        job = cancelled(job)
+        await ctx.jobs.save(job)
+        ctx.metrics.job_ended(job.status, job.door)
+        await announce_terminal(ctx, job, None)
+    try:
+        await publish(ctx.channel, ctx.topology.control, "", CancelRequest(job_id=job.job_id))
+    except NotRoutable:
+        # No extract process is up: none runs the job, and the marker stops it when one comes.
+        log.info("job %s: no extract handler to tell about its cancel", job.job_id)
+    return job
+
+
+async def raise_if_requested(ctx: Context, job_id: str) -> None:
+    """Raises JobCancelled when a cancel of `job_id` has been recorded."""
+    if await ctx.jobs.cancel_requested(job_id):
+        raise JobCancelled("the job was cancelled")
+
+
+async def listen(ctx: Context, stop: asyncio.Event) -> None:
+    """Carry out cancel requests for the jobs of this process's worker pool until `stop`."""
+    pool = ctx.pool
+    assert pool is not None
+    channel = await ctx.connection.channel()
+    try:
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(ctx.topology.control)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                req = CancelRequest.model_validate_json(message.body)
+            except ValidationError:
+                log.warning("ignoring an invalid message on the control exchange")
+                return
+            if pool.cancel(req.job_id):
+                log.info("job %s: cancelled, its worker is stopped", req.job_id)
+
+        await queue.consume(on_message, no_ack=True)
+        await stop.wait()
+    finally:
+        await channel.close()

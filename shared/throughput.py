@@ -1,0 +1,100 @@
+"""How fast extraction goes, measured from finished jobs, and the estimates made from it.
+
+Deliberately simple, and said so in the answers' names: RabbitMQ does not tell where a message
+is in a queue, so a queued job's position is the number of messages ready in the extract
+queue (the jobs ahead of it are at most that many, fewer for older jobs); its ETA assumes the
+jobs ahead are average-sized and the workers of every consuming extract process run them at the
+measured speed. A running job's ETA comes from its own pages per second so far.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.models import Job, JobStatus
+
+ALPHA = 0.2
+"""Weight of the newest job in the moving averages (about the last ten jobs count)."""
+MIN_SECONDS = 0.001
+
+
+class ThroughputMeter:
+    """Exponential moving averages of a worker's pages per second and of pages per job,
+    fed with every `job.completed` event this process sees."""
+
+    def __init__(self) -> None:
+        self.pages_per_s: float | None = None
+        self.pages_per_job: float | None = None
+        self.samples = 0
+
+    def observe(self, pages: int, seconds: float) -> None:
+        if pages <= 0:
+            return
+        rate = pages / max(seconds, MIN_SECONDS)
+        self.pages_per_s = _ewma(self.pages_per_s, rate)
+        self.pages_per_job = _ewma(self.pages_per_job, float(pages))
+        self.samples += 1
+
+    def on_event(self, routing_key: str, body: bytes) -> None:
+        """A JobWatcher observer: learn from the job views of `job.completed` events."""
+        if routing_key != "job.completed":
+            return
+        try:
+            view = json.loads(body)
+            pages = int(view["result"]["pages_extracted"])
+            started = datetime.fromisoformat(view["started_at"])
+            finished = datetime.fromisoformat(view["finished_at"])
+        except (ValueError, KeyError, TypeError):
+            return  # a job without timings (e.g. answered from a cache) teaches nothing
+        self.observe(pages, (finished - started).total_seconds())
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else old + ALPHA * (new - old)
+
+
+@dataclass(frozen=True)
+class QueueState:
+    ready: int
+    """Messages ready in the extract queue."""
+    consumers: int
+    """Extract processes consuming it."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    queue_position: int | None
+    """Queued jobs: at most this many jobs are ahead of it, itself included (1 = next)."""
+    eta_s: float | None
+    """Seconds until the job is expected to end; None when there is nothing to go by."""
+
+
+def estimate(
+    job: Job,
+    meter: ThroughputMeter,
+    queue: QueueState | None,
+    workers_per_process: int,
+    now: datetime,
+) -> Estimate:
+    """The queue position and ETA of a job that has not ended."""
+    rate = meter.pages_per_s
+    if job.status is JobStatus.PROCESSING:
+        done, total = job.progress.pages_done, job.progress.pages_total
+        if total is not None and done > 0 and job.started_at is not None:
+            own = done / max((now - job.started_at).total_seconds(), MIN_SECONDS)
+            return Estimate(None, round((total - done) / own, 1))
+        if rate is None:
+            return Estimate(None, None)
+        remaining = (total if total is not None else meter.pages_per_job or 1.0) - done
+        return Estimate(None, round(max(remaining, 0.0) / rate, 1))
+    if job.status is not JobStatus.QUEUED or queue is None:
+        return Estimate(None, None)
+    position = max(1, queue.ready)
+    if rate is None or meter.pages_per_job is None or queue.consumers == 0:
+        return Estimate(position, None)
+    parallel = queue.consumers * max(1, workers_per_process)
+    own_pages = float(job.pages_reserved or meter.pages_per_job)
+    ahead = (position - 1) * meter.pages_per_job / (rate * parallel)
+    return Estimate(position, round(ahead + own_pages / rate, 1))
