@@ -8,6 +8,7 @@ import tempfile
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from shared import cache
 from shared.cancel import cancelled, raise_if_requested
 from shared.cancel import listen as listen_for_cancels
 from shared.consumer import consume
@@ -93,7 +94,9 @@ async def _extract(ctx: Context, job: Job, webhook: WebhookSpec | None = None) -
         ctx.pool.track(job.job_id),  # from here on a cancel request reaches the job
     ):
         pdf_path = f"{tmp}/source.pdf"
-        await _fetch_source(ctx, job, pdf_path)
+        found = await cache.lookup(ctx, job, lambda: _fetch_source(ctx, job, pdf_path), pdf_path)
+        if found.hit is not None:
+            return found.hit
         await raise_if_requested(ctx, job.job_id)
         progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook))
         with ctx.metrics.extraction_seconds.time():
@@ -113,7 +116,9 @@ async def _extract(ctx: Context, job: Job, webhook: WebhookSpec | None = None) -
             )
         ctx.metrics.job_pages.observe(out.pages_extracted)
         await progress.flush()
-        return await _store(ctx, job, out)
+        summary = await _store(ctx, job, out)
+        await cache.remember(ctx, found.key, job.job_id, summary, out.result_path)
+        return summary
 
 
 async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
