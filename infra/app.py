@@ -25,11 +25,15 @@ class HandlerSpec:
     needs_pool: bool = False
 
 
+async def _front_doors(ctx: Context, stop: asyncio.Event) -> None:
+    """The ingress process answers both front doors: HTTP and broker requests."""
+    await asyncio.gather(ingress.serve(ctx, stop), requests.serve(ctx, stop))
+
+
 HANDLERS: dict[str, HandlerSpec] = {
-    "ingress": HandlerSpec(ingress.serve),
+    "ingress": HandlerSpec(_front_doors),
     "extract": HandlerSpec(extract.serve, needs_pool=True),
     "webhooks": HandlerSpec(webhooks.serve),
-    "requests": HandlerSpec(requests.serve),
     "object-drop": HandlerSpec(object_drop.serve),
 }
 

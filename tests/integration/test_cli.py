@@ -21,14 +21,16 @@ pytestmark = pytest.mark.integration
 PDFRELAY = str(Path(sys.executable).with_name("pdfrelay"))
 
 
-@pytest.fixture
-def dev_server(amqp_url: str, tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def running_dev(amqp_url: str, tmp_path: Path, **settings: str) -> Iterator[str]:
+    """`pdfrelay dev` as a newcomer runs it, with its own namespace; yields its base URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDFRELAY_")} | {
         "PDFRELAY_AMQP_URL": amqp_url,
         "PDFRELAY_HTTP_PORT": str(port),
         "PDFRELAY_NAMESPACE": f"cli{uuid.uuid4().hex[:8]}",
         "PDFRELAY_EXTRACT_WORKERS": "2",
+        **{f"PDFRELAY_{k.upper()}": v for k, v in settings.items()},
     }
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
@@ -40,6 +42,12 @@ def dev_server(amqp_url: str, tmp_path: Path) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
+
+
+@pytest.fixture
+def dev_server(amqp_url: str, tmp_path: Path) -> Iterator[str]:
+    with running_dev(amqp_url, tmp_path) as url:
+        yield url
 
 
 def _wait_for_line(log: Path, proc: subprocess.Popen[bytes], needle: str) -> None:

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import threading
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ from shared.retention import RULE_ID_PREFIX, apply_lifecycle, sweep
 from shared.throughput import ThroughputMeter
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
-from tests.integration.test_cli import PDFRELAY, _wait_for_line
+from tests.integration.test_cli import PDFRELAY, running_dev
 from tests.integration.test_core import form, upload, wait_done
 
 pytestmark = pytest.mark.integration
@@ -439,23 +438,10 @@ class HangingServer:
 @pytest.fixture
 def dev(amqp_url: str, tmp_path: Path) -> Iterator[str]:
     """`pdfrelay dev` with one extraction worker (so a second job waits in the queue)."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PDFRELAY_")} | {
-        "PDFRELAY_AMQP_URL": amqp_url,
-        "PDFRELAY_HTTP_PORT": str(port),
-        "PDFRELAY_NAMESPACE": f"cli{uuid.uuid4().hex[:8]}",
-        "PDFRELAY_EXTRACT_WORKERS": "1",
-        "PDFRELAY_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-    }
-    log = tmp_path / "dev.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([PDFRELAY, "dev"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_line(log, proc, "ingress listening on")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()
+    with running_dev(
+        amqp_url, tmp_path, extract_workers="1", webhook_allowed_networks="127.0.0.0/8"
+    ) as url:
+        yield url
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
