@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -49,16 +51,20 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job) -> None:
         # A redelivery after the outcome was stored: announce it again (same event ids).
         await announce_terminal(ctx, job, task.webhook)
         return
-    job = job.model_copy(
-        update={
-            "status": JobStatus.PROCESSING,
-            "started_at": utcnow(),
-            "attempts": job.attempts + 1,
-        }
-    )
-    await ctx.jobs.save(job)
+    attempts = job.attempts + 1
+
+    async def begin() -> Job:
+        # Saved when a worker slot is free, not when the task arrives: with prefetch = workers
+        # + 1 a task may wait here (its source already downloaded) and its job is still queued.
+        nonlocal job
+        job = job.model_copy(
+            update={"status": JobStatus.PROCESSING, "started_at": utcnow(), "attempts": attempts}
+        )
+        await ctx.jobs.save(job)
+        return job
+
     try:
-        out = await _extract(ctx, job, task.webhook)
+        out = await _extract(ctx, job, task.webhook, begin)
     except JobCancelled:
         job = cancelled(job)
     except PermanentError as exc:
@@ -80,13 +86,22 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job) -> None:
                 ),
             }
         )
+    if job.attempts < attempts:  # ended before a worker slot (cache hit, fetch failure)
+        job = job.model_copy(
+            update={"started_at": job.started_at or utcnow(), "attempts": attempts}
+        )
     await ctx.jobs.save(job)
     ctx.metrics.job_ended(job.status, job.door, job.error.code if job.error else None)
     log.info("job %s %s %s", job.job_id, job.status.value, job.error.code if job.error else "")
     await announce_terminal(ctx, job, task.webhook)
 
 
-async def _extract(ctx: Context, job: Job, webhook: WebhookSpec | None = None) -> JobResultSummary:
+async def _extract(
+    ctx: Context,
+    job: Job,
+    webhook: WebhookSpec | None = None,
+    begin: Callable[[], Awaitable[Job]] | None = None,
+) -> JobResultSummary:
     assert ctx.pool is not None
     settings = ctx.settings
     with (
@@ -99,6 +114,11 @@ async def _extract(ctx: Context, job: Job, webhook: WebhookSpec | None = None) -
             return found.hit
         await raise_if_requested(ctx, job.job_id)
         progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook))
+
+        async def on_slot() -> None:
+            if begin is not None:
+                progress.job = await begin()
+
         with ctx.metrics.extraction_seconds.time():
             out = await ctx.pool.run(
                 WorkRequest(
@@ -113,6 +133,7 @@ async def _extract(ctx: Context, job: Job, webhook: WebhookSpec | None = None) -
                 ),
                 progress.update,
                 job_id=job.job_id,
+                on_slot=on_slot,
             )
         ctx.metrics.job_pages.observe(out.pages_extracted)
         await progress.flush()
@@ -144,7 +165,7 @@ async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
     artifacts: list[Artifact] = []
     for art in out.artifacts:
         await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
-        size, digest = await asyncio.to_thread(_size_and_sha256, art.path)
+        size, digest = await asyncio.to_thread(cache.file_digest, art.path)
         artifacts.append(
             Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
         )
@@ -157,16 +178,9 @@ async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
     )
 
 
-def _size_and_sha256(path: str) -> tuple[int, str]:
-    import hashlib
-
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+RECORD_INTERVAL_S = 2.0
+"""Progress is written into the job record at most this often (an S3 PUT of the whole record);
+the job.progress events go out at the workers' pace (every 0.25 s at most)."""
 
 
 class _ProgressReporter:
@@ -174,10 +188,11 @@ class _ProgressReporter:
 
     def __init__(self, ctx: Context, job: Job, hooks: ProgressWebhooks | None = None) -> None:
         self._ctx = ctx
-        self._job = job
+        self.job = job
         self._hooks = hooks
         self._latest: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._saved_at = -RECORD_INTERVAL_S
 
     def update(self, done: int, total: int) -> None:
         self._latest = (done, total)
@@ -188,10 +203,13 @@ class _ProgressReporter:
         while self._latest is not None:
             done, total = self._latest
             self._latest = None
-            job = self._job.model_copy(
+            job = self.job.model_copy(
                 update={"progress": Progress(pages_done=done, pages_total=total)}
             )
-            await self._ctx.jobs.save(job)
+            now = time.monotonic()
+            if now - self._saved_at >= RECORD_INTERVAL_S:
+                self._saved_at = now
+                await self._ctx.jobs.save(job)
             await publish_event(self._ctx, job, "job.progress")
             if self._hooks is not None:
                 await self._hooks.send(job)
@@ -230,7 +248,9 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             ctx.topology.extract,
             ExtractTask,
             handle,
-            prefetch=ctx.settings.extract_workers,
+            # One task more than there are workers: the next document downloads while the
+            # workers are busy (the pool's semaphore still runs at most `workers` at once).
+            prefetch=ctx.settings.extract_workers + 1,
             stop=stop,
             backoff=ctx.topology.backoff(ctx.topology.extract),
         ),

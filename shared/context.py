@@ -63,6 +63,7 @@ async def open_context(
                 timeout_s=settings.job_timeout_s,
                 memory_mb=settings.worker_memory_mb,
                 trace_dir=settings.extract_trace_dir,
+                max_jobs=settings.worker_max_jobs,
             )
             stack.callback(pool.kill_all)
             await pool.start()

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     max_pages: int = Field(default=5_000, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0, le=1500)
     worker_memory_mb: int = Field(default=2048, ge=64)
+    worker_max_jobs: int = Field(default=50, ge=1)
+    """Documents one worker process extracts before it is replaced (sooner after any failure)."""
     max_wait_s: float = Field(default=60.0, ge=0)
     tenant_page_quota: int | None = Field(default=None, ge=1)
     """Pages in flight (accepted, not ended) per tenant before uploads get 429 QUOTA_EXCEEDED."""

@@ -413,6 +413,8 @@ class HangingServer:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.connected = threading.Event()
+        self.connections = threading.Semaphore(0)
+        """Released once per accepted connection."""
         self._stop = threading.Event()
         self._conns: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -426,6 +428,7 @@ class HangingServer:
                 continue
             self._conns.append(conn)
             self.connected.set()
+            self.connections.release()
 
     def close(self) -> None:
         self._stop.set()
@@ -486,15 +489,18 @@ def test_cli_submit_jobs_and_cancel(dev: str, tmp_path: Path) -> None:
     assert set(jobs) == {"alpha.pdf", "beta.pdf"}
     alpha = jobs["alpha.pdf"]["job_id"]
 
-    # The one worker fetches a source that never comes, so the next upload stays queued.
+    # Both tasks the one worker's handler prefetches (workers + 1) fetch a source that never
+    # comes, so the next upload stays queued.
     hanging = HangingServer()
     try:
-        busy = http_json(
-            "POST",
-            f"{dev}/v1/jobs",
-            {"source": {"url": f"http://127.0.0.1:{hanging.port}/slow.pdf"}},
-        )
-        assert hanging.connected.wait(TIMEOUT_S)
+        for _ in range(2):
+            busy = http_json(
+                "POST",
+                f"{dev}/v1/jobs",
+                {"source": {"url": f"http://127.0.0.1:{hanging.port}/slow.pdf"}},
+            )
+        for _ in range(2):
+            assert hanging.connections.acquire(timeout=TIMEOUT_S)
         (tmp_path / "gamma.pdf").write_bytes(make_pdf(["gamma"]))
         queued = cli("submit", str(tmp_path / "gamma.pdf"), "--url", dev)
         assert queued.returncode == 0, queued.stderr
