@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from handlers import fanout
 from shared import cache
 from shared.cancel import cancelled, raise_if_requested
 from shared.cancel import listen as listen_for_cancels
@@ -47,6 +48,9 @@ async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessa
 
 
 async def _handle(task: ExtractTask, ctx: Context, job: Job) -> None:
+    if task.first is not None:
+        await fanout.handle_range(task, ctx, job)
+        return
     if job.status.terminal:
         # A redelivery after the outcome was stored: announce it again (same event ids).
         await announce_terminal(ctx, job, task.webhook)
@@ -65,6 +69,8 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job) -> None:
 
     try:
         out = await _extract(ctx, job, task.webhook, begin)
+        if out is None:
+            return  # split into page ranges: the merge ends the job
     except JobCancelled:
         job = cancelled(job)
     except PermanentError as exc:
@@ -90,6 +96,12 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job) -> None:
         job = job.model_copy(
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
         )
+    stored = await ctx.jobs.get(job.job_id)
+    if stored.status.terminal:
+        # Cancelled at the ingress while its record still said queued (this task was waiting
+        # for a worker slot, or a cache hit): that first ending stands, never a second one.
+        await announce_terminal(ctx, stored, task.webhook)
+        return
     await ctx.jobs.save(job)
     ctx.metrics.job_ended(job.status, job.door, job.error.code if job.error else None)
     log.info("job %s %s %s", job.job_id, job.status.value, job.error.code if job.error else "")
@@ -101,7 +113,8 @@ async def _extract(
     job: Job,
     webhook: WebhookSpec | None = None,
     begin: Callable[[], Awaitable[Job]] | None = None,
-) -> JobResultSummary:
+) -> JobResultSummary | None:
+    """The job's result summary; None when it was split into page ranges (handlers/fanout.py)."""
     assert ctx.pool is not None
     settings = ctx.settings
     with (
@@ -113,6 +126,8 @@ async def _extract(
         if found.hit is not None:
             return found.hit
         await raise_if_requested(ctx, job.job_id)
+        if await fanout.plan(ctx, job, webhook, pdf_path, begin):
+            return None
         progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook))
 
         async def on_slot() -> None:
@@ -240,6 +255,12 @@ async def handle_dead(task: ExtractTask, ctx: Context, message: AbstractIncoming
     await announce_terminal(ctx, job, task.webhook)
 
 
+async def handle_merge(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
+    job = await ctx.jobs.get(task.job_id)
+    with job_span("merge", job.job_id, job.traceparent):
+        await fanout.handle_merge(task, ctx)
+
+
 async def serve(ctx: Context, stop: asyncio.Event) -> None:
     """Run the extract and dead-letter consumers and the cancel listener until `stop` is set."""
     await asyncio.gather(
@@ -253,6 +274,26 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             prefetch=ctx.settings.extract_workers + 1,
             stop=stop,
             backoff=ctx.topology.backoff(ctx.topology.extract),
+        ),
+        # Ranges of large documents take at most all workers but one in each process, so a small
+        # job always finds a free worker (README "Fan-out").
+        consume(
+            ctx,
+            ctx.topology.extract_ranges,
+            ExtractTask,
+            handle,
+            prefetch=max(1, ctx.settings.extract_workers - 1),
+            stop=stop,
+            backoff=ctx.topology.backoff(ctx.topology.extract_ranges),
+        ),
+        consume(
+            ctx,
+            ctx.topology.extract_merge,
+            ExtractTask,
+            handle_merge,
+            prefetch=1,
+            stop=stop,
+            backoff=ctx.topology.backoff(ctx.topology.extract_merge),
         ),
         consume(ctx, ctx.topology.extract_dead, ExtractTask, handle_dead, prefetch=4, stop=stop),
         listen_for_cancels(ctx, stop),

@@ -74,11 +74,23 @@ class Topology:
     # routing keys
     REQUEST_KEY = "extract"
     TASK_KEY = "extract"
+    RANGE_KEY = "range"
+    MERGE_KEY = "merge"
 
     # queues
     @property
     def extract(self) -> str:
         return f"{self.ns}.extract"
+
+    @property
+    def extract_ranges(self) -> str:
+        """Page-range tasks of large documents, apart so that small jobs do not queue behind."""
+        return f"{self.ns}.extract.ranges"
+
+    @property
+    def extract_merge(self) -> str:
+        """Merge tasks (one consumer at a time: a job's parts are merged exactly once)."""
+        return f"{self.ns}.extract.merge"
 
     @property
     def extract_dead(self) -> str:
@@ -146,8 +158,14 @@ class Topology:
                 },
                 bindings=((self.tasks, self.TASK_KEY),),
             ),
+            self._extract_queue(self.extract_ranges, self.RANGE_KEY),
+            self._extract_queue(
+                self.extract_merge, self.MERGE_KEY, {"x-single-active-consumer": True}
+            ),
             Queue(self.extract_dead, quorum, bindings=((self.dead_letters, self.extract_dead),)),
             self._backoff_queue(self.extract),
+            self._backoff_queue(self.extract_ranges),
+            self._backoff_queue(self.extract_merge),
             self._backoff_queue(self.requests_queue),
             self._backoff_queue(self.object_drop),
             *self._door(self.requests_queue, self.requests_dead, (self.requests, self.REQUEST_KEY)),
@@ -185,6 +203,21 @@ class Topology:
                 for step, delay in enumerate(self.retry_delays_ms)
             ),
         ]
+
+    def _extract_queue(self, name: str, key: str, extra: Arguments | None = None) -> Queue:
+        """A queue of internal fan-out tasks: crashes count, the dead go to `extract_dead`."""
+        return Queue(
+            name,
+            {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.delivery_limit,
+                "x-dead-letter-exchange": self.dead_letters,
+                "x-dead-letter-routing-key": self.extract_dead,
+                "x-dead-letter-strategy": "at-least-once",
+                **(extra or {}),
+            },
+            bindings=((self.tasks, key),),
+        )
 
     def backoff(self, queue: str) -> str:
         """Where a message waits after a transient failure, before it returns to `queue`."""

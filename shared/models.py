@@ -202,6 +202,11 @@ class ExtractTask(Frozen):
     job_id: str
     tenant: str = "default"
     webhook: WebhookSpec | None = None
+    first: Annotated[int, Field(ge=1)] | None = None
+    """A range task: its first page (1-based); None for a whole job."""
+    last: Annotated[int, Field(ge=1)] | None = None
+    parts: Annotated[int, Field(ge=1)] | None = None
+    """How many range tasks the job was split into (range and merge tasks)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

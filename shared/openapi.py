@@ -48,6 +48,17 @@ MULTIPART = "multipart/form-data"
 FORM = "application/x-www-form-urlencoded"
 BINARY: dict[str, Any] = {"type": "string", "contentMediaType": "application/octet-stream"}
 TEXT: dict[str, Any] = {"type": "string"}
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "One event of the stream: `event` is its type (`job.progress`, …), `id` its "
+    "stable event id, `data` the job (as `GET /v1/jobs/{job_id}` shows it) as JSON text.",
+    "properties": {
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "data": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 Location = Literal["query", "header"]
 Refs = dict[Any, dict[str, Any]]
@@ -253,7 +264,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 200,
                 "`job.progress` events, then `job.completed`, `job.failed` or `job.cancelled`.",
                 content_type="text/event-stream",
-                schema=TEXT,
+                schema=SSE_EVENT,
             ),
             *_errors(401, 404),
         ),

@@ -23,7 +23,7 @@ import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -58,7 +58,9 @@ class _Tracked:
     """A job `cancel` can reach: flagged before its worker starts, killed while it runs."""
 
     cancelled: bool = False
-    proc: multiprocessing.process.BaseProcess | None = None
+    procs: set[multiprocessing.process.BaseProcess] = field(default_factory=set)
+    """Its running workers: several when ranges of one job run side by side (fan-out)."""
+    holders: int = 0
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ class WorkerPool:
             self.started += 1
             self._running.add(proc)
             if tracked is not None:
-                tracked.proc = proc
+                tracked.procs.add(proc)
                 if tracked.cancelled:  # while the process was starting
                     self._kill_cancelled(proc)
             assert proc.pid is not None
@@ -275,7 +277,7 @@ class WorkerPool:
                 self._running.discard(proc)
                 self._cancelled.discard(proc)
                 if tracked is not None:
-                    tracked.proc = None
+                    tracked.procs.discard(proc)
                 if reuse and proc.is_alive():
                     self._idle.append(worker)
                 else:
@@ -328,11 +330,15 @@ class WorkerPool:
     @contextlib.contextmanager
     def track(self, job_id: str) -> Iterator[None]:
         """Let `cancel(job_id)` reach the job while the block runs, also before `run`."""
-        self._jobs[job_id] = _Tracked()
+        # Nested or overlapping blocks of one job (its page ranges) share one entry.
+        tracked = self._jobs.setdefault(job_id, _Tracked())
+        tracked.holders += 1
         try:
             yield
         finally:
-            self._jobs.pop(job_id, None)
+            tracked.holders -= 1
+            if tracked.holders == 0 and self._jobs.get(job_id) is tracked:
+                del self._jobs[job_id]
 
     def cancel(self, job_id: str) -> bool:
         """Stop the worker of a tracked job, or keep it from starting; False: not tracked here."""
@@ -340,8 +346,8 @@ class WorkerPool:
         if tracked is None:
             return False
         tracked.cancelled = True
-        if tracked.proc is not None:
-            self._kill_cancelled(tracked.proc)
+        for proc in list(tracked.procs):
+            self._kill_cancelled(proc)
         return True
 
     def _kill_cancelled(self, proc: multiprocessing.process.BaseProcess) -> None:

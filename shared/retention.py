@@ -120,7 +120,9 @@ async def _expire(jobs: JobStore, key: str, name: str, cutoff: datetime) -> str:
         return "running"
     if (job.finished_at or job.created_at) >= cutoff:
         return "recent"
-    await delete_job_keys(jobs, job_id, uploaded=job.source_key == upload_key(job_id))
+    # A URL source is stored under uploads/ too when the job was split into page ranges.
+    uploaded = job.source_key == upload_key(job_id) or job.source_url is not None
+    await delete_job_keys(jobs, job_id, uploaded=uploaded)
     if job.pages_reserved is not None:
         await jobs.storage.delete(inflight_key(job.tenant, job_id, job.pages_reserved))
     # The index entry goes last: an interrupted sweep finds the job again next time.

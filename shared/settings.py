@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_queue_length: int = Field(default=10_000, ge=1)
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     max_pages: int = Field(default=5_000, ge=1)
+    fanout_min_pages: int = Field(default=400, ge=1)
+    """Documents with more pages than this are split into page ranges (README "Fan-out")."""
+    fanout_range_pages: int = Field(default=100, ge=1)
+    """Pages per range task of a fanned-out document."""
     job_timeout_s: float = Field(default=600.0, gt=0, le=1500)
     worker_memory_mb: int = Field(default=2048, ge=64)
     worker_max_jobs: int = Field(default=50, ge=1)

@@ -1,0 +1,299 @@
+"""Page-range fan-out: a large document is split into range tasks, each extracted by any worker,
+and the parts are merged in page order into one result by a single-active-consumer queue."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from shared.broker import publish
+from shared.cancel import cancelled, raise_if_requested
+from shared.context import Context
+from shared.errors import ErrorCode, PermanentError
+from shared.extraction import ExtractLimits
+from shared.jobs import artifact_key, result_key, upload_key
+from shared.models import (
+    Artifact,
+    ExtractionResult,
+    ExtractTask,
+    Frozen,
+    Job,
+    JobError,
+    JobResultSummary,
+    JobStatus,
+    PageText,
+    Progress,
+    WebhookSpec,
+    utcnow,
+)
+from shared.outcome import announce_terminal, publish_event
+from shared.pagecount import count_pages
+from shared.pool import JobCancelled, WorkRequest
+
+log = logging.getLogger(__name__)
+
+FANOUT_OUTPUTS = frozenset({"text", "markdown", "metadata"})
+"""Outputs a merge can rebuild from the parts; jobs asking for more run whole."""
+MARKDOWN_ARTIFACT = "document.md"
+
+
+class RangePart(Frozen):
+    """What one range task leaves at `parts_prefix(job_id)`: its pages' ExtractionResult."""
+
+    first: int
+    last: int
+    pages_processed: int
+    result: ExtractionResult
+
+
+def parts_prefix(job_id: str) -> str:
+    return f"results/{job_id}/parts/"
+
+
+def part_key(job_id: str, first: int, last: int) -> str:
+    return f"{parts_prefix(job_id)}{first:06d}-{last:06d}.json"
+
+
+_EMPTY = ExtractionResult(page_count=0)
+
+
+def ranges(page_count: int, size: int) -> list[tuple[int, int]]:
+    """1-based inclusive (first, last) ranges of at most `size` pages covering the document."""
+    return [(a, min(a + size - 1, page_count)) for a in range(1, page_count + 1, size)]
+
+
+async def plan(
+    ctx: Context,
+    job: Job,
+    webhook: WebhookSpec | None,
+    pdf_path: str,
+    begin: Callable[[], Awaitable[Job]] | None,
+) -> bool:
+    """Publish range tasks for a large document; False when it is to be extracted whole.
+
+    Only whole-document jobs (no `pages` selection) whose outputs a merge can rebuild are split;
+    the page count is the cheap estimate from the raw bytes (MuPDF never runs in this process).
+    """
+    settings = ctx.settings
+    if job.options.pages is not None or not set(job.options.outputs) <= FANOUT_OUTPUTS:
+        return False
+    pages = await count_pages(pdf_path)
+    if pages is None or pages <= settings.fanout_min_pages or pages > settings.max_pages:
+        return False  # too small, or for the engine to refuse as a whole
+    if job.source_url is not None:
+        # The ranges read the stored copy; none of them fetches the URL again.
+        await ctx.storage.put_file(upload_key(job.job_id), pdf_path, "application/pdf")
+    if begin is not None:
+        job = await begin()
+    job = job.model_copy(update={"progress": Progress(pages_done=0, pages_total=pages)})
+    await ctx.jobs.save(job)
+    spans = ranges(pages, settings.fanout_range_pages)
+    log.info("job %s: %d pages in %d ranges", job.job_id, pages, len(spans))
+    for first, last in spans:
+        task = ExtractTask(
+            job_id=job.job_id,
+            tenant=job.tenant,
+            webhook=webhook,
+            first=first,
+            last=last,
+            parts=len(spans),
+        )
+        await publish(
+            ctx.channel,
+            ctx.topology.tasks,
+            ctx.topology.RANGE_KEY,
+            task,
+            message_id=f"{job.job_id}.{first}-{last}",
+        )
+    return True
+
+
+async def handle_range(task: ExtractTask, ctx: Context, job: Job) -> None:
+    """Extract one range into its part; publish the merge when every part is there."""
+    assert task.first is not None
+    assert task.last is not None
+    assert task.parts is not None
+    if job.status.terminal:
+        return  # cancelled, or failed by another range: the rest of the ranges are skipped
+    try:
+        part = await _extract_range(ctx, job, task.first, task.last)
+    except JobCancelled:
+        await _end(ctx, task, lambda j: cancelled(j))
+        return
+    except PermanentError as exc:
+        if exc.code is ErrorCode.INVALID_OPTIONS and task.first > 1:
+            # The page count was estimated high: this range is past the end, an empty part.
+            part = RangePart(first=task.first, last=task.last, pages_processed=0, result=_EMPTY)
+        else:
+            await _fail(ctx, task, exc)
+            return
+    await _store_part(ctx, job, task, part)
+
+
+async def _fail(ctx: Context, task: ExtractTask, exc: PermanentError) -> None:
+    error = JobError(code=str(exc.code), message=exc.message)
+    await _end(
+        ctx,
+        task,
+        lambda j: j.model_copy(
+            update={"status": JobStatus.FAILED, "error": error, "finished_at": utcnow()}
+        ),
+    )
+
+
+async def _store_part(ctx: Context, job: Job, task: ExtractTask, part: RangePart) -> None:
+    """Store the part; publish the merge when every part is there."""
+    assert task.first is not None
+    assert task.last is not None
+    assert task.parts is not None
+    await ctx.storage.put_bytes(
+        part_key(job.job_id, task.first, task.last), part.model_dump_json(by_alias=True).encode()
+    )
+    done = await ctx.storage.list_keys(parts_prefix(job.job_id))
+    await _report_progress(ctx, job, done)
+    if len(done) >= task.parts:
+        # Two last ranges may both get here: the merge queue's single consumer and its terminal
+        # check make the second merge task a no-op.
+        merge = ExtractTask(
+            job_id=job.job_id, tenant=job.tenant, webhook=task.webhook, parts=task.parts
+        )
+        await publish(
+            ctx.channel,
+            ctx.topology.tasks,
+            ctx.topology.MERGE_KEY,
+            merge,
+            message_id=f"{job.job_id}.merge",
+        )
+
+
+async def _report_progress(ctx: Context, job: Job, part_keys: list[str]) -> None:
+    """A job.progress event counting the pages of the parts done; the record is not rewritten
+    (ranges racing the merge's terminal save could set it back to processing)."""
+    done = 0
+    for key in part_keys:
+        first, _, last = key.rsplit("/", 1)[-1].removesuffix(".json").partition("-")
+        done += int(last) - int(first) + 1
+    total = job.progress.pages_total
+    progress = Progress(pages_done=min(done, total) if total else done, pages_total=total)
+    await publish_event(ctx, job.model_copy(update={"progress": progress}), "job.progress")
+
+
+async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> RangePart:
+    assert ctx.pool is not None
+    settings = ctx.settings
+    key, bucket = (
+        (upload_key(job.job_id), None)
+        if job.source_url is not None
+        else (job.source_key, job.source_bucket)
+    )
+    assert key is not None
+    # The last range is open-ended: the page count it was planned with is an estimate.
+    total = job.progress.pages_total
+    pages = f"{first}-" if total is not None and last >= total else f"{first}-{last}"
+    options = job.options.model_copy(update={"pages": pages})
+    with (
+        tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
+        ctx.pool.track(job.job_id),
+    ):
+        pdf_path = f"{tmp}/source.pdf"
+        await ctx.storage.download(key, pdf_path, bucket=bucket)
+        await raise_if_requested(ctx, job.job_id)
+        out = await ctx.pool.run(
+            WorkRequest(
+                pdf_path=pdf_path,
+                out_dir=tmp,
+                options=options,
+                limits=ExtractLimits(
+                    max_pages=settings.max_pages,
+                    max_file_bytes=settings.max_file_bytes,
+                    tessdata=settings.tessdata_dir,
+                ),
+            ),
+            lambda done, total: None,
+            job_id=job.job_id,
+        )
+        raw = await asyncio.to_thread(Path(out.result_path).read_bytes)
+    result = ExtractionResult.model_validate_json(raw)
+    return RangePart(first=first, last=last, pages_processed=out.pages_extracted, result=result)
+
+
+async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -> None:
+    """End the job with `outcome` unless it has ended already (then only announce it)."""
+    job = await ctx.jobs.get(task.job_id)
+    if not job.status.terminal:
+        job = outcome(job)
+        await ctx.jobs.save(job)
+        ctx.metrics.job_ended(job.status, job.door, job.error.code if job.error else None)
+        log.info("job %s %s (range %s-%s)", job.job_id, job.status.value, task.first, task.last)
+    await announce_terminal(ctx, job, task.webhook)
+
+
+def merge_parts(parts: list[RangePart]) -> ExtractionResult:
+    """One result from the parts, in page order (metadata is whole-document: the first's)."""
+    parts = sorted(parts, key=lambda p: p.first)
+    head = parts[0].result
+    pages: list[PageText] = [page for part in parts for page in part.result.pages]
+    markdowns = [p.result.markdown for p in parts if p.result.markdown is not None]
+    tables = [t for p in parts for t in (p.result.tables or [])]
+    warnings = list(dict.fromkeys(w for p in parts for w in p.result.warnings))
+    return ExtractionResult(
+        job_id=head.job_id,
+        page_count=head.page_count,
+        pages=pages,
+        markdown="\n\n".join(m.strip("\n") for m in markdowns) + "\n" if markdowns else None,
+        metadata=head.metadata,
+        tables=tables if head.tables is not None else None,
+        warnings=warnings,
+    )
+
+
+async def handle_merge(task: ExtractTask, ctx: Context) -> None:
+    """Merge a job's parts into its result and complete it; a repeated merge only announces."""
+    job = await ctx.jobs.get(task.job_id)
+    if job.status.terminal:
+        await announce_terminal(ctx, job, task.webhook)
+        return
+    keys = sorted(await ctx.storage.list_keys(parts_prefix(job.job_id)))
+    parts = [RangePart.model_validate_json(await ctx.storage.get_bytes(k)) for k in keys]
+    result = merge_parts(parts)
+    await ctx.storage.put_bytes(
+        result_key(job.job_id), result.model_dump_json(by_alias=True).encode(), "application/json"
+    )
+    artifacts: list[Artifact] = []
+    if "markdown" in job.options.outputs and result.markdown is not None:
+        data = result.markdown.encode()
+        content_type = "text/markdown; charset=utf-8"
+        await ctx.storage.put_bytes(artifact_key(job.job_id, MARKDOWN_ARTIFACT), data, content_type)
+        artifacts.append(
+            Artifact(
+                name=MARKDOWN_ARTIFACT,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                content_type=content_type,
+            )
+        )
+    processed = sum(p.pages_processed for p in parts)
+    summary = JobResultSummary(
+        page_count=result.page_count,
+        pages_extracted=processed,
+        artifacts=tuple(artifacts),
+        warnings=tuple(result.warnings),
+    )
+    job = job.model_copy(
+        update={
+            "status": JobStatus.COMPLETED,
+            "result": summary,
+            "finished_at": utcnow(),
+            "progress": Progress(pages_done=processed, pages_total=processed),
+        }
+    )
+    await ctx.jobs.save(job)
+    ctx.metrics.job_ended(job.status, job.door, None)
+    log.info("job %s completed from %d ranges", job.job_id, len(parts))
+    for key in keys:  # a repeated merge stops at the terminal check: the parts are done with
+        await ctx.storage.delete(key)
+    await announce_terminal(ctx, job, task.webhook)

@@ -1,0 +1,185 @@
+"""Page-range fan-out: large documents split into ranges, merged once, in page order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers.fanout import parts_prefix
+from shared.extraction import ExtractLimits, extract_document
+from shared.jobs import result_key
+from shared.models import ExtractOptions
+from shared.storage import ObjectNotFound
+from tests.conftest import running_stack
+from tests.factories import make_pdf
+from tests.integration.test_core import upload, wait_done
+from tests.integration.test_job_control import freezer
+
+pytestmark = pytest.mark.integration
+
+FANOUT = {"fanout_min_pages": 8, "fanout_range_pages": 3}
+OPTIONS = json.dumps({"outputs": ["text", "markdown", "metadata"]})
+
+
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+]
+
+
+def _pages(n: int) -> list[str]:
+    # Lines that differ beyond their digits: identical ones would read as running headers.
+    return [f"{WORDS[i % 20]} {WORDS[i // 20 % 20]} notes for page {i + 1}" for i in range(n)]
+
+
+def _unsplit(pdf: bytes, tmp: Path) -> list[tuple[int, str]]:
+    path = tmp / "whole.pdf"
+    path.write_bytes(pdf)
+    out = extract_document(
+        str(path), ExtractOptions(outputs=("text",)), ExtractLimits(), str(tmp), lambda d, t: None
+    )
+    return [(p.number, p.text) for p in out.result.pages]
+
+
+async def _result(stack: Any, job_id: str) -> Any:
+    resp = await stack.client.get(f"/v1/jobs/{job_id}/result")
+    assert resp.status == 200
+    return await resp.json()
+
+
+async def test_ranges_give_the_same_pages_as_one_pass(make_settings: Any, tmp_path: Path) -> None:
+    pdf = make_pdf(_pages(20), title="Manual")
+    async with running_stack(make_settings(**FANOUT)) as stack:
+        assert stack.ctx.pool is not None
+        job = await upload(stack, pdf, options=OPTIONS)
+        done = await wait_done(stack, job["job_id"])
+        assert done["status"] == "completed", done
+        assert done["progress"] == {"pages_done": 20, "pages_total": 20}
+        # 20 pages in ranges of 3: seven range tasks, each on a worker of its own run.
+        assert stack.ctx.pool.started == 7
+        result = await _result(stack, job["job_id"])
+        assert [(p["number"], p["text"]) for p in result["pages"]] == _unsplit(pdf, tmp_path)
+        assert result["page_count"] == 20
+        assert result["metadata"]["title"] == "Manual"
+        assert result["markdown"].index("alpha alpha notes") < result["markdown"].index(
+            "tango alpha"
+        )
+        assert [a["name"] for a in done["result"]["artifacts"]] == ["document.md"]
+        # The parts are gone once merged.
+        assert await stack.ctx.storage.list_keys(parts_prefix(job["job_id"])) == []
+
+
+async def test_small_documents_are_not_split(make_settings: Any) -> None:
+    async with running_stack(make_settings(**FANOUT)) as stack:
+        assert stack.ctx.pool is not None
+        job = await upload(stack, make_pdf(_pages(8)))
+        assert (await wait_done(stack, job["job_id"]))["status"] == "completed"
+        assert stack.ctx.pool.started == 1
+
+
+async def test_a_killed_range_is_redone_and_the_result_is_whole(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    pdf = make_pdf(_pages(20))
+    async with running_stack(make_settings(extract_delivery_limit=3, **FANOUT)) as stack:
+        assert stack.ctx.pool is not None
+        killed: list[int] = []
+
+        def kill_first(pid: int) -> None:
+            if not killed:
+                killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
+
+        stack.ctx.pool.on_start.append(kill_first)
+        job = await upload(stack, pdf)
+        done = await wait_done(stack, job["job_id"])
+        assert done["status"] == "completed", done
+        assert stack.ctx.pool.crashed == 1
+        result = await _result(stack, job["job_id"])
+        assert [(p["number"], p["text"]) for p in result["pages"]] == _unsplit(pdf, tmp_path)
+
+
+async def test_a_permanent_error_in_one_range_fails_the_job_once(make_settings: Any) -> None:
+    # A hung worker is the honest permanent error: the pool's time limit ends it with
+    # EXTRACTION_TIMEOUT, for that range only.
+    async with running_stack(make_settings(job_timeout_s=1.0, **FANOUT)) as stack:
+        assert stack.ctx.pool is not None
+        seen: list[int] = []
+
+        def freeze_second(pid: int) -> None:
+            seen.append(pid)
+            if len(seen) == 2:
+                os.kill(pid, signal.SIGSTOP)
+
+        stack.ctx.pool.on_start.append(freeze_second)
+        job = await upload(stack, make_pdf(_pages(20)))
+        done = await wait_done(stack, job["job_id"])
+        assert done["status"] == "failed"
+        assert done["error"]["code"] == "EXTRACTION_TIMEOUT"
+        # No merge ever ran, and a later look finds the same single outcome.
+        with pytest.raises(ObjectNotFound):
+            await stack.ctx.storage.stat(result_key(job["job_id"]))
+        again = await wait_done(stack, job["job_id"])
+        assert again["status"] == "failed"
+        assert again["finished_at"] == done["finished_at"]
+
+
+async def test_a_small_job_overtakes_a_huge_one(make_settings: Any) -> None:
+    async with running_stack(make_settings(**FANOUT)) as stack:
+        huge = await upload(stack, make_pdf(_pages(150)))
+        small = await upload(stack, make_pdf(["a one-page invoice"]))
+        small_done = await wait_done(stack, small["job_id"])
+        huge_done = await wait_done(stack, huge["job_id"])
+        assert small_done["status"] == huge_done["status"] == "completed"
+        assert datetime.fromisoformat(small_done["finished_at"]) < datetime.fromisoformat(
+            huge_done["finished_at"]
+        )
+
+
+async def test_cancel_stops_the_running_range_and_skips_the_rest(make_settings: Any) -> None:
+    async with running_stack(make_settings(**FANOUT)) as stack:
+        pool = stack.ctx.pool
+        assert pool is not None
+        pids = freezer(stack)
+        job = await upload(stack, make_pdf(_pages(20)))
+        pid = await asyncio.wait_for(pids.get(), 30)
+        resp = await stack.client.delete(f"/v1/jobs/{job['job_id']}")
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["status"] == "cancelled"
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert pool.crashed == 0
+        # A job after it runs as usual.
+        pool.on_start.clear()
+        nxt = await upload(stack, make_pdf(["after the cancel"]))
+        assert (await wait_done(stack, nxt["job_id"]))["status"] == "completed"
+        assert pool.started == 2  # no range of the cancelled job ran after its cancel
+        resp = await stack.client.get(f"/v1/jobs/{job['job_id']}")
+        assert (await resp.json())["status"] == "cancelled"
+        with pytest.raises(ObjectNotFound):
+            await stack.ctx.storage.stat(result_key(job["job_id"]))
