@@ -246,6 +246,9 @@ class WorkerPool:
                 raise JobCancelled("the job was cancelled")
             if on_slot is not None:
                 await on_slot()
+            while self._idle and not self._idle[-1].proc.is_alive():
+                # Died while idle (killed, out of memory): not this document's crash.
+                await self._retire(self._idle.pop())
             worker = self._idle.pop() if self._idle else await self._spawn()
             proc = worker.proc
             reuse = False

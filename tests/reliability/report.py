@@ -70,7 +70,7 @@ def read_junit(path: Path) -> dict[str, TestResult]:
         for kind in ("failure", "error", "skipped"):
             if (node := case.find(kind)) is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[kind]
-                message = (node.get("message") or "").split("\n")[0][:200]
+                message = " ".join((node.get("message") or "").split())[:400]
                 break
         results[name] = TestResult(name, outcome, float(case.get("time") or 0), message)
     return results
@@ -148,6 +148,11 @@ def render(ledgers: list[dict[str, Any]], tests: dict[str, TestResult], command:
         if name not in by_test:
             lines.append(f"| `{name.split('::')[-1]}` | {test.outcome} |" + " |" * 13)
     lines.append("")
+    failures = [t for t in tests.values() if t.outcome in ("failed", "error")]
+    if failures:
+        lines += ["## Failures", ""]
+        lines += [f"- `{t.name}`: {t.message}" for t in failures]
+        lines.append("")
     for led in ledgers:
         test = tests.get(led["test"])
         lines += [f"## {led['scenario']}: {led['title']}", ""]
