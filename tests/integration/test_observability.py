@@ -36,6 +36,7 @@ from shared.signing import generate_secret
 from shared.tracing import trace_id_of
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
+from tests.integration.test_core import upload
 
 pytestmark = pytest.mark.integration
 
@@ -43,22 +44,6 @@ PDFRELAY = str(Path(sys.executable).with_name("pdfrelay"))
 TOKEN = "tok-" + secrets.token_urlsafe(18)
 API_KEY = "key-" + secrets.token_urlsafe(18)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def form(data: bytes, **fields: str) -> aiohttp.FormData:
-    fd = aiohttp.FormData()
-    fd.add_field("file", data, filename="doc.pdf", content_type="application/pdf")
-    for key, value in fields.items():
-        fd.add_field(key, value)
-    return fd
-
-
-async def upload(
-    stack: Stack, data: bytes, headers: dict[str, str] | None = None, **fields: str
-) -> Any:
-    resp = await stack.client.post("/v1/jobs", data=form(data, **fields), headers=headers)
-    assert resp.status == 202, await resp.text()
-    return await resp.json()
 
 
 async def wait_done(stack: Stack, job_id: str, headers: dict[str, str] | None = None) -> Any:
