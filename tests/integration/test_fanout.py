@@ -21,6 +21,7 @@ from tests.conftest import running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import upload, wait_done
 from tests.integration.test_job_control import freezer
+from tests.integration.test_worker_faults import kill_first_worker
 
 pytestmark = pytest.mark.integration
 
@@ -108,14 +109,7 @@ async def test_a_killed_range_is_redone_and_the_result_is_whole(
     pdf = make_pdf(_pages(20))
     async with running_stack(make_settings(extract_delivery_limit=3, **FANOUT)) as stack:
         assert stack.ctx.pool is not None
-        killed: list[int] = []
-
-        def kill_first(pid: int) -> None:
-            if not killed:
-                killed.append(pid)
-                os.kill(pid, signal.SIGKILL)
-
-        stack.ctx.pool.on_start.append(kill_first)
+        kill_first_worker(stack.ctx.pool)
         job = await upload(stack, pdf)
         done = await wait_done(stack, job["job_id"])
         assert done["status"] == "completed", done

@@ -21,6 +21,7 @@ from standardwebhooks import Webhook
 from shared.signing import generate_secret
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
+from tests.integration.test_webhooks import StateWatch
 
 pytestmark = pytest.mark.integration
 
@@ -80,35 +81,10 @@ async def seed_client() -> AsyncIterator[Client]:
         yield client
 
 
-class Delivered:
-    """Wakes a waiter when the webhooks handler records a job's delivery state (no polling)."""
-
-    def __init__(self, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.stack = stack
-        self.changed = asyncio.Condition()
-        original = stack.ctx.storage.put_bytes
-
-        async def put_bytes(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-            await original(key, data, *args, **kwargs)
-            if key.endswith("/webhook.json"):
-                async with self.changed:
-                    self.changed.notify_all()
-
-        monkeypatch.setattr(stack.ctx.storage, "put_bytes", put_bytes)
-
-    async def wait(self, job_id: str, within: float = 30) -> None:
-        async with asyncio.timeout(within), self.changed:
-            while True:
-                state = await self.stack.ctx.jobs.webhook_state(job_id)
-                if state is not None and state.state == "delivered":
-                    return
-                await self.changed.wait()
-
-
 @pytest.fixture
 async def seed_stack(
     make_settings: Any, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[Stack, Delivered]]:
+) -> AsyncIterator[tuple[Stack, StateWatch]]:
     settings = make_settings(
         api_keys=f"acme:{KEY},other:{OTHER_KEY}",
         webhook_secret=SECRET,
@@ -116,7 +92,7 @@ async def seed_stack(
         webhook_allowed_networks="127.0.0.0/8",
     )
     async with running_stack(settings) as stack:
-        delivered = Delivered(stack, monkeypatch)
+        delivered = StateWatch(stack, monkeypatch)
         stack.start_webhooks()
         yield stack, delivered
 
@@ -137,7 +113,7 @@ async def process(stack: Stack, pdf: bytes, expect: int = 202, **fields: str) ->
 
 
 async def test_upload_with_callback_gets_the_completed_payload(
-    seed_stack: tuple[Stack, Delivered],
+    seed_stack: tuple[Stack, StateWatch],
 ) -> None:
     stack, delivered = seed_stack
     job_ref = "kunde-42/../../jobs/x"  # the client's own id; never a storage path
@@ -159,7 +135,7 @@ async def test_upload_with_callback_gets_the_completed_payload(
         assert ack["process"]["started"]
 
         [call] = await client.wait_calls(1)
-        await delivered.wait(process_id)
+        await delivered.wait(process_id, "delivered", within=30)
         # The same jobId again is the same job, not a second one (and no second webhook).
         again = await process(stack, make_pdf(["other"]), jobId=job_ref)
         assert again["process"]["id"] == process_id
@@ -216,7 +192,7 @@ async def test_upload_with_callback_gets_the_completed_payload(
     assert resp.status == 401
 
 
-async def test_a_damaged_file_sends_the_error_payload(seed_stack: tuple[Stack, Delivered]) -> None:
+async def test_a_damaged_file_sends_the_error_payload(seed_stack: tuple[Stack, StateWatch]) -> None:
     stack, delivered = seed_stack
     damaged = b"%PDF-1.7\n" + b"\x00garbage that is no PDF structure\n" * 200
     async with seed_client() as client:
@@ -224,7 +200,7 @@ async def test_a_damaged_file_sends_the_error_payload(seed_stack: tuple[Stack, D
             stack, damaged, callback_url=client.url, callback_token=TOKEN, jobId="bad-1"
         )
         [call] = await client.wait_calls(1)
-        await delivered.wait(ack["process"]["id"])
+        await delivered.wait(ack["process"]["id"], "delivered", within=30)
     assert len(client.calls) == 1
     assert call.headers["X-Callback-Token"] == TOKEN
     body = call.payload
@@ -252,7 +228,7 @@ async def test_a_damaged_file_sends_the_error_payload(seed_stack: tuple[Stack, D
     assert err["error"]["code"] == "NOT_A_PDF"
 
 
-async def test_page_range_and_wait_ms_answer_inline(seed_stack: tuple[Stack, Delivered]) -> None:
+async def test_page_range_and_wait_ms_answer_inline(seed_stack: tuple[Stack, StateWatch]) -> None:
     stack, _ = seed_stack
     body = await process(
         stack, make_pdf(PAGES), expect=200, page_start="2", page_end="3", wait_ms="60000"
@@ -273,7 +249,7 @@ async def test_page_range_and_wait_ms_answer_inline(seed_stack: tuple[Stack, Del
     assert bad["error"]["code"] == "INVALID_OPTIONS"
 
 
-async def test_process_url_with_images_archive(seed_stack: tuple[Stack, Delivered]) -> None:
+async def test_process_url_with_images_archive(seed_stack: tuple[Stack, StateWatch]) -> None:
     stack, _ = seed_stack
     async with seed_client() as client:
         resp = await stack.client.post(
@@ -296,7 +272,7 @@ async def test_process_url_with_images_archive(seed_stack: tuple[Stack, Delivere
         assert zf.testzip() is None
 
 
-async def test_without_wait_the_ack_comes_at_once(seed_stack: tuple[Stack, Delivered]) -> None:
+async def test_without_wait_the_ack_comes_at_once(seed_stack: tuple[Stack, StateWatch]) -> None:
     stack, _ = seed_stack
     # No extract handler would be needed for this answer: it only says the job is queued.
     ack = await process(stack, make_pdf(PAGES), jobId="quick-1", extraction_method="preview")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -29,6 +28,7 @@ from shared.settings import Settings
 from shared.signing import generate_secret
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
+from tests.integration.test_core import form
 
 pytestmark = pytest.mark.integration
 
@@ -142,14 +142,6 @@ async def hook_stack(
         watch = StateWatch(stack, monkeypatch)
         stack.start_webhooks()
         yield stack, watch
-
-
-def form(data: bytes, **fields: str) -> aiohttp.FormData:
-    fd = aiohttp.FormData()
-    fd.add_field("file", data, filename="doc.pdf", content_type="application/pdf")
-    for key, value in fields.items():
-        fd.add_field(key, value)
-    return fd
 
 
 async def submit(stack: Stack, url: str, data: bytes | None = None, **fields: str) -> str:

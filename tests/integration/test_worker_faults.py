@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shared.pool import WorkerPool
 from tests.conftest import running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import upload, wait_done
@@ -15,17 +16,23 @@ from tests.integration.test_core import upload, wait_done
 pytestmark = pytest.mark.integration
 
 
+def kill_first_worker(pool: WorkerPool) -> list[int]:
+    """SIGKILL the first worker the pool starts from now on; returns the killed pids."""
+    killed: list[int] = []
+
+    def kill_first(pid: int) -> None:
+        if not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    pool.on_start.append(kill_first)
+    return killed
+
+
 async def test_killed_worker_is_replaced_and_the_job_completes(make_settings: Any) -> None:
     async with running_stack(make_settings(extract_delivery_limit=3)) as stack:
         assert stack.ctx.pool is not None
-        killed: list[int] = []
-
-        def kill_first(pid: int) -> None:
-            if not killed:
-                killed.append(pid)
-                os.kill(pid, signal.SIGKILL)
-
-        stack.ctx.pool.on_start.append(kill_first)
+        killed = kill_first_worker(stack.ctx.pool)
         job = await upload(stack, make_pdf(["survivor text"]))
         done = await wait_done(stack, job["job_id"])
         assert done["status"] == "completed"
