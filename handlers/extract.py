@@ -275,14 +275,15 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             stop=stop,
             backoff=ctx.topology.backoff(ctx.topology.extract),
         ),
-        # Ranges of large documents take at most all workers but one in each process, so a small
-        # job always finds a free worker (README "Fan-out").
+        # Ranges of large documents may take every worker (and one more downloads ahead), but a
+        # whole job waiting for a worker gets the next free one before any range does, so a
+        # small job waits for one range at most (README "Fan-out").
         consume(
             ctx,
             ctx.topology.extract_ranges,
             ExtractTask,
             handle,
-            prefetch=max(1, ctx.settings.extract_workers - 1),
+            prefetch=ctx.settings.extract_workers + 1,
             stop=stop,
             backoff=ctx.topology.backoff(ctx.topology.extract_ranges),
         ),

@@ -25,6 +25,7 @@ from shared.models import (
     JobError,
     JobResultSummary,
     JobStatus,
+    Output,
     PageText,
     Progress,
     WebhookSpec,
@@ -194,7 +195,9 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
     # The last range is open-ended: the page count it was planned with is an estimate.
     total = job.progress.pages_total
     pages = f"{first}-" if total is not None and last >= total else f"{first}-{last}"
-    options = job.options.model_copy(update={"pages": pages})
+    options = job.options.model_copy(
+        update={"pages": pages, "outputs": _range_outputs(job.options.outputs, first)}
+    )
     with (
         tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
         ctx.pool.track(job.job_id),
@@ -215,10 +218,22 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
             ),
             lambda done, total: None,
             job_id=job.job_id,
+            background=True,  # whole jobs waiting for a worker go first
         )
         raw = await asyncio.to_thread(Path(out.result_path).read_bytes)
     result = ExtractionResult.model_validate_json(raw)
     return RangePart(first=first, last=last, pages_processed=out.pages_extracted, result=result)
+
+
+def _range_outputs(outputs: tuple[Output, ...], first: int) -> tuple[Output, ...]:
+    """The outputs a range extracts: the metadata only in the first, which the merge keeps.
+
+    Building it reads every object of the file (~0.15 s of CPU for a 1,100-page manual,
+    whatever the range's size), which eleven ranges of such a manual would pay eleven times.
+    """
+    if first == 1:
+        return outputs
+    return tuple(o for o in outputs if o != "metadata") or outputs
 
 
 async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -> None:

@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.pool import Pool
@@ -35,6 +35,7 @@ import aiohttp
 from infra.topology import topology_for
 from shared.settings import Settings
 from tests.perf.harness import (
+    MotoServer,
     RssSampler,
     TreeMemory,
     count_events,
@@ -241,10 +242,16 @@ def settings_env(amqp_url: str, s3_endpoint: str, spool: Path, port: int) -> dic
 
 
 async def upload(
-    session: aiohttp.ClientSession, base_url: str, name: str, data: bytes
+    session: aiohttp.ClientSession,
+    base_url: str,
+    name: str,
+    data: bytes,
+    options: Mapping[str, object] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     form = aiohttp.FormData()
     form.add_field("file", data, filename=name, content_type="application/pdf")
+    if options is not None:
+        form.add_field("options", json.dumps(options), content_type="application/json")
     async with session.post(f"{base_url}/v1/jobs", data=form) as resp:
         body = await resp.json(content_type=None)
         return resp.status, body if isinstance(body, dict) else {}
@@ -390,13 +397,13 @@ class PipelineFigures:
         return statistics.median(r.pages_per_s for r in self.runs)
 
 
-def _parse_time(value: object) -> float | None:
+def parse_time(value: object) -> float | None:
     if not isinstance(value, str):
         return None
     return datetime.fromisoformat(value).timestamp()
 
 
-async def _follow(session: aiohttp.ClientSession, base_url: str, job_id: str) -> dict[str, Any]:
+async def follow(session: aiohttp.ClientSession, base_url: str, job_id: str) -> dict[str, Any]:
     """Long-poll the job until it ends; a 503 (dependency away) is retried as it asks."""
     while True:
         async with session.get(f"{base_url}/v1/jobs/{job_id}", params={"wait": "60"}) as resp:
@@ -452,7 +459,9 @@ async def pipeline_round(
     trace_dir: Path,
     meter: CpuMeter,
     events: Counter[str],
+    options: Mapping[str, object] | None = None,
 ) -> PipelineRun:
+    """Upload `files` in order (each with `options`), wait until every job has ended."""
     followers: list[asyncio.Task[dict[str, Any]]] = []
     expected: dict[str, int] = {}
     _read_traces(trace_dir)
@@ -464,11 +473,11 @@ async def pipeline_round(
     # takes a few ms, far less than extracting the document before it.
     for path in files:
         name = Path(path).name
-        status, body = await upload(session, base_url, name, blobs[path])
+        status, body = await upload(session, base_url, name, blobs[path], options)
         if status != 202:
             raise RuntimeError(f"upload of {name} answered {status}: {body}")
         expected[body["job_id"]] = page_counts[path]
-        followers.append(asyncio.create_task(_follow(session, base_url, body["job_id"])))
+        followers.append(asyncio.create_task(follow(session, base_url, body["job_id"])))
     jobs = await asyncio.gather(*followers)
     wall = time.perf_counter() - started
     cpu = meter.stop()
@@ -483,7 +492,7 @@ async def pipeline_round(
         if done != expected[job["job_id"]]:
             failures.append(f"{job['job_id']}: {done} pages, expected {expected[job['job_id']]}")
         pages += done
-        t_start, t_end = _parse_time(job["started_at"]), _parse_time(job["finished_at"])
+        t_start, t_end = parse_time(job["started_at"]), parse_time(job["finished_at"])
         if t_start is not None and t_end is not None:
             intervals.append((t_start, t_end))
     spans = _read_traces(trace_dir)
@@ -637,7 +646,7 @@ def _table(rows: Sequence[tuple[str, str]]) -> None:
         print(f"   {k:<{width}}  {v}")
 
 
-def _grid(rows: Sequence[tuple[str, ...]]) -> None:
+def grid(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for j, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [
@@ -724,7 +733,7 @@ def print_pipeline(
                 " ".join(f"{r.pages_per_s:.0f}" for r in v.runs),
             )
         )
-    _grid(rows)
+    grid(rows)
     failures = [x for v in variants for r in v.runs for x in r.failures]
     if failures:
         say(f"   FAILURES ({len(failures)}): " + "; ".join(failures[:5]))
@@ -848,8 +857,18 @@ def load_corpus(copies: int) -> Corpus:
     )
 
 
-async def _run(args: argparse.Namespace, corpus: Corpus) -> int:
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Services:
+    work: Path
+    amqp_url: str
+    s3: MotoServer
+    pool: Pool
+    """The bare loop's processes."""
+
+
+@contextlib.contextmanager
+def services(name: str) -> Iterator[Services]:
+    """A temporary folder, a RabbitMQ vhost, moto's S3 server and the bare loop's pool."""
     load = load_average()
     with (
         tempfile.TemporaryDirectory(prefix="pdfrelay-bench-") as tmp,
@@ -857,11 +876,18 @@ async def _run(args: argparse.Namespace, corpus: Corpus) -> int:
         moto_server(Path(tmp)) as s3,
         bare_pool(WORKERS) as pool,
     ):
-        work = Path(tmp)
         say(
-            f"pdfrelay core benchmark: {os.cpu_count()} CPUs, load average {load[0]:.2f} at start;"
-            f" moto S3 at {s3.endpoint}, a RabbitMQ vhost of its own"
+            f"pdfrelay {name} benchmark: {os.cpu_count()} CPUs, load average {load[0]:.2f} at"
+            f" start; moto S3 at {s3.endpoint}, a RabbitMQ vhost of its own"
         )
+        yield Services(Path(tmp), amqp_url, s3, pool)
+
+
+async def _run(args: argparse.Namespace, corpus: Corpus) -> int:
+    started = time.perf_counter()
+    load = load_average()
+    with services("core") as svc:
+        work, amqp_url, s3, pool = svc.work, svc.amqp_url, svc.s3, svc.pool
         if not args.skip_ingress:
             progress("ingress: starting it, then 100 uploads")
             ingress = await bench_ingress(amqp_url, s3.endpoint, s3.proc.pid, work)

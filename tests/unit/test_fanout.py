@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from handlers.fanout import RangePart, merge_parts, ranges
-from shared.models import ExtractionResult, PageText
+from handlers.fanout import RangePart, _range_outputs, merge_parts, ranges
+from shared.models import ExtractionResult, Output, PageText
 
 
 def _part(first: int, last: int, **extra: object) -> RangePart:
@@ -25,3 +25,10 @@ def test_merge_orders_pages_and_keeps_whole_document_metadata() -> None:
     assert merged.metadata == {"title": "T"}
     assert merged.warnings == ["w", "x"]
     assert merged.page_count == 7
+
+
+def test_only_the_first_range_builds_the_metadata() -> None:
+    outputs: tuple[Output, ...] = ("text", "markdown", "metadata")
+    assert _range_outputs(outputs, 1) == outputs
+    assert _range_outputs(outputs, 101) == ("text", "markdown")
+    assert _range_outputs(("metadata",), 101) == ("metadata",)

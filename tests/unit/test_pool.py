@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from shared.errors import PermanentError
 from shared.extraction import ExtractLimits
 from shared.models import ExtractOptions
-from shared.pool import WorkerCrashed, WorkerPool, WorkRequest
+from shared.pool import WorkerCrashed, WorkerPool, WorkRequest, _Slots
 from tests.factories import make_pdf
 
 
@@ -75,3 +76,29 @@ async def test_worker_is_retired_after_an_engine_error_or_a_crash(tmp_path: Path
     # success the same one.
     assert pids[0] != pids[1] == pids[2] != pids[3]
     assert pool.crashed == 1
+
+
+async def test_a_waiting_whole_job_gets_the_next_slot_before_waiting_ranges() -> None:
+    slots = _Slots(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def take(name: str, background: bool) -> None:
+        async with slots.hold(background):
+            order.append(name)
+            if name == "range 1":
+                await release.wait()
+
+    first = asyncio.create_task(take("range 1", True))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(take("range 2", True))]
+    await asyncio.sleep(0)
+    waiting.append(asyncio.create_task(take("small", False)))
+    cancelled = asyncio.create_task(take("cancelled", False))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    release.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["range 1", "small", "range 2"]
+    async with asyncio.timeout(1), slots.hold(False):  # every slot came back
+        pass
