@@ -1,4 +1,5 @@
-"""Webhooks handler: one WebhookDelivery → one signed attempt → delivered, retry later, or dead."""
+"""Webhooks handler: one WebhookDelivery → one signed attempt → delivered, retry later, or dead;
+and the writer that stores the delivery states behind them (shared/statelog.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from shared.dispatch import (
     requeue,
 )
 from shared.errors import PermanentError
-from shared.models import WebhookDelivery, WebhookRedeliver, WebhookState
+from shared.models import WebhookDelivery, WebhookRedeliver, WebhookState, WebhookStateBatch
 from shared.sealing import Sealer
 from shared.ssrf import SsrfConnector, SsrfPolicy
+from shared.statelog import StateLog, write_states
 from shared.tracing import client_trace_config
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             secrets=secrets,
             sealer=Sealer(secrets),
             ladder=Ladder(settings.webhook_retry_delays()),
+            states=StateLog(ctx),
         )
         await asyncio.gather(
             consume(
@@ -129,6 +132,15 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
                 WebhookRedeliver,
                 functools.partial(handle_redeliver, d),
                 prefetch=4,
+                stop=stop,
+            ),
+            # One batch at a time: a job's states are stored in the order they happened.
+            consume(
+                ctx,
+                ctx.topology.webhook_states,
+                WebhookStateBatch,
+                write_states,
+                prefetch=1,
                 stop=stop,
             ),
         )

@@ -124,6 +124,11 @@ class Topology:
     def webhooks_redeliver(self) -> str:
         return f"{self.ns}.webhooks.redeliver"
 
+    @property
+    def webhook_states(self) -> str:
+        """Delivery states on their way to S3, in batches (shared/statelog.py)."""
+        return f"{self.ns}.webhooks.states"
+
     def webhook_retry(self, step: int) -> str:
         """The wait queue of one step; named after its delay, because a queue's TTL cannot be
         changed once declared: a new schedule gets new queues (old ones drain back, then idle)."""
@@ -186,6 +191,13 @@ class Topology:
                 self.webhooks_redeliver,
                 {**quorum, "x-delivery-limit": WEBHOOK_DELIVERY_LIMIT},
                 bindings=((self.webhooks_exchange, self.webhooks_redeliver),),
+            ),
+            Queue(
+                self.webhook_states,
+                # One writer at a time keeps each job's states in order; no delivery limit:
+                # a batch waits here through an S3 outage of any length.
+                {**quorum, "x-single-active-consumer": True},
+                bindings=((self.webhooks_exchange, self.webhook_states),),
             ),
             *(
                 Queue(

@@ -8,7 +8,6 @@ refusal, it is parked in the dead-letter queue, from which `pdfrelay dlq replay`
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -21,11 +20,11 @@ from aio_pika.abc import AbstractIncomingMessage, HeadersType
 from shared.broker import publish
 from shared.context import Context
 from shared.delivery import Attempt, build_headers, deliver
-from shared.jobs import webhook_state_key
-from shared.models import WebhookDelivery, WebhookState, utcnow
+from shared.models import WebhookDelivery, WebhookState, WebhookStateUpdate, utcnow
 from shared.retry import with_jitter
 from shared.sealing import Sealer
 from shared.ssrf import SsrfPolicy
+from shared.statelog import StateLog
 
 ATTEMPT_HEADER = "x-pdfrelay-attempt"
 """Attempts already made; absent on a fresh (or replayed) delivery."""
@@ -86,7 +85,8 @@ class Ladder:
 
 @dataclass(frozen=True)
 class Dispatcher:
-    """What the webhooks handler holds: the HTTP session, SSRF policy, secrets and ladder."""
+    """What the webhooks handler holds: the HTTP session, SSRF policy, secrets, ladder and
+    the log that takes delivery states to S3."""
 
     ctx: Context
     session: aiohttp.ClientSession
@@ -94,6 +94,7 @@ class Dispatcher:
     secrets: tuple[str, ...]
     sealer: Sealer
     ladder: Ladder
+    states: StateLog
 
     async def attempt(self, delivery: WebhookDelivery) -> Attempt:
         """One signed POST; a fresh `webhook-timestamp`, the stable `webhook-id`."""
@@ -116,15 +117,13 @@ class Dispatcher:
         )
 
     async def record(self, delivery: WebhookDelivery, state: WebhookState) -> None:
-        """Store the job's webhook state with the delivery sealed in it (for redelivery)."""
-        data = state.model_dump(mode="json")
-        data["sealed"] = self.sealer.seal(
+        """Log the job's webhook state, with the delivery sealed in it (for redelivery); it
+        reaches S3 behind the deliveries (shared/statelog.py)."""
+        sealed = self.sealer.seal(
             delivery.model_dump_json(by_alias=True).encode(), delivery.job_id.encode()
         )
-        await self.ctx.storage.put_bytes(
-            webhook_state_key(delivery.job_id),
-            json.dumps(data, separators=(",", ":")).encode(),
-            "application/json",
+        await self.states.append(
+            WebhookStateUpdate(job_id=delivery.job_id, state=state, sealed=sealed)
         )
 
     def open_sealed(self, job_id: str, sealed: str) -> WebhookDelivery:

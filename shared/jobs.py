@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 from datetime import UTC, datetime
@@ -175,8 +176,17 @@ class JobStore:
         except ValidationError:
             return None
 
-    async def save_webhook_state(self, job_id: str, state: WebhookState) -> None:
-        await self.storage.put_bytes(webhook_state_key(job_id), state.model_dump_json().encode())
+    async def save_webhook_state(
+        self, job_id: str, state: WebhookState, sealed: str | None = None
+    ) -> None:
+        """Store the job's webhook state; `sealed` (never in a dump of the state) goes too."""
+        data = state.model_dump(mode="json")
+        data["sealed"] = sealed
+        await self.storage.put_bytes(
+            webhook_state_key(job_id),
+            json.dumps(data, separators=(",", ":")).encode(),
+            "application/json",
+        )
 
     async def find_idempotent(self, tenant: str, key: str) -> str | None:
         try:

@@ -248,6 +248,25 @@ class WebhookDelivery(Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+class WebhookStateUpdate(Frozen):
+    """One job's webhook state after an attempt, with the delivery sealed for redelivery."""
+
+    job_id: Annotated[str, Field(pattern=JOB_ID_RE.pattern)]
+    state: WebhookState
+    sealed: str | None = Field(default=None, repr=False)
+
+
+class WebhookStateBatch(Frozen):
+    """Webhook states on `pdfrelay.webhooks.states`, oldest first (shared/statelog.py)."""
+
+    schema_: Literal["pdfrelay.webhook-states/1"] = Field(
+        default="pdfrelay.webhook-states/1", alias="schema"
+    )
+    updates: list[WebhookStateUpdate] = Field(min_length=1)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
 class WebhookRedeliver(Frozen):
     """A request to re-send a finished job's terminal webhook (same webhook-id and body)."""
 

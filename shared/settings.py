@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 15.0
     webhook_prefetch: int = Field(default=64, ge=1, le=4096)
     """Deliveries in flight per webhooks process (consumer prefetch = HTTP connections)."""
+    webhook_state_writers: int = Field(default=4, ge=1, le=64)
+    """S3 writes of delivery states in flight; they run behind the deliveries, not with them."""
 
     extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     extract_delivery_limit: int = Field(default=3, ge=1, le=100)

@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -23,12 +25,14 @@ from standardwebhooks import Webhook
 
 from infra.dlq import list_dead, replay_dead
 from shared.broker import publish
-from shared.models import WebhookDelivery, WebhookState
+from shared.models import WebhookDelivery, WebhookState, WebhookStateUpdate
 from shared.settings import Settings
 from shared.signing import generate_secret
+from shared.statelog import StateLog
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import form
+from tests.reliability.harness import fault_proxy, watch_logs
 
 pytestmark = pytest.mark.integration
 
@@ -221,6 +225,68 @@ async def test_state_is_visible_while_retrying_and_in_the_job(
         assert job["webhook"]["state"] == "delivered"
         assert job["webhook"]["attempts"] == 2
         assert job["webhook"]["delivered_at"] is not None
+
+
+async def test_a_storage_outage_neither_holds_up_nor_repeats_a_delivery(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch, s3_endpoint: str
+) -> None:
+    """S3 goes away the moment the receiver has the webhook: the delivery is done (once); its
+    state waits in the broker and is stored when S3 is back."""
+    port = urlsplit(s3_endpoint).port
+    assert port is not None
+    async with fault_proxy(port) as proxy:
+
+        async def cut_then_accept(request: web.Request, n: int) -> web.StreamResponse:
+            await proxy.cut()
+            return web.Response(status=204)
+
+        async with (
+            receiver(cut_then_accept) as rec,
+            hook_stack(make_settings, monkeypatch, s3_endpoint=proxy.url) as (stack, watch),
+        ):
+            with watch_logs("shared.consumer") as logs:
+                job_id = await submit(stack, rec.url)
+                await rec.wait_calls(1)
+                try:
+                    # The state writer keeps failing while S3 is away ...
+                    await logs.wait_for(lambda: logs.count("transient failure") >= 2)
+                finally:
+                    await proxy.restore()
+            # ... and the delivery was neither held up nor made again meanwhile.
+            assert len(rec.calls) == 1
+            state = await watch.wait(job_id, "delivered")
+            assert state.attempts == 1
+            assert len(rec.calls) == 1
+
+
+async def test_states_are_batched_and_stored_newest_last(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """States handed over at once travel in a few messages; each job ends with its last."""
+    async with running_stack(hook_settings(make_settings)) as stack:
+        watch = StateWatch(stack, monkeypatch)
+        jobs = [uuid.uuid4().hex for _ in range(50)]
+        updates = [
+            WebhookStateUpdate(
+                job_id=job_id,
+                state=WebhookState(state=state, url="http://127.0.0.1/hook", attempts=n),
+            )
+            for n, state in enumerate(("pending", "retrying", "delivered"))
+            for job_id in jobs
+        ]
+        log = StateLog(stack.ctx)
+        await asyncio.gather(*(log.append(update) for update in updates))
+        # Nobody writes them yet: the broker holds them, in a handful of messages.
+        channel = await stack.ctx.connection.channel()
+        queue = await channel.declare_queue(stack.ctx.topology.webhook_states, passive=True)
+        batches = queue.declaration_result.message_count
+        await channel.close()
+        assert batches is not None
+        assert 1 <= batches <= 5, batches
+        stack.start_webhooks()
+        for job_id in jobs:
+            state = await watch.wait(job_id, "delivered")
+            assert state.attempts == 2
 
 
 async def test_receiver_down_for_the_whole_ladder_is_dead_lettered_then_replayed(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -40,6 +41,7 @@ from aiohttp import web
 from infra.topology import topology_for
 from shared.broker import publish
 from shared.delivery import build_headers, deliver
+from shared.jobs import JobStore
 from shared.models import WebhookDelivery
 from shared.settings import Settings
 from shared.signing import generate_secret, verify
@@ -60,6 +62,7 @@ from tests.perf.harness import (
 SCHEDULE = "200ms,1s,5s"
 FAIL_SHARE = 10  # one delivery in FAIL_SHARE fails its first attempt
 PREFETCH = 128
+HANDLERS = 2  # `pdfrelay run webhooks` processes: one per core, as deployed on this machine
 TARGET_PER_S = 1000.0
 TARGET_P50_MS = 50.0
 VERIFY_EVERY = 25  # the receiver checks every n-th signature (it is not what we measure)
@@ -235,8 +238,14 @@ async def _wait_delivered(
         await asyncio.sleep(0.05)
 
 
-def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) if pid else float("nan") for name, pid in pids.items()}
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    # The driver is this process: its own time only, not its children's (the others).
+    return {
+        name: sum(cpu_seconds(pid, tree=pid != os.getpid()) for pid in group)
+        if group
+        else float("nan")
+        for name, group in pids.items()
+    }
 
 
 async def run_phase(
@@ -248,7 +257,7 @@ async def run_phase(
     count: int,
     *,
     rate: float | None,
-    pids: dict[str, int | None],
+    pids: dict[str, list[int]],
 ) -> Phase:
     """Publish `count` deliveries (paced at `rate`/s, or as fast as confirms allow)."""
     async with aiohttp.ClientSession() as session:
@@ -293,6 +302,37 @@ async def run_phase(
         bad_signatures=int(stats["bad_signatures"]),
         cpu_s={k: cpu1[k] - cpu0[k] for k in cpu0},
     )
+
+
+async def states_stored(
+    connection: aio_pika.abc.AbstractConnection,
+    queue: str,
+    settings: Settings,
+    endpoint: str,
+    phase: Phase,
+    timeout_s: float = 600,
+) -> float:
+    """Seconds until the burst's delivery states are in S3: the state queue is empty and the
+    states of the last deliveries read back as `delivered` (states are stored in order)."""
+    started = time.monotonic()
+    last = sorted(phase.sent, key=phase.sent.__getitem__)[-20:]
+    job_ids = [event_id.split("_")[1] for event_id in last]
+    storage = Storage(settings, endpoint)
+    jobs = JobStore(storage)
+    channel = await connection.channel()
+    try:
+        while True:
+            declared = await channel.declare_queue(queue, passive=True)
+            if declared.declaration_result.message_count == 0:
+                states = await asyncio.gather(*(jobs.webhook_state(j) for j in job_ids))
+                if all(st is not None and st.state == "delivered" for st in states):
+                    return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise HarnessError("the delivery states did not reach S3 in time")
+            await asyncio.sleep(0.1)
+    finally:
+        await channel.close()
+        storage.close()
 
 
 async def put_ceiling(settings: Settings, endpoint: str, count: int) -> float:
@@ -366,6 +406,12 @@ def _report_throughput(phase: Phase) -> float:
         f"{name} {1000 * cpu / phase.requests:.2f}" for name, cpu in phase.cpu_s.items()
     )
     print(f"  CPU ms per attempt: {per}  ({os.cpu_count()} CPUs)")
+    cpus = os.cpu_count() or 1
+    total_s = sum(phase.cpu_s.values()) / phase.requests
+    print(
+        f"  together {1000 * total_s:.2f} CPU-ms per attempt: this machine, with every party "
+        f"on it, tops out near {cpus / total_s:.0f} attempts/s"
+    )
     lat = phase.latencies_ms
     print(
         f"  latency under that burst (first-attempt successes): p50 "
@@ -380,7 +426,7 @@ async def _measure(
     settings: Settings,
     s3_endpoint: str,
     receiver_url: str,
-    pids: dict[str, int | None],
+    pids: dict[str, list[int]],
     secret: str,
 ) -> int:
     topo = topology_for(settings)
@@ -412,6 +458,11 @@ async def _measure(
             pids=pids,
         )
         per_s = _report_throughput(burst)
+        behind = await states_stored(connection, topo.webhook_states, settings, s3_endpoint, burst)
+        print(
+            f"  delivery states all in S3 {behind:.1f} s after the last delivery "
+            "(written behind the deliveries, in order: shared/statelog.py)"
+        )
         bad = latency.bad_signatures + burst.bad_signatures
         print(f"  signatures checked by the receiver: {'all valid' if not bad else f'{bad} BAD'}")
     finally:
@@ -419,7 +470,7 @@ async def _measure(
     print("phase 3: signing + POST alone (build_headers + deliver in-process; no broker, no S3)")
     ceiling = await attempt_ceiling(secret, hook_url, args.deliveries)
     print(f"  {ceiling:.0f} attempts/s", flush=True)
-    print("phase 4: the S3 record alone (one ~2.5 KB PUT per attempt, as the handler writes)")
+    print("phase 4: S3 alone (one ~2.5 KB PUT per delivery state, as the state writer stores it)")
     puts = await put_ceiling(settings, s3_endpoint, 1000)
     print(f"  {puts:.0f} PUTs/s through shared.storage to this S3 server", flush=True)
     return 0 if per_s > 0 and not bad else 1
@@ -432,6 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deliveries", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=50.0, help="paced rate of phase 1")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of phase 1")
+    parser.add_argument(
+        "--handlers", type=int, default=HANDLERS, help="webhooks processes side by side"
+    )
     parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv) if argv is not None else [])
     if args.receiver:
@@ -457,18 +511,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             "PDFRELAY_WEBHOOK_PREFETCH": str(PREFETCH),
         }
         settings = Settings(namespace=ns, s3_bucket=ns, webhook_retry_schedule=SCHEDULE)
-        with run_handler("webhooks", env, Path(tmp)) as handler:
+        with contextlib.ExitStack() as running:
+            handlers = [
+                running.enter_context(run_handler("webhooks", env, Path(tmp)))
+                for _ in range(args.handlers)
+            ]
             asyncio.run(_wait_http(receiver_url, receiver))
-            asyncio.run(wait_consumers(amqp_url, topology_for(settings).webhooks, handler))
+            for handler in handlers:
+                asyncio.run(
+                    wait_consumers(
+                        amqp_url, topology_for(settings).webhooks, handler, len(handlers)
+                    )
+                )
+            beam = find_pid_by_comm("beam.smp")
             pids = {
-                "handler": handler.pid,
-                "receiver": receiver.pid,
-                "s3 (moto)": moto.proc.pid,
-                "rabbitmq": find_pid_by_comm("beam.smp"),
+                "handlers": [h.pid for h in handlers],
+                "receiver": [receiver.pid],
+                "s3 (moto)": [moto.proc.pid],
+                "rabbitmq": [beam] if beam else [],
+                "driver": [os.getpid()],
             }
             print(
-                f"  `pdfrelay run webhooks` (prefetch {PREFETCH}, ladder {SCHEDULE}), receiver "
-                "and moto S3 each in their own process; RabbitMQ local",
+                f"  {args.handlers} x `pdfrelay run webhooks` (prefetch {PREFETCH}, ladder "
+                f"{SCHEDULE}), receiver and moto S3 each in their own process; RabbitMQ local",
                 flush=True,
             )
             return asyncio.run(
