@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from shared.broker import publish
 from shared.cancel import cancelled, raise_if_requested
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction import ExtractLimits
+from shared.extraction.engine import MARKDOWN_ARTIFACT, MARKDOWN_STATE
+from shared.extraction.markdown import MarkdownBuilder
+from shared.extraction.metadata import merge_page_parts
 from shared.jobs import artifact_key, result_key, upload_key
 from shared.models import (
     Artifact,
@@ -25,7 +30,6 @@ from shared.models import (
     JobError,
     JobResultSummary,
     JobStatus,
-    Output,
     PageText,
     Progress,
     WebhookSpec,
@@ -39,7 +43,6 @@ log = logging.getLogger(__name__)
 
 FANOUT_OUTPUTS = frozenset({"text", "markdown", "metadata"})
 """Outputs a merge can rebuild from the parts; jobs asking for more run whole."""
-MARKDOWN_ARTIFACT = "document.md"
 
 
 class RangePart(Frozen):
@@ -49,6 +52,8 @@ class RangePart(Frozen):
     last: int
     pages_processed: int
     result: ExtractionResult
+    markdown_state: dict[str, Any] | None = None
+    """The range's Markdown, not yet rendered (`MarkdownBuilder.state()`)."""
 
 
 def parts_prefix(job_id: str) -> str:
@@ -195,9 +200,7 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
     # The last range is open-ended: the page count it was planned with is an estimate.
     total = job.progress.pages_total
     pages = f"{first}-" if total is not None and last >= total else f"{first}-{last}"
-    options = job.options.model_copy(
-        update={"pages": pages, "outputs": _range_outputs(job.options.outputs, first)}
-    )
+    options = job.options.model_copy(update={"pages": pages})
     with (
         tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
         ctx.pool.track(job.job_id),
@@ -214,6 +217,7 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
                     max_pages=settings.max_pages,
                     max_file_bytes=settings.max_file_bytes,
                     tessdata=settings.tessdata_dir,
+                    range_part=True,
                 ),
             ),
             lambda done, total: None,
@@ -221,19 +225,15 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
             background=True,  # whole jobs waiting for a worker go first
         )
         raw = await asyncio.to_thread(Path(out.result_path).read_bytes)
-    result = ExtractionResult.model_validate_json(raw)
-    return RangePart(first=first, last=last, pages_processed=out.pages_extracted, result=result)
-
-
-def _range_outputs(outputs: tuple[Output, ...], first: int) -> tuple[Output, ...]:
-    """The outputs a range extracts: the metadata only in the first, which the merge keeps.
-
-    Building it reads every object of the file (~0.15 s of CPU for a 1,100-page manual,
-    whatever the range's size), which eleven ranges of such a manual would pay eleven times.
-    """
-    if first == 1:
-        return outputs
-    return tuple(o for o in outputs if o != "metadata") or outputs
+        state = next((a.path for a in out.artifacts if a.name == MARKDOWN_STATE), None)
+        markdown = await asyncio.to_thread(Path(state).read_bytes) if state else None
+    return RangePart(
+        first=first,
+        last=last,
+        pages_processed=out.pages_extracted,
+        result=ExtractionResult.model_validate_json(raw),
+        markdown_state=json.loads(markdown) if markdown else None,
+    )
 
 
 async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -> None:
@@ -248,19 +248,27 @@ async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -
 
 
 def merge_parts(parts: list[RangePart]) -> ExtractionResult:
-    """One result from the parts, in page order (metadata is whole-document: the first's)."""
+    """One result from the parts, in page order; the first part's metadata (whole-document)
+    takes the per-page metadata of the others."""
     parts = sorted(parts, key=lambda p: p.first)
     head = parts[0].result
     pages: list[PageText] = [page for part in parts for page in part.result.pages]
-    markdowns = [p.result.markdown for p in parts if p.result.markdown is not None]
+    states = [p.markdown_state for p in parts if p.markdown_state is not None]
     tables = [t for p in parts for t in (p.result.tables or [])]
     warnings = list(dict.fromkeys(w for p in parts for w in p.result.warnings))
     return ExtractionResult(
         job_id=head.job_id,
         page_count=head.page_count,
         pages=pages,
-        markdown="\n\n".join(m.strip("\n") for m in markdowns) + "\n" if markdowns else None,
-        metadata=head.metadata,
+        # Rendered as one document: headings, running heads and body size are whole-document.
+        markdown=MarkdownBuilder.from_states(states).render() if states else None,
+        metadata=merge_page_parts(
+            head.metadata,
+            (p.result.metadata for p in parts[1:] if p.result.metadata is not None),
+            ExtractLimits().max_links,
+        )
+        if head.metadata is not None
+        else None,
         tables=tables if head.tables is not None else None,
         warnings=warnings,
     )

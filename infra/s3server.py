@@ -1,28 +1,65 @@
-"""The embedded S3 API server for development: moto's server mode, in-process, on loopback."""
+"""The S3 API server for development and tests: moto's S3 application, served on loopback.
+
+`pdfrelay dev` runs it in a thread (`embedded_s3`); the tests and benchmarks run it as a process
+(`python -m infra.s3server -p PORT`). It is moto's S3 app on werkzeug's threaded server, without
+moto's all-services front (`python -m moto.server`), which looks up the service of every request
+by listing moto's package folder under a global lock, and without a log line per request: a
+third of moto's CPU per request, on the same cores as everything else (README "Performance").
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+import argparse
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 
-@contextmanager
-def embedded_s3(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run moto's S3 server in a thread; yields its endpoint URL."""
+def _serving() -> tuple[Any, Any]:
+    """moto's S3 app and a request handler that keeps its header fix but logs nothing."""
     try:
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
     except ImportError as exc:
         raise SystemExit(
             "the embedded S3 server needs moto: pip install 'pdfrelay[dev]', "
             "or set PDFRELAY_S3_ENDPOINT"
         ) from exc
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-    server.start()
+    class QuietHandler(MotoRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            """Not a line per request (errors are still logged)."""
+
+    return create_backend_app("s3"), QuietHandler
+
+
+@contextmanager
+def embedded_s3(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run the S3 server in a thread; yields its endpoint URL."""
+    from werkzeug.serving import make_server
+
+    app, handler = _serving()
+    server = make_server(host, port, app, threaded=True, request_handler=handler)
+    thread = threading.Thread(target=server.serve_forever, name="s3-server", daemon=True)
+    thread.start()
     try:
-        bound_host, bound_port = server.get_host_and_port()
-        yield f"http://{bound_host}:{bound_port}"
+        yield f"http://{host}:{server.server_port}"
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m infra.s3server [-H HOST] -p PORT`: the S3 server in the foreground."""
+    from werkzeug.serving import run_simple
+
+    parser = argparse.ArgumentParser(prog="python -m infra.s3server", description=__doc__)
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    app, handler = _serving()
+    run_simple(args.host, args.port, app, threaded=True, request_handler=handler)
+
+
+if __name__ == "__main__":
+    main()

@@ -84,11 +84,11 @@ def estimate(
         done, total = job.progress.pages_done, job.progress.pages_total
         if total is not None and done > 0 and job.started_at is not None:
             own = done / max((now - job.started_at).total_seconds(), MIN_SECONDS)
-            return Estimate(None, round((total - done) / own, 1))
+            return Estimate(None, _seconds((total - done) / own))
         if rate is None:
             return Estimate(None, None)
         remaining = (total if total is not None else meter.pages_per_job or 1.0) - done
-        return Estimate(None, round(max(remaining, 0.0) / rate, 1))
+        return Estimate(None, _seconds(remaining / rate))
     if job.status is not JobStatus.QUEUED or queue is None:
         return Estimate(None, None)
     position = max(1, queue.ready)
@@ -97,4 +97,9 @@ def estimate(
     parallel = queue.consumers * max(1, workers_per_process)
     own_pages = float(job.pages_reserved or meter.pages_per_job)
     ahead = (position - 1) * meter.pages_per_job / (rate * parallel)
-    return Estimate(position, round(ahead + own_pages / rate, 1))
+    return Estimate(position, _seconds(ahead + own_pages / rate))
+
+
+def _seconds(eta: float) -> float:
+    """To a tenth of a second, and never 0: a job that has not ended is not done yet."""
+    return max(round(eta, 1), 0.1)

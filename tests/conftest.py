@@ -80,7 +80,7 @@ def amqp_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 server in its own process (or MinIO in a container with Docker)."""
+    """moto's S3 app (infra/s3server.py) in its own process, or MinIO in a container with Docker."""
     if url := os.environ.get("PDFRELAY_TEST_S3_ENDPOINT"):
         yield url
         return
@@ -95,7 +95,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("s3") / "moto.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "infra.s3server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -7,6 +7,7 @@ itself holds, and progress is reported as pages finish.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -51,6 +52,8 @@ TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT
 """The flags of `page.get_text()`: the text output equals what a bare PyMuPDF loop gives."""
 
 MARKDOWN_ARTIFACT = "document.md"
+MARKDOWN_STATE = "markdown-state.json"
+"""The Markdown of a page range, not yet rendered (`ExtractLimits.range_part`)."""
 TABLES_ARTIFACT = "tables.zip"
 MAX_MUPDF_WARNINGS = 20
 
@@ -108,6 +111,7 @@ class _Extraction:
         self.tables: list[FoundTable] = []
         self.metadata = MetadataCollector(limits.max_links) if "metadata" in outputs else None
         self.processed = 0
+        self.from_first_page = True
         self.want_page_images = "page_images" in outputs
         self.want_images = "images" in outputs
         self.page_images: PageImageWriter | None = None
@@ -116,6 +120,7 @@ class _Extraction:
     def run(self, progress: ProgressFn) -> EngineOutput:
         doc = self.doc
         indexes = parse_pages(self.options.pages, doc.page_count)
+        self.from_first_page = indexes[:1] == [0]
         self._note_repair()
         self._prechecks(indexes)
         try:
@@ -237,7 +242,11 @@ class _Extraction:
     def _finish(self) -> EngineOutput:
         result = self.result
         artifacts: list[ArtifactFile] = []
-        if self.markdown is not None:
+        if self.markdown is not None and self.limits.range_part:
+            path = os.path.join(self.out_dir, MARKDOWN_STATE)
+            Path(path).write_text(json.dumps(self.markdown.state()), encoding="utf-8")
+            artifacts.append(ArtifactFile(MARKDOWN_STATE, path, "application/json"))
+        elif self.markdown is not None:
             result.markdown = self.markdown.render()
             path = os.path.join(self.out_dir, MARKDOWN_ARTIFACT)
             Path(path).write_text(result.markdown, encoding="utf-8")
@@ -250,7 +259,11 @@ class _Extraction:
         if self.images is not None:
             artifacts.append(self.images.close())
         if self.metadata is not None:
-            result.metadata = self.metadata.build(self.doc)
+            result.metadata = (
+                self.metadata.page_parts()
+                if self.limits.range_part and not self.from_first_page
+                else self.metadata.build(self.doc)
+            )
         self._note_repair()
         take_mupdf_messages(self.mupdf_messages)
         result.warnings = self.warnings + [

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pymupdf
 
@@ -733,6 +734,30 @@ class MarkdownBuilder:
                 collector.block(block)
         collector.finish()
         self._pages.append(_PageParas(number, paras))
+
+    def state(self) -> dict[str, Any]:
+        """What `render` needs, as JSON-able data: pages added in several processes (the ranges
+        of a split document) render as one document through `from_states`."""
+        return {
+            "sizes": [[size, count] for size, count in self._sizes.items()],
+            "pages": [
+                {"number": page.number, "paras": [asdict(para) for para in page.paras]}
+                for page in self._pages
+            ],
+        }
+
+    @classmethod
+    def from_states(cls, states: Iterable[Mapping[str, Any]]) -> MarkdownBuilder:
+        """One builder holding the pages of every `state()`, in the order given."""
+        builder = cls()
+        for state in states:
+            for size, count in state["sizes"]:
+                builder._sizes[size] = builder._sizes.get(size, 0) + count
+            builder._pages += [
+                _PageParas(page["number"], [Para(**para) for para in page["paras"]])
+                for page in state["pages"]
+            ]
+        return builder
 
     def render(self) -> str:
         """The Markdown of every page added so far, in the order they were added."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pymupdf
@@ -147,6 +148,16 @@ class MetadataCollector:
                 }
             )
 
+    def page_parts(self) -> dict[str, Any]:
+        """What the pages seen so far contribute: all a range of a split document builds."""
+        return {
+            "pages": self.pages,
+            "links": self.links,
+            "links_dropped": self.links_dropped,
+            "internal_link_count": self.internal_links,
+            "annotation_attachments": self.annotation_attachments,
+        }
+
     def build(self, doc: pymupdf.Document) -> dict[str, Any]:
         """The metadata dictionary of the result."""
         meta = doc.metadata or {}
@@ -194,3 +205,26 @@ def _form_fields(doc: pymupdf.Document) -> int:
     except MuPdfError:
         return 0
     return int(fields) if fields else 0
+
+
+def merge_page_parts(
+    whole: dict[str, Any], parts: Iterable[dict[str, Any]], max_links: int
+) -> dict[str, Any]:
+    """The metadata of a split document: `whole` (built by its first range) with the per-page
+    parts of the other ranges (`page_parts`), in page order, links capped at `max_links`."""
+    merged = {
+        **whole,
+        "pages": list(whole["pages"]),
+        "links": list(whole["links"]),
+        "attachments": list(whole["attachments"]),
+    }
+    dropped = 0
+    for part in parts:
+        merged["pages"] += part["pages"]
+        merged["internal_link_count"] += part["internal_link_count"]
+        merged["attachments"] += part["annotation_attachments"]
+        room = max(max_links - len(merged["links"]), 0)
+        merged["links"] += part["links"][:room]
+        dropped += part["links_dropped"] + max(len(part["links"]) - room, 0)
+    merged["links_truncated"] = bool(whole["links_truncated"]) or dropped > 0
+    return merged

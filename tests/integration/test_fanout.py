@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pymupdf
 import pytest
 
 from handlers.fanout import parts_prefix
@@ -58,13 +59,53 @@ def _pages(n: int) -> list[str]:
     return [f"{WORDS[i % 20]} {WORDS[i // 20 % 20]} notes for page {i + 1}" for i in range(n)]
 
 
-def _unsplit(pdf: bytes, tmp: Path) -> list[tuple[int, str]]:
+def _manual(n: int) -> bytes:
+    """A manual of `n` pages: a running head and page numbers, chapter headings (20 pt) on
+    pages 1, 8, 15…, section headings (14 pt) on 4, 11, 18…, body text (11 pt)."""
+    doc = pymupdf.open()
+    body = _pages(n)
+    for i in range(n):
+        page = doc.new_page(width=595, height=842)
+        page.insert_text((72, 40), "Field Manual of the Test Suite", fontsize=9)
+        y = 100.0
+        if i % 7 == 0:
+            page.insert_text((72, y), f"Chapter {i // 7 + 1}", fontsize=20)
+            y += 40
+        elif i % 7 == 3:
+            page.insert_text((72, y), f"Section {i // 7 + 1}.1", fontsize=14)
+            y += 30
+        for line in range(12):
+            page.insert_text((72, y), f"{body[i]}, line {line} of the text", fontsize=11)
+            y += 14
+        page.insert_text((290, 810), str(i + 1), fontsize=9)
+    doc.set_metadata({"title": "Manual"})
+    data: bytes = doc.tobytes()
+    doc.close()
+    return data
+
+
+def _with_links(pdf: bytes, pages: dict[int, str]) -> bytes:
+    """`pdf` with a link on each of `pages` (1-based): an external URI, or `#n` to page n."""
+    doc = pymupdf.open(stream=pdf, filetype="pdf")
+    for number, target in pages.items():
+        link: dict[str, Any] = {"from": pymupdf.Rect(72, 72, 200, 90)}
+        if target.startswith("#"):
+            link.update(kind=pymupdf.LINK_GOTO, page=int(target[1:]) - 1)
+        else:
+            link.update(kind=pymupdf.LINK_URI, uri=target)
+        doc[number - 1].insert_link(link)
+    data: bytes = doc.tobytes()
+    doc.close()
+    return data
+
+
+def _unsplit(pdf: bytes, tmp: Path) -> Any:
+    """The result of extracting `pdf` in one pass, as JSON reads it back."""
     path = tmp / "whole.pdf"
     path.write_bytes(pdf)
-    out = extract_document(
-        str(path), ExtractOptions(outputs=("text",)), ExtractLimits(), str(tmp), lambda d, t: None
-    )
-    return [(p.number, p.text) for p in out.result.pages]
+    options = ExtractOptions(outputs=("text", "markdown", "metadata"))
+    out = extract_document(str(path), options, ExtractLimits(), str(tmp), lambda d, t: None)
+    return json.loads(out.result.model_dump_json())
 
 
 async def _result(stack: Any, job_id: str) -> Any:
@@ -74,7 +115,9 @@ async def _result(stack: Any, job_id: str) -> Any:
 
 
 async def test_ranges_give_the_same_pages_as_one_pass(make_settings: Any, tmp_path: Path) -> None:
-    pdf = make_pdf(_pages(20), title="Manual")
+    links = {2: "https://example.org/two", 11: "https://example.org/eleven", 15: "#3", 19: "#20"}
+    pdf = _with_links(_manual(20), links)
+    whole = _unsplit(pdf, tmp_path)
     async with running_stack(make_settings(**FANOUT)) as stack:
         assert stack.ctx.pool is not None
         job = await upload(stack, pdf, options=OPTIONS)
@@ -84,12 +127,19 @@ async def test_ranges_give_the_same_pages_as_one_pass(make_settings: Any, tmp_pa
         # 20 pages in ranges of 3: seven range tasks, each on a worker of its own run.
         assert stack.ctx.pool.started == 7
         result = await _result(stack, job["job_id"])
-        assert [(p["number"], p["text"]) for p in result["pages"]] == _unsplit(pdf, tmp_path)
+        assert result["pages"] == whole["pages"]
         assert result["page_count"] == 20
+        # Whole-document and per-page metadata alike, as if the document had not been split.
+        assert result["metadata"] == whole["metadata"]
         assert result["metadata"]["title"] == "Manual"
-        assert result["markdown"].index("alpha alpha notes") < result["markdown"].index(
-            "tango alpha"
-        )
+        assert [link["page"] for link in result["metadata"]["links"]] == [2, 11]
+        assert result["metadata"]["internal_link_count"] == 2
+        assert len(result["metadata"]["pages"]) == 20
+        # Headings, running heads and page numbers as in one pass (they need the whole document).
+        assert result["markdown"] == whole["markdown"]
+        assert "# Chapter 3\n" in result["markdown"]
+        assert "## Section 3.1\n" in result["markdown"]
+        assert "Field Manual" not in result["markdown"]
         assert [a["name"] for a in done["result"]["artifacts"]] == ["document.md"]
         # The parts are gone once merged.
         assert await stack.ctx.storage.list_keys(parts_prefix(job["job_id"])) == []
@@ -115,7 +165,7 @@ async def test_a_killed_range_is_redone_and_the_result_is_whole(
         assert done["status"] == "completed", done
         assert stack.ctx.pool.crashed == 1
         result = await _result(stack, job["job_id"])
-        assert [(p["number"], p["text"]) for p in result["pages"]] == _unsplit(pdf, tmp_path)
+        assert result["pages"] == _unsplit(pdf, tmp_path)["pages"]
 
 
 async def test_a_permanent_error_in_one_range_fails_the_job_once(make_settings: Any) -> None:

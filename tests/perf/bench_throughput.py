@@ -73,7 +73,8 @@ SMALL_FILES = (
 )
 LARGE_PARTS = (*PIPELINE_FILES, *PIPELINE_FILES, "en-metapost-manual.pdf")
 """The text manuals concatenated into one large document (1,104 pages)."""
-FORCE_REFRESH = {"force_refresh": True}
+JOB_OPTIONS = {"outputs": ["text"], "force_refresh": True}
+"""Plain text, as the bare loop (and the issue's Celery pipeline); no result cache."""
 FANOUT_OFF = {"PDFRELAY_FANOUT_MIN_PAGES": str(10**9)}
 ROUND_TIMEOUT_S = 180.0
 
@@ -224,7 +225,7 @@ class Pipeline:
                 self.trace_dir,
                 meter,
                 self.events,
-                FORCE_REFRESH,
+                JOB_OPTIONS,
             )
         # The tree's time includes the handler process's own: the workers' alone.
         run.cpu_s["workers"] -= run.cpu_s["handler"]
@@ -239,7 +240,7 @@ class Pipeline:
             for path in [mix.large, *mix.generated]:
                 at = time.time()
                 status, body = await upload(
-                    self.session, self.base_url, Path(path).name, blobs[path], FORCE_REFRESH
+                    self.session, self.base_url, Path(path).name, blobs[path], JOB_OPTIONS
                 )
                 if status != 202:
                     raise RuntimeError(f"upload of {path} answered {status}: {body}")
@@ -322,7 +323,7 @@ def print_throughput(figures: dict[str, ModeFigures], mix: Mix) -> dict[str, flo
     say(
         f"\n== throughput: {len(corpus.files)} jobs = {corpus.pages} pages per round "
         f"({sizes['small']} small of 1-2 pages, {sizes['manual']} manuals of 46-234 pages, then "
-        f"1 of {corpus.page_counts[mix.large]} pages last), outputs text+metadata, "
+        f"1 of {corpus.page_counts[mix.large]} pages last), outputs text, "
         f"force_refresh, {WORKERS} extraction processes; medians of the rounds"
     )
     bares = [b for f in figures.values() for b in f.bare]

@@ -69,11 +69,11 @@ class MotoServer:
 
 @contextlib.contextmanager
 def moto_server(log_dir: Path, timeout_s: float = 30.0) -> Iterator[MotoServer]:
-    """moto's S3 API server in its own process (as the tests use it); stopped afterwards."""
+    """The S3 server (infra/s3server.py) in its own process, as in the tests; stopped after."""
     port = free_port()
     with open(log_dir / "moto.log", "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "infra.s3server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

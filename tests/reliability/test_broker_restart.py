@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from tests.reliability.harness import HandlerProcess, Service, document, open_service
@@ -129,11 +130,14 @@ async def run_outage(
     # 503 + Retry-After (the ledger checks the header): SERVICE_UNAVAILABLE, or QUEUE_FULL for
     # a publish the stopping broker nacked.
     assert {u.status for u in ledger.refusals} == {503}, ledger.counts.refused
-    ctx = svc.ctx
-    underlay = await ctx.channel.get_underlay_channel()
-    for queue in (ctx.topology.extract, ctx.topology.webhooks, ctx.topology.extract_dead):
-        declared = await underlay.queue_declare(queue, passive=True)
-        assert declared.consumer_count, f"no consumer on {queue} after the restart"
+    topo = svc.ctx.topology
+    # A connection of its own: the test's context (idle meanwhile) reconnects in its own time.
+    async with await aio_pika.connect(svc.settings.amqp_url.get_secret_value()) as connection:
+        channel = await connection.channel()
+        for queue in (topo.extract, topo.webhooks, topo.extract_dead):
+            declared = await channel.declare_queue(queue, passive=True)
+            consumers = declared.declaration_result.consumer_count
+            assert consumers, f"no consumer on {queue} after the restart"
     assert dev.proc.returncode is None, dev.text[-3000:]
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from handlers.fanout import RangePart, _range_outputs, merge_parts, ranges
-from shared.models import ExtractionResult, Output, PageText
+from handlers.fanout import RangePart, merge_parts, ranges
+from shared.extraction.metadata import merge_page_parts
+from shared.models import ExtractionResult, PageText
 
 
 def _part(first: int, last: int, **extra: object) -> RangePart:
-    pages = [PageText(number=n, text=f"p{n}") for n in range(first, last + 1)]
-    result = ExtractionResult(page_count=7, pages=pages, markdown=f"md {first}-{last}\n", **extra)
-    return RangePart(first=first, last=last, pages_processed=len(pages), result=result)
+    numbers = range(first, last + 1)
+    pages = [PageText(number=n, text=f"p{n}") for n in numbers]
+    result = ExtractionResult(page_count=7, pages=pages, **extra)
+    markdown = {
+        "sizes": [[11.0, 2 * len(pages)]],
+        "pages": [{"number": n, "paras": [{"kind": "p", "text": f"md {n}"}]} for n in numbers],
+    }
+    return RangePart(
+        first=first, last=last, pages_processed=len(pages), result=result, markdown_state=markdown
+    )
 
 
 def test_ranges_cover_the_document() -> None:
@@ -17,18 +25,42 @@ def test_ranges_cover_the_document() -> None:
     assert ranges(6, 3) == [(1, 3), (4, 6)]
 
 
-def test_merge_orders_pages_and_keeps_whole_document_metadata() -> None:
-    first = _part(1, 3, metadata={"title": "T"}, warnings=["w"])
+def test_merge_orders_pages_markdown_and_warnings() -> None:
+    first = _part(1, 3, warnings=["w"])
     merged = merge_parts([_part(7, 7, warnings=["w", "x"]), first, _part(4, 6)])
     assert [p.number for p in merged.pages] == list(range(1, 8))
-    assert merged.markdown == "md 1-3\n\nmd 4-6\n\nmd 7-7\n"
-    assert merged.metadata == {"title": "T"}
+    assert merged.markdown == "".join(f"md {n}\n\n" for n in range(1, 8)).rstrip("\n") + "\n"
+    assert merged.metadata is None
     assert merged.warnings == ["w", "x"]
     assert merged.page_count == 7
 
 
-def test_only_the_first_range_builds_the_metadata() -> None:
-    outputs: tuple[Output, ...] = ("text", "markdown", "metadata")
-    assert _range_outputs(outputs, 1) == outputs
-    assert _range_outputs(outputs, 101) == ("text", "markdown")
-    assert _range_outputs(("metadata",), 101) == ("metadata",)
+def test_merge_adds_the_per_page_metadata_of_the_other_ranges() -> None:
+    whole = {
+        "title": "T",
+        "pages": [{"number": 1}],
+        "links": [{"page": 1}],
+        "links_truncated": False,
+        "internal_link_count": 1,
+        "attachments": [{"name": "embedded.txt"}],
+    }
+    later = {
+        "pages": [{"number": 2}],
+        "links": [{"page": 2}, {"page": 2}],
+        "links_dropped": 0,
+        "internal_link_count": 2,
+        "annotation_attachments": [{"name": "note.txt", "page": 2}],
+    }
+    merged = merge_parts([_part(2, 2, metadata=later), _part(1, 1, metadata=whole)]).metadata
+    assert merged == {
+        "title": "T",
+        "pages": [{"number": 1}, {"number": 2}],
+        "links": [{"page": 1}, {"page": 2}, {"page": 2}],
+        "links_truncated": False,
+        "internal_link_count": 3,
+        "attachments": [{"name": "embedded.txt"}, {"name": "note.txt", "page": 2}],
+    }
+    assert whole["pages"] == [{"number": 1}]  # the first part's own metadata is left alone
+    capped = merge_page_parts(whole, [later], max_links=2)
+    assert capped["links"] == [{"page": 1}, {"page": 2}]
+    assert capped["links_truncated"] is True
