@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
-from aio_pika.abc import AbstractChannel
-from aio_pika.exceptions import AMQPError
 from aiohttp import web
 
 from shared.cancel import request_cancel
@@ -38,44 +36,10 @@ CANCEL_WAIT_S = 10.0
 KEEPALIVE_S = 15.0
 """A quiet event stream gets a comment this often (and the job's state is re-read)."""
 QUEUE_PROBE_TTL_S = 2.0
+"""How old the extract queue's depth behind a queued job's ETA may be."""
 _SHUTDOWN = "_shutdown"
 TERMINAL_TYPES = frozenset(TERMINAL_EVENTS.values())
 EventQueue = asyncio.Queue[dict[str, Any]]
-
-
-class QueueProbe:
-    """Ready messages and consumers of the extract queue (a passive declare, cached briefly)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
-        self._state: QueueState | None = None
-        self._at = float("-inf")
-        self._lock = asyncio.Lock()
-
-    async def read(self) -> QueueState | None:
-        loop = asyncio.get_running_loop()
-        async with self._lock:
-            if loop.time() - self._at >= QUEUE_PROBE_TTL_S:
-                self._state = await self._declare()
-                self._at = loop.time()
-            return self._state
-
-    async def _declare(self) -> QueueState | None:
-        channel: AbstractChannel | None = None
-        try:
-            channel = await self._ctx.connection.channel()
-            underlay = await channel.get_underlay_channel()
-            ok = await asyncio.wait_for(
-                underlay.queue_declare(self._ctx.topology.extract, passive=True), 2.0
-            )
-            return QueueState(ready=ok.message_count or 0, consumers=ok.consumer_count or 0)
-        except (AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
-            log.warning("extract queue depth not read: %s", exc)
-            return None
-        finally:
-            if channel is not None and not channel.is_closed:
-                with contextlib.suppress(AMQPError, ConnectionError, RuntimeError):
-                    await channel.close()
 
 
 @dataclass
@@ -83,7 +47,6 @@ class JobsApi:
     ctx: Context
     watcher: JobWatcher
     tenant_of: Callable[[web.Request], str]
-    queue: QueueProbe
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
     streams: set[EventQueue] = field(default_factory=set)
     """The event queues of open SSE streams, ended at shutdown."""
@@ -99,7 +62,7 @@ def setup(
     tenant_of: Callable[[web.Request], str],
 ) -> None:
     """Add the job-control routes, the throughput meter and the retention sweeper to `app`."""
-    api = JobsApi(ctx=ctx, watcher=watcher, tenant_of=tenant_of, queue=QueueProbe(ctx))
+    api = JobsApi(ctx=ctx, watcher=watcher, tenant_of=tenant_of)
     app[API] = api
     watcher.observers.append(api.meter.on_event)
     app.on_shutdown.append(_end_streams)
@@ -303,6 +266,11 @@ async def _end_streams(app: web.Application) -> None:
 # --- estimates and quota answers (used by ingress) -------------------------------------------
 
 
+async def _extract_queue(ctx: Context) -> QueueState | None:
+    depth = await ctx.metrics.queue_depth(ctx.topology.extract, QUEUE_PROBE_TTL_S)
+    return QueueState(ready=depth[0], consumers=depth[1]) if depth is not None else None
+
+
 async def with_estimate(request: web.Request, job: Job, view: dict[str, Any]) -> dict[str, Any]:
     """`view` plus `queue_position` and `eta_s` (null when ended or unknown); see
     shared/throughput.py for how rough they are."""
@@ -312,7 +280,7 @@ async def with_estimate(request: web.Request, job: Job, view: dict[str, Any]) ->
     position: int | None = None
     eta: float | None = None
     if not job.status.terminal:
-        queue = await api.queue.read() if job.status is JobStatus.QUEUED else None
+        queue = await _extract_queue(api.ctx) if job.status is JobStatus.QUEUED else None
         est = estimate(job, api.meter, queue, api.ctx.settings.extract_workers, utcnow())
         position, eta = est.queue_position, est.eta_s
     return {**view, "queue_position": position, "eta_s": eta}

@@ -145,9 +145,15 @@ class Metrics:
         self._queues.connection = connection
         self._queues.names = tuple(queue_names)
 
+    async def queue_depth(self, name: str, max_age_s: float) -> tuple[int, int] | None:
+        """(ready messages, consumers) of a watched queue, read at most `max_age_s` ago; None
+        when it could not be read."""
+        await self._queues.refresh([name], max_age_s)
+        return self._queues.values.get(name)
+
     async def render(self) -> bytes:
         """The exposition text, with queue depths at most `QUEUE_DEPTH_TTL_S` old."""
-        await self._queues.refresh()
+        await self._queues.refresh(self._queues.names, QUEUE_DEPTH_TTL_S)
         return generate_latest(self.registry)
 
 
@@ -177,24 +183,35 @@ class _QueueDepths(Collector):
     def __init__(self) -> None:
         self.connection: AbstractRobustConnection | None = None
         self.names: tuple[str, ...] = ()
-        self._values: dict[str, tuple[int, int]] = {}
-        self._at = float("-inf")
+        self.values: dict[str, tuple[int, int]] = {}
+        """(ready, consumers) per queue; a queue whose last read failed has none."""
+        self._read_at: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
-    async def refresh(self) -> None:
-        if self.connection is None or time.monotonic() - self._at < QUEUE_DEPTH_TTL_S:
+    async def refresh(self, names: Sequence[str], max_age_s: float) -> None:
+        """Read again those of `names` whose sample is older than `max_age_s`."""
+        if self.connection is None:
             return
         async with self._lock:
-            if time.monotonic() - self._at < QUEUE_DEPTH_TTL_S:
+            now = time.monotonic()
+            stale = [n for n in names if now - self._read_at.get(n, float("-inf")) >= max_age_s]
+            if not stale:
                 return
-            self._values = await self._read(self.connection)
-            self._at = time.monotonic()
+            read = await self._read(self.connection, stale)
+            for name in stale:
+                self._read_at[name] = now
+                if name in read:
+                    self.values[name] = read[name]
+                else:
+                    self.values.pop(name, None)
 
-    async def _read(self, connection: AbstractRobustConnection) -> dict[str, tuple[int, int]]:
+    async def _read(
+        self, connection: AbstractRobustConnection, names: Sequence[str]
+    ) -> dict[str, tuple[int, int]]:
         values: dict[str, tuple[int, int]] = {}
         channel: AbstractChannel | None = None
         try:
-            for name in self.names:
+            for name in names:
                 if channel is None or channel.is_closed:
                     channel = await connection.channel()
                 try:
@@ -225,7 +242,7 @@ class _QueueDepths(Collector):
         consumers = GaugeMetricFamily(
             f"{PREFIX}_queue_consumers", "Consumers of a queue.", labels=["queue"]
         )
-        for name, (count, consumer_count) in sorted(self._values.items()):
+        for name, (count, consumer_count) in sorted(self.values.items()):
             messages.add_metric([name], count)
             consumers.add_metric([name], consumer_count)
         return [messages, consumers]

@@ -42,6 +42,24 @@ def _free_port() -> int:
         return port
 
 
+def wait_for_output(log: Path, proc: subprocess.Popen[bytes], needle: str) -> str:
+    """What `proc` wrote to `log` up to the line containing `needle` (bounded, no sleeping)."""
+    with open(log, "rb") as fh:
+        buffer = b""
+        for _ in range(3000):
+            chunk = fh.read()
+            buffer += chunk
+            if needle.encode() in buffer:
+                return buffer.decode(errors="replace")
+            if proc.poll() is not None:
+                raise AssertionError(f"the process exited: {buffer.decode(errors='replace')}")
+            if not chunk:
+                # Block until the process writes more or exits (bounded by the loop count).
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.02)
+    raise AssertionError(f"{needle!r} never came: {log.read_text()}")
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

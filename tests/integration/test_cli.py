@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port
+from tests.conftest import _free_port, wait_for_output
 from tests.factories import make_pdf
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def running_dev(amqp_url: str, tmp_path: Path, **settings: str) -> Iterator[str]
         proc = subprocess.Popen([PDFRELAY, "dev"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         # The process logs this line once its HTTP site is bound.
-        _wait_for_line(log, proc, "ingress listening on")
+        wait_for_output(log, proc, "ingress listening on")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -48,23 +48,6 @@ def running_dev(amqp_url: str, tmp_path: Path, **settings: str) -> Iterator[str]
 def dev_server(amqp_url: str, tmp_path: Path) -> Iterator[str]:
     with running_dev(amqp_url, tmp_path) as url:
         yield url
-
-
-def _wait_for_line(log: Path, proc: subprocess.Popen[bytes], needle: str) -> None:
-    with open(log, "rb") as fh:
-        buffer = b""
-        for _ in range(3000):
-            chunk = fh.read()
-            buffer += chunk
-            if needle.encode() in buffer:
-                return
-            if proc.poll() is not None:
-                raise AssertionError(f"pdfrelay dev exited: {buffer.decode(errors='replace')}")
-            if not chunk:
-                # Block until the process writes more or exits (bounded by the loop count).
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(0.02)
-    raise AssertionError(f"pdfrelay dev did not start: {log.read_text()}")
 
 
 def test_dev_then_submit_wait_prints_the_text(dev_server: str, tmp_path: Path) -> None:

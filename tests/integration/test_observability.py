@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -34,9 +33,9 @@ from shared.openapi import app_routes, route_key
 from shared.settings import Settings
 from shared.signing import generate_secret
 from shared.tracing import trace_id_of
-from tests.conftest import Stack, _free_port, running_stack
+from tests.conftest import Stack, _free_port, running_stack, wait_for_output
 from tests.factories import make_pdf
-from tests.integration.test_core import upload
+from tests.integration.test_core import upload, wait_done
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +43,6 @@ PDFRELAY = str(Path(sys.executable).with_name("pdfrelay"))
 TOKEN = "tok-" + secrets.token_urlsafe(18)
 API_KEY = "key-" + secrets.token_urlsafe(18)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-async def wait_done(stack: Stack, job_id: str, headers: dict[str, str] | None = None) -> Any:
-    for _ in range(4):
-        resp = await stack.client.get(f"/v1/jobs/{job_id}", params={"wait": "30"}, headers=headers)
-        assert resp.status == 200
-        job = await resp.json()
-        if job["status"] in ("completed", "failed"):
-            return job
-    raise AssertionError(f"job {job_id} did not end: {job}")
 
 
 async def drain(stack: Stack) -> None:
@@ -170,24 +159,6 @@ async def test_ops_app_serves_metrics_and_probes(stack: Stack) -> None:
         assert (await ready.json())["checks"] == {"storage": "ok", "broker": "ok"}
 
 
-def _wait_for(log: Path, proc: subprocess.Popen[bytes], needle: str) -> str:
-    """The handler's output up to the line containing `needle` (bounded, no sleeping)."""
-    with open(log, "rb") as fh:
-        buffer = b""
-        for _ in range(3000):
-            chunk = fh.read()
-            buffer += chunk
-            if needle.encode() in buffer:
-                return buffer.decode(errors="replace")
-            if proc.poll() is not None:
-                raise AssertionError(f"the handler exited: {buffer.decode(errors='replace')}")
-            if not chunk:
-                # Block until the handler writes more or exits (bounded by the loop count).
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(0.02)
-    raise AssertionError(f"the handler did not start: {log.read_text()}")
-
-
 @contextmanager
 def run_handler(name: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
@@ -213,7 +184,7 @@ async def test_run_handler_serves_metrics_port_and_logs_json(
     }
     log = tmp_path / "object-drop.log"
     with run_handler("object-drop", env, log) as proc:
-        output = _wait_for(log, proc, "metrics and health on")
+        output = wait_for_output(log, proc, "metrics and health on")
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
                 assert resp.status == 200

@@ -11,15 +11,7 @@ from shared.extraction import EngineOutput, ExtractLimits, extract_document
 from shared.extraction.hostile import scan_actions
 from shared.models import ExtractOptions, Output
 from tests.unit import pdfgen
-
-EVERYTHING: tuple[Output, ...] = (
-    "text",
-    "markdown",
-    "metadata",
-    "page_images",
-    "images",
-    "tables",
-)
+from tests.unit.test_extraction_outputs import ALL_OUTPUTS
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +43,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def run(
     path: Path,
     out_dir: Path,
-    outputs: tuple[Output, ...] = EVERYTHING,
+    outputs: tuple[Output, ...] = ALL_OUTPUTS,
     limits: ExtractLimits | None = None,
     **options: object,
 ) -> EngineOutput:
