@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aio_pika
 import pytest
@@ -25,6 +24,7 @@ from handlers import extract, ingress, webhooks
 from infra.topology import delete, topology_for
 from shared.context import Context, open_context
 from shared.settings import Settings
+from tests.vhosts import local_vhost
 
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -85,16 +85,8 @@ def amqp_url() -> Iterator[str]:
             params = rabbit.get_connection_params()
             yield f"amqp://guest:guest@{params.host}:{params.port}/"
         return
-    vhost = f"pdfrelay-test-{RUN_ID}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-    )
-    try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+    with local_vhost(f"pdfrelay-test-{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import aio_pika
 import aiohttp
+
+from tests.vhosts import local_vhost
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -93,16 +94,8 @@ def rabbit_vhost(prefix: str = "pdfrelay-bench") -> Iterator[str]:
     if url := os.environ.get("PDFRELAY_BENCH_AMQP_URL"):
         yield url
         return
-    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
-    try:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-        )
-        yield f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+    with local_vhost(prefix) as url:
+        yield url
 
 
 def pdfrelay_command() -> list[str]:
