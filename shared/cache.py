@@ -23,7 +23,14 @@ from shared.context import Context
 from shared.errors import TransientError
 from shared.extraction.base import EXTRACTOR_VERSION
 from shared.jobs import artifact_key, result_key
-from shared.models import Artifact, ExtractOptions, Frozen, Job, JobResultSummary
+from shared.models import (
+    Artifact,
+    ExtractionResult,
+    ExtractOptions,
+    Frozen,
+    Job,
+    JobResultSummary,
+)
 from shared.storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -181,7 +188,14 @@ async def _reuse(ctx: Context, key: str, job: Job) -> JobResultSummary | None:
                 artifact_key(entry.job_id, art.name), artifact_key(job.job_id, art.name)
             )
         # The result last: a job's result.json exists only once its artifacts do.
-        await ctx.storage.copy(entry.result_key, result_key(job.job_id))
+        # Rewritten, not copied: the result names the job it answers.
+        result = ExtractionResult.model_validate_json(await ctx.storage.get_bytes(entry.result_key))
+        result.job_id = job.job_id
+        await ctx.storage.put_bytes(
+            result_key(job.job_id),
+            result.model_dump_json(by_alias=True).encode(),
+            "application/json",
+        )
     except ObjectNotFound:
         log.info("cache entry %s: job %s's result is gone; extracting again", key, entry.job_id)
         return None

@@ -24,7 +24,7 @@ import resource
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -80,6 +80,7 @@ class WorkRequest:
     out_dir: str
     options: ExtractOptions
     limits: ExtractLimits
+    job_id: str | None = None  # written into the result (`run` fills it from its `job_id`)
 
 
 def _serve(
@@ -118,6 +119,7 @@ def _one(
     reply: tuple[object, ...]
     try:
         out = extract_document(req.pdf_path, req.options, req.limits, req.out_dir, progress)
+        out.result.job_id = req.job_id
         path = os.path.join(req.out_dir, RESULT_FILE)
         Path(path).write_text(out.result.model_dump_json(by_alias=True))
         reply = (
@@ -289,6 +291,8 @@ class WorkerPool:
         `background` request (a page range) gets a slot only when no other request waits.
         """
         tracked = self._jobs.get(job_id) if job_id is not None else None
+        if req.job_id is None and job_id is not None:
+            req = replace(req, job_id=job_id)  # the result names its job
         async with self._slots.hold(background):
             if tracked is not None and tracked.cancelled:
                 raise JobCancelled("the job was cancelled")

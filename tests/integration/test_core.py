@@ -61,6 +61,7 @@ async def test_upload_extracts_text_and_metadata(stack: Stack) -> None:
 
     resp = await stack.client.get(f"/v1/jobs/{accepted['job_id']}/result")
     result = await resp.json()
+    assert result["job_id"] == accepted["job_id"]
     assert [p["number"] for p in result["pages"]] == [1, 2]
     assert "alpha bravo charlie" in result["pages"][0]["text"]
     assert "delta echo foxtrot" in result["pages"][1]["text"]

@@ -128,6 +128,7 @@ async def test_ranges_give_the_same_pages_as_one_pass(make_settings: Any, tmp_pa
         assert stack.ctx.pool.started == 7
         result = await _result(stack, job["job_id"])
         assert result["pages"] == whole["pages"]
+        assert result["job_id"] == job["job_id"]
         assert result["page_count"] == 20
         # Whole-document and per-page metadata alike, as if the document had not been split.
         assert result["metadata"] == whole["metadata"]
