@@ -17,6 +17,7 @@ from handlers import jobs_api
 from shared.broker import publish
 from shared.context import Context
 from shared.errors import ErrorCode, PdfRelayError, PermanentError, TransientError, http_status
+from shared.extraction.ocr import ocr_languages
 from shared.jobs import artifact_key, result_key
 from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
@@ -393,8 +394,11 @@ async def readyz(request: web.Request) -> web.Response:
     connected = ctx.connection.connected.is_set() and not ctx.connection.is_closed
     checks["broker"] = "ok" if connected and ctx.channel.is_initialized else "down"
     ready = all(v == "ok" for v in checks.values())
+    # Not a check: without OCR, `ocr: auto` jobs complete with the text layer and a warning.
+    languages = await asyncio.to_thread(ocr_languages, ctx.settings.tessdata_dir)
+    ocr = {"available": bool(languages), "languages": languages}
     return web.json_response(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        {"status": "ready" if ready else "unavailable", "checks": checks, "ocr": ocr},
         status=200 if ready else 503,
         headers=None if ready else {"Retry-After": RETRY_AFTER_S},
     )

@@ -15,6 +15,7 @@ from infra import client, dlq, sweep
 from infra.app import HANDLERS, install_signal_handlers, run_handlers
 from infra.s3server import embedded_s3
 from shared.dispatch import dispatcher_secrets
+from shared.extraction.ocr import ocr_languages
 from shared.logs import configure_logging, resolve_format
 from shared.models import ExtractRequest
 from shared.settings import Settings
@@ -23,6 +24,18 @@ from shared.signing import generate_secret
 
 def _settings() -> Settings:
     return Settings()
+
+
+def ocr_banner(settings: Settings) -> str:
+    """Whether this machine's workers can OCR, and which languages (the start banner's line)."""
+    languages = ocr_languages(settings.tessdata_dir)
+    if languages:
+        return f"OCR available, languages: {', '.join(languages)}"
+    return (
+        "OCR NOT available (no Tesseract language data): `ocr: auto` jobs keep the text layer "
+        "with a warning, `ocr: always` fails; install tesseract-ocr tesseract-ocr-eng "
+        "tesseract-ocr-deu (`make system-deps`) or set PDFRELAY_TESSDATA_DIR"
+    )
 
 
 async def _run(names: list[str], settings: Settings, endpoint: str) -> None:
@@ -52,6 +65,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"pdfrelay dev: HTTP on http://{settings.http_host}:{settings.http_port}", flush=True)
         print(f"pdfrelay dev: S3 at {endpoint} (bucket {settings.s3_bucket})", flush=True)
         print(f"pdfrelay dev: {settings.extract_workers} extraction workers", flush=True)
+        print(f"pdfrelay dev: {ocr_banner(settings)}", flush=True)
         asyncio.run(_run(list(HANDLERS), settings, endpoint))
     finally:
         if endpoint_cm is not None:
@@ -77,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not settings.s3_endpoint:
         print("PDFRELAY_S3_ENDPOINT is required for `pdfrelay run`", file=sys.stderr)
         return 2
+    if args.handler == "extract":
+        logging.getLogger("pdfrelay").info("%s", ocr_banner(settings))
     asyncio.run(_run([args.handler], settings, settings.s3_endpoint))
     return 0
 

@@ -215,6 +215,8 @@ class PageText(Frozen):
     number: int
     text: str
     ocr: bool = False
+    ocr_unavailable: bool = False
+    """`ocr: auto` found the page needs OCR, but this worker has none: `text` is its text layer."""
 
 
 class ExtractionResult(BaseModel):

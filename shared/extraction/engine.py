@@ -227,6 +227,16 @@ class _Extraction:
             if self.want_text or (self.ocr_mode == "auto" and page.get_images()):
                 text = textpage.extractText()
                 ocr = self.ocr_mode == "auto" and needs_ocr(page, text)
+        unavailable = False
+        if ocr and self.ocr_mode == "auto" and self.tessdata is None:
+            try:
+                self.tessdata = require_tessdata(self.options.ocr_language, self.limits.tessdata)
+            except PermanentError as exc:
+                # `auto` keeps the text layer it has; only `ocr: always` needs Tesseract.
+                if exc.code is not ErrorCode.OCR_UNAVAILABLE:
+                    raise
+                self.warnings.append(f"page {page.number + 1}: not OCRed: {exc.message}")
+                ocr, unavailable = False, True
         if ocr:
             if self.tessdata is None:
                 self.tessdata = require_tessdata(self.options.ocr_language, self.limits.tessdata)
@@ -236,7 +246,9 @@ class _Extraction:
             text = textpage.extractText() if self.want_text else ""
         assert textpage is not None
         if self.want_text:
-            self.result.pages.append(PageText(number=page.number + 1, text=text, ocr=ocr))
+            self.result.pages.append(
+                PageText(number=page.number + 1, text=text, ocr=ocr, ocr_unavailable=unavailable)
+            )
         return textpage, ocr
 
     def _finish(self) -> EngineOutput:

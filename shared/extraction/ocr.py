@@ -48,6 +48,14 @@ def find_tessdata(explicit: str | None = None) -> str | None:
     return None
 
 
+def ocr_languages(explicit: str | None = None) -> list[str]:
+    """The languages OCR can read on this machine ([] when Tesseract's data is missing)."""
+    folder = find_tessdata(explicit)
+    if folder is None:
+        return []
+    return sorted(p.name.removesuffix(".traineddata") for p in Path(folder).glob("*.traineddata"))
+
+
 def require_tessdata(language: str, explicit: str | None = None) -> str:
     """The language data folder, checked to hold every language of `language` ("eng+deu").
 

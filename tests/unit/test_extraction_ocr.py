@@ -80,12 +80,29 @@ def test_never_leaves_the_scan_empty(scan: Path, tmp_path: Path) -> None:
 
 
 def test_missing_tessdata_fails_clearly(scan: Path, tmp_path: Path) -> None:
-    limits = ExtractLimits(tessdata=NO_TESSDATA)
-    for mode in ("always", "auto"):
-        with pytest.raises(PermanentError) as info:
-            run(scan, tmp_path, limits, ocr=mode)
-        assert info.value.code is ErrorCode.OCR_UNAVAILABLE
-        assert NO_TESSDATA not in info.value.message
+    with pytest.raises(PermanentError) as info:
+        run(scan, tmp_path, ExtractLimits(tessdata=NO_TESSDATA), ocr="always")
+    assert info.value.code is ErrorCode.OCR_UNAVAILABLE
+    assert NO_TESSDATA not in info.value.message
+
+
+def test_auto_without_tessdata_keeps_the_text_layer(scan: Path, tmp_path: Path) -> None:
+    out = run(scan, tmp_path, ExtractLimits(tessdata=NO_TESSDATA), ocr="auto")
+    first, second = out.result.pages
+    assert "normal page with a text layer" in first.text
+    assert (first.ocr, first.ocr_unavailable) == (False, False)
+    assert (second.ocr, second.ocr_unavailable) == (False, True)
+    warnings = [w for w in out.result.warnings if "not OCRed" in w]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("page 2: not OCRed: OCR is not available")
+    assert NO_TESSDATA not in warnings[0]
+
+
+@needs_tesseract
+def test_auto_without_the_language_keeps_the_text_layer(scan: Path, tmp_path: Path) -> None:
+    out = run(scan, tmp_path, ocr="auto", ocr_language="eng+klingon")
+    assert [p.ocr_unavailable for p in out.result.pages] == [False, True]
+    assert any(w.startswith("page 2: not OCRed") and "klingon" in w for w in out.result.warnings)
 
 
 def test_missing_tessdata_is_fine_when_no_page_needs_ocr(text_only: Path, tmp_path: Path) -> None:
