@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from handlers import jobs_api
 from shared.broker import publish
 from shared.context import Context
-from shared.errors import ErrorCode, PdfRelayError, PermanentError, TransientError, http_status
+from shared.errors import (
+    ErrorCode,
+    PdfRelayError,
+    PermanentError,
+    StartupError,
+    TransientError,
+    http_status,
+)
 from shared.extraction.ocr import ocr_languages
 from shared.jobs import artifact_key, result_key
 from shared.metrics import CONTENT_TYPE_LATEST
@@ -447,7 +454,14 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, ctx.settings.http_host, ctx.settings.http_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"pdfrelay ingress: cannot listen on {ctx.settings.http_host}:"
+                f"{ctx.settings.http_port} ({exc.strerror or exc}): set PDFRELAY_HTTP_PORT "
+                "to a free port"
+            ) from exc
         log.info(
             "ingress listening on http://%s:%s", ctx.settings.http_host, ctx.settings.http_port
         )

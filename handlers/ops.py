@@ -1,8 +1,9 @@
 """The operations port of handlers without HTTP: `/metrics`, `/healthz`, `/readyz`.
 
-`pdfrelay run extract|webhooks|object-drop|requests` serve these on `PDFRELAY_METRICS_PORT`
-(default 9100), for Prometheus and the Kubernetes probes; the ingress serves the same views on
-its own port (and `pdfrelay dev`, which runs the ingress, only there).
+`pdfrelay run extract|webhooks|object-drop` serve these on `PDFRELAY_METRICS_PORT` (unset:
+extract 9100, webhooks 9101, object-drop 9102, so they can share a host), for Prometheus and
+the Kubernetes probes; the ingress serves the same views on its own port (and `pdfrelay dev`,
+which runs the ingress, only there).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from handlers.ingress import CTX, healthz, metrics, readyz
 from shared.context import Context
+from shared.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,25 @@ def create_app(ctx: Context) -> web.Application:
     return app
 
 
-async def serve(ctx: Context, stop: asyncio.Event) -> None:
-    """Serve the operations port until `stop` is set."""
+async def serve(ctx: Context, stop: asyncio.Event, handler: str) -> None:
+    """Serve the operations port of `handler` until `stop` is set.
+
+    Raises:
+        StartupError: the port is taken (or cannot be bound).
+    """
     runner = web.AppRunner(create_app(ctx), access_log=None)
     await runner.setup()
     try:
         # Probes and scrapes come from other hosts: bind where the ingress would.
-        site = web.TCPSite(runner, ctx.settings.http_host, ctx.settings.metrics_port)
-        await site.start()
+        host, port = ctx.settings.http_host, ctx.settings.metrics_port_for(handler)
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"pdfrelay run {handler}: cannot listen on {host}:{port} for metrics "
+                f"({exc.strerror or exc}): set PDFRELAY_METRICS_PORT to a free port (0 picks one)"
+            ) from exc
         # (PDFRELAY_METRICS_PORT=0 picks a free port: handlers side by side on one host.)
         for address in runner.addresses:
             log.info("metrics and health on http://%s:%s", *address[:2])

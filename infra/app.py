@@ -54,7 +54,7 @@ async def run_handlers(
         ]
         if "ingress" not in names:
             # No HTTP of their own: /metrics and the probes on PDFRELAY_METRICS_PORT.
-            tasks.append(asyncio.create_task(ops.serve(ctx, stop), name="ops"))
+            tasks.append(asyncio.create_task(ops.serve(ctx, stop, names[0]), name="ops"))
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -15,6 +15,7 @@ from infra import client, dlq, sweep
 from infra.app import HANDLERS, install_signal_handlers, run_handlers
 from infra.s3server import embedded_s3
 from shared.dispatch import dispatcher_secrets
+from shared.errors import StartupError
 from shared.extraction.ocr import ocr_languages
 from shared.logs import configure_logging, resolve_format
 from shared.models import ExtractRequest
@@ -67,6 +68,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"pdfrelay dev: {settings.extract_workers} extraction workers", flush=True)
         print(f"pdfrelay dev: {ocr_banner(settings)}", flush=True)
         asyncio.run(_run(list(HANDLERS), settings, endpoint))
+    except StartupError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
     finally:
         if endpoint_cm is not None:
             endpoint_cm.__exit__(None, None, None)
@@ -93,7 +97,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     if args.handler == "extract":
         logging.getLogger("pdfrelay").info("%s", ocr_banner(settings))
-    asyncio.run(_run([args.handler], settings, settings.s3_endpoint))
+    try:
+        asyncio.run(_run([args.handler], settings, settings.s3_endpoint))
+    except StartupError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
     return 0
 
 

@@ -45,6 +45,10 @@ class PdfRelayError(Exception):
             self.code = code
 
 
+class StartupError(PdfRelayError):
+    """The process cannot start as configured (its port is taken): one line, exit code 2."""
+
+
 class PermanentError(PdfRelayError):
     """Retrying cannot help: the job fails with this code at once."""
 

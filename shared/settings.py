@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.retry import parse_schedule
 
+METRICS_PORTS = {"extract": 9100, "webhooks": 9101, "object-drop": 9102}
+"""The default metrics port of each handler without HTTP (PDFRELAY_METRICS_PORT unset)."""
+
 
 class Settings(BaseSettings):
     """Every `PDFRELAY_*` environment variable (CONTRACT.md, Settings)."""
@@ -29,8 +32,9 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    metrics_port: int = Field(default=9100, ge=0, le=65535)
-    """`/metrics`, `/healthz`, `/readyz` of `pdfrelay run` handlers other than the ingress."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """`/metrics`, `/healthz`, `/readyz` of `pdfrelay run` handlers other than the ingress;
+    unset: each its own (METRICS_PORTS), so handlers side by side on one host do not clash."""
     log_format: Literal["json", "text"] | None = None
     """Log lines as JSON objects or text; default json for `pdfrelay run`, text otherwise."""
     public_base_url: str | None = None
@@ -100,6 +104,10 @@ class Settings(BaseSettings):
             return ()
         raw = self.webhook_secret.get_secret_value().replace(",", " ")
         return tuple(raw.split())
+
+    def metrics_port_for(self, handler: str) -> int:
+        """The operations port of `handler`: PDFRELAY_METRICS_PORT, else the handler's own."""
+        return self.metrics_port if self.metrics_port is not None else METRICS_PORTS[handler]
 
     def webhook_retry_delays(self) -> tuple[float, ...]:
         """The retry schedule in seconds (`parse_schedule` of `webhook_retry_schedule`)."""
