@@ -49,15 +49,20 @@ def embedded_s3(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         thread.join()
 
 
+DEFAULT_PORT = 9000
+"""The port `python -m infra.s3server` listens on without `-p` (MinIO's)."""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m infra.s3server [-H HOST] -p PORT`: the S3 server in the foreground."""
+    """`python -m infra.s3server [-H HOST] [-p PORT]`: the S3 server in the foreground."""
     from werkzeug.serving import run_simple
 
     parser = argparse.ArgumentParser(prog="python -m infra.s3server", description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
-    parser.add_argument("-p", "--port", type=int, required=True)
+    parser.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
     args = parser.parse_args(argv)
     app, handler = _serving()
+    print(f"S3 at http://{args.host}:{args.port} (PDFRELAY_S3_ENDPOINT)", flush=True)
     run_simple(args.host, args.port, app, threaded=True, request_handler=handler)
 
 
