@@ -247,21 +247,41 @@ async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -
     await announce_terminal(ctx, job, task.webhook)
 
 
+def _merged_markdown(parts: list[RangePart]) -> str | None:
+    """The parts' Markdown as one document, from their builder states; when a part has none (a
+    rolling upgrade: written by a version that rendered its range), each part's own Markdown
+    joined in page order, so no range's Markdown is lost."""
+    states = [p.markdown_state for p in parts if p.markdown_state is not None]
+    if len(states) == len(parts):
+        # Rendered as one document: headings, running heads and body size are whole-document.
+        return MarkdownBuilder.from_states(states).render() if states else None
+    pieces = [
+        p.result.markdown
+        if p.result.markdown is not None
+        else MarkdownBuilder.from_states([p.markdown_state]).render()
+        if p.markdown_state is not None
+        else None
+        for p in parts
+    ]
+    if all(piece is None for piece in pieces):
+        return None
+    joined = "\n\n".join(piece.strip("\n") for piece in pieces if piece and piece.strip())
+    return joined + "\n" if joined else ""
+
+
 def merge_parts(parts: list[RangePart]) -> ExtractionResult:
     """One result from the parts, in page order; the first part's metadata (whole-document)
     takes the per-page metadata of the others."""
     parts = sorted(parts, key=lambda p: p.first)
     head = parts[0].result
     pages: list[PageText] = [page for part in parts for page in part.result.pages]
-    states = [p.markdown_state for p in parts if p.markdown_state is not None]
     tables = [t for p in parts for t in (p.result.tables or [])]
     warnings = list(dict.fromkeys(w for p in parts for w in p.result.warnings))
     return ExtractionResult(
         job_id=head.job_id,
         page_count=head.page_count,
         pages=pages,
-        # Rendered as one document: headings, running heads and body size are whole-document.
-        markdown=MarkdownBuilder.from_states(states).render() if states else None,
+        markdown=_merged_markdown(parts),
         metadata=merge_page_parts(
             head.metadata,
             (p.result.metadata for p in parts[1:] if p.result.metadata is not None),

@@ -64,3 +64,19 @@ def test_merge_adds_the_per_page_metadata_of_the_other_ranges() -> None:
     capped = merge_page_parts(whole, [later], max_links=2)
     assert capped["links"] == [{"page": 1}, {"page": 2}]
     assert capped["links_truncated"] is True
+
+
+def test_merge_joins_per_part_markdown_when_a_part_has_no_state() -> None:
+    # A rolling upgrade: the middle range was written by a version that rendered its Markdown
+    # and kept no builder state; the other two by this one (state, no rendered Markdown).
+    old = _part(4, 6).model_copy(update={"markdown_state": None})
+    old = old.model_copy(update={"result": old.result.model_copy(update={"markdown": "old 4-6\n"})})
+    merged = merge_parts([_part(7, 7), old, _part(1, 3)])
+    assert merged.markdown == "md 1\n\nmd 2\n\nmd 3\n\nold 4-6\n\nmd 7\n"
+    assert [p.number for p in merged.pages] == list(range(1, 8))
+
+
+def test_merge_without_markdown_has_none() -> None:
+    parts = [_part(1, 3).model_copy(update={"markdown_state": None}), _part(4, 6)]
+    parts[1] = parts[1].model_copy(update={"markdown_state": None})
+    assert merge_parts(parts).markdown is None
