@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench report system-deps services clean
+.PHONY: run test lint typecheck unit bench report system-deps services settings-doc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps services lint typecheck
 	$(BIN)/pytest -p no:cacheprovider
+
+settings-doc: $(STAMP)
+	$(BIN)/python -m infra.settings_doc --write
 
 bench: $(STAMP) services
 	$(BIN)/python -m tests.perf

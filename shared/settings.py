@@ -18,20 +18,32 @@ METRICS_PORTS = {"extract": 9100, "webhooks": 9101, "object-drop": 9102}
 class Settings(BaseSettings):
     """Every `PDFRELAY_*` environment variable (CONTRACT.md, Settings)."""
 
-    model_config = SettingsConfigDict(env_prefix="PDFRELAY_", frozen=True, extra="ignore")
+    # The docstrings under the fields are their descriptions: README's settings table is made
+    # of them (`python -m infra.settings_doc --write`, `make settings-doc`).
+    model_config = SettingsConfigDict(
+        env_prefix="PDFRELAY_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    """RabbitMQ."""
     namespace: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")] = "pdfrelay"
     """Prefix of every exchange and queue name; tests use their own."""
 
     s3_endpoint: str | None = None
+    """The S3 server, e.g. `http://127.0.0.1:9000`; unset: `pdfrelay dev` embeds one (moto)."""
     s3_access_key: SecretStr = SecretStr("pdfrelay")
+    """S3 credentials (the defaults are the embedded server's)."""
     s3_secret_key: SecretStr = SecretStr("pdfrelay-secret")
+    """S3 credentials (the defaults are the embedded server's)."""
     s3_bucket: str = "pdfrelay"
+    """The bucket of uploads, results, job records (created when missing)."""
     s3_region: str = "us-east-1"
+    """S3 region."""
 
     http_host: str = "127.0.0.1"
+    """Ingress bind address (and of the other handlers' metrics port)."""
     http_port: int = 8080
+    """Ingress port."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """`/metrics`, `/healthz`, `/readyz` of `pdfrelay run` handlers other than the ingress;
     unset: each its own (METRICS_PORTS), so handlers side by side on one host do not clash."""
@@ -43,28 +55,41 @@ class Settings(BaseSettings):
     """`tenant:key,tenant2:key2`; when set every /v1 call needs a bearer key."""
 
     webhook_secret: SecretStr | None = None
+    """`whsec_…` signing secret; several, space-separated, while rotating. Required by `run
+    webhooks`; `pdfrelay dev` generates one per start when unset."""
     webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
+    """Delays between delivery attempts; after the last, `pdfrelay.webhooks.dead`."""
     webhook_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    """CIDRs exempt from the SSRF block (webhooks and URL sources), comma-separated."""
     webhook_timeout_s: float = 15.0
+    """Time limit of one webhook delivery attempt."""
     webhook_prefetch: int = Field(default=64, ge=1, le=4096)
     """Deliveries in flight per webhooks process (consumer prefetch = HTTP connections)."""
     webhook_state_writers: int = Field(default=4, ge=1, le=64)
     """S3 writes of delivery states in flight; they run behind the deliveries, not with them."""
 
     extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    """Concurrent extractions (worker processes); consumer prefetch is this + 1."""
     extract_delivery_limit: int = Field(default=3, ge=1, le=100)
+    """Attempts before a crashing task is dead-lettered."""
     max_queue_length: int = Field(default=10_000, ge=1)
+    """Beyond it uploads get `503 QUEUE_FULL`."""
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    """Largest PDF accepted (200 MiB), checked while the upload streams."""
     max_pages: int = Field(default=5_000, ge=1)
+    """`TOO_MANY_PAGES` beyond it."""
     fanout_min_pages: int = Field(default=400, ge=1)
     """Documents with more pages than this are split into page ranges (README "Fan-out")."""
     fanout_range_pages: int = Field(default=100, ge=1)
     """Pages per range task of a fanned-out document."""
     job_timeout_s: float = Field(default=600.0, gt=0, le=1500)
+    """Per job, well under RabbitMQ's 30-minute consumer timeout."""
     worker_memory_mb: int = Field(default=2048, ge=64)
+    """Address-space limit of each worker process."""
     worker_max_jobs: int = Field(default=50, ge=1)
     """Documents one worker process extracts before it is replaced (sooner after any failure)."""
     max_wait_s: float = Field(default=60.0, ge=0)
+    """Cap of `GET /v1/jobs/{id}?wait=`."""
     tenant_page_quota: int | None = Field(default=None, ge=1)
     """Pages in flight (accepted, not ended) per tenant before uploads get 429 QUOTA_EXCEEDED."""
     retention_days: float = Field(default=30.0, ge=0)
@@ -76,12 +101,16 @@ class Settings(BaseSettings):
     transient_retry_budget: int = Field(default=120, ge=0)
     """Transient failures of one message before it is dead-lettered (120 x 5 s = 10 min)."""
     source_timeout_s: float = Field(default=60.0, gt=0)
-    object_drop_poll_s: float | None = Field(default=None, gt=0)
-    """List `inbox/` this often, for S3 servers without bucket notifications."""
     """Time limit for fetching a URL source."""
+    object_drop_poll_s: float | None = Field(default=None, gt=0)
+    """List `inbox/` this often, for S3 servers without bucket notifications (also `run
+    object-drop --poll`)."""
     tessdata_dir: str | None = None
-    """Tesseract language data folder; unset: $TESSDATA_PREFIX or the Debian/Ubuntu locations."""
+    """Tesseract language data folder; unset: $TESSDATA_PREFIX or the Debian/Ubuntu locations.
+    Without it `ocr: auto` keeps the text layer (a warning and `ocr_unavailable: true` per
+    page) and `ocr: always` fails `OCR_UNAVAILABLE`."""
     spool_dir: str | None = None
+    """Temp folder of uploads on their way to S3 and of extractions; unset: the system's."""
     extract_trace_dir: str | None = None
     """Test aid: each worker process appends its start/end times here."""
 
