@@ -1,10 +1,11 @@
 """The S3 API server for development and tests: moto's S3 application, served on loopback.
 
 `pdfrelay dev` runs it in a thread (`embedded_s3`); the tests and benchmarks run it as a process
-(`python -m infra.s3server -p PORT`). It is moto's S3 app on werkzeug's threaded server, without
-moto's all-services front (`python -m moto.server`), which looks up the service of every request
-by listing moto's package folder under a global lock, and without a log line per request: a
-third of moto's CPU per request, on the same cores as everything else (README "Performance").
+(`python -m infra.s3server [-p PORT]`, default 9000). It is moto's S3 app on werkzeug's threaded
+server, without moto's all-services front (`python -m moto.server`), which looks up the service
+of every request by listing moto's package folder under a global lock, and without a log line
+per request: a third of moto's CPU per request, on the same cores as everything else (README
+"Performance").
 """
 
 from __future__ import annotations
