@@ -340,15 +340,18 @@ async def _send_object(
         chunks = await storage.stream(key)
     except ObjectNotFound as exc:
         raise PermanentError("the stored result is missing", ErrorCode.NOT_FOUND) from exc
-    resp = web.StreamResponse(headers={"Content-Type": content_type})
-    resp.content_length = info.size
-    if attachment:
-        resp.headers["Content-Disposition"] = f'attachment; filename="{attachment}"'
-    await resp.prepare(request)
-    while (chunk := await storage.read_chunk(chunks)) is not None:
-        await resp.write(chunk)
-    await resp.write_eof()
-    return resp
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        resp.content_length = info.size
+        if attachment:
+            resp.headers["Content-Disposition"] = f'attachment; filename="{attachment}"'
+        await resp.prepare(request)
+        while (chunk := await storage.read_chunk(chunks)) is not None:
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        await storage.close_stream(chunks)
 
 
 async def redeliver_webhook(request: web.Request) -> web.Response:

@@ -132,13 +132,17 @@ class Storage:
         meta = {k.lower(): str(v) for k, v in (st.metadata or {}).items()}
         return ObjectInfo(key=key, size=int(st.size or 0), etag=str(st.etag), metadata=meta)
 
-    async def stream(self, key: str, chunk: int = 64 * 1024) -> Iterator[bytes]:
-        """Open `key` for reading; iterate the returned chunks from a thread (see `read_chunks`)."""
+    async def stream(self, key: str, chunk: int = 64 * 1024) -> ObjectStream:
+        """Open `key` for reading: `read_chunk` until None, and `close_stream` in any case."""
         resp = await self._run(self.client.get_object, self.bucket, key)
-        return _chunks(resp, chunk)
+        return ObjectStream(resp, chunk)
 
-    async def read_chunk(self, it: Iterator[bytes]) -> bytes | None:
+    async def read_chunk(self, it: ObjectStream) -> bytes | None:
         return await self._run(next, it, None)
+
+    async def close_stream(self, it: ObjectStream) -> None:
+        """Release the stream's connection (also when it was never read, or not to its end)."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, it.close)
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         def listing() -> list[ObjectInfo]:
@@ -198,9 +202,28 @@ class Storage:
         self._http.clear()
 
 
-def _chunks(resp: Any, size: int) -> Iterator[bytes]:
-    try:
-        yield from resp.stream(size)
-    finally:
-        resp.close()
-        resp.release_conn()
+class ObjectStream:
+    """An object's body in chunks; `close()` releases its connection, whether read or not (a
+    generator never started would not run its `finally`: the connection leaked when the client
+    went away before the first chunk)."""
+
+    def __init__(self, resp: Any, size: int) -> None:
+        self._resp = resp
+        self._chunks: Iterator[bytes] = resp.stream(size)
+        self._closed = False
+
+    def __iter__(self) -> ObjectStream:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._resp.close()
+            self._resp.release_conn()

@@ -264,6 +264,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: set[asyncio.Task[object]] = set()
         self.connections = 0
 
     @property
@@ -281,10 +282,24 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        # Tracked, so `close()` ends a connection still connecting upstream too (an untracked one
+        # was left to the garbage collector: "ResourceWarning: unclosed transport").
+        accepting = asyncio.current_task()
+        assert accepting is not None
+        self._accepting.add(accepting)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            return
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        finally:
+            self._accepting.discard(accepting)
+        if self.is_cut:  # cut while this one was connecting upstream: it is reset like the others
+            for w in (writer, up_writer):
+                w.transport.abort()
             return
         self._writers.update((writer, up_writer))
         pipes = [
@@ -323,9 +338,10 @@ class FaultProxy:
 
     async def close(self) -> None:
         await self.cut()
-        for task in list(self._tasks):
+        tasks = [*self._accepting, *self._tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @asynccontextmanager
