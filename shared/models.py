@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
-Output = Literal["text", "markdown", "metadata", "page_images", "images", "tables"]
+Output = Literal[
+    "text", "markdown", "metadata", "page_images", "images", "tables", "blocks", "chunks"
+]
 OcrMode = Literal["auto", "always", "never"]
 
 # The seed service's `extraction_method` values, mapped onto our options.
@@ -39,6 +41,34 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ChunkOptions(Frozen):
+    """The `chunks` output's budget: `max_chars` (default 2000) or `max_tokens`, not both."""
+
+    max_chars: Annotated[int, Field(ge=100, le=100_000)] | None = None
+    max_tokens: Annotated[int, Field(ge=20, le=32_000)] | None = Field(
+        default=None, description="Approximate tokens (shared/extraction/chunks.py)"
+    )
+    overlap: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Of the previous chunk, in the budget's unit, repeated in front"
+    )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> ChunkOptions:
+        if self.max_chars is not None and self.max_tokens is not None:
+            raise ValueError("chunking takes max_chars or max_tokens, not both")
+        budget = self.max_tokens if self.max_tokens is not None else self.budget
+        if self.overlap * 2 > budget:
+            raise ValueError("chunking.overlap must be at most half the budget")
+        return self
+
+    @property
+    def budget(self) -> int:
+        """The budget in its unit (characters unless `max_tokens` is set)."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return self.max_chars if self.max_chars is not None else 2000
+
+
 class ExtractOptions(Frozen):
     """What to extract (CONTRACT.md `options`)."""
 
@@ -49,6 +79,8 @@ class ExtractOptions(Frozen):
     image_dpi: Annotated[int, Field(ge=36, le=600)] = 150
     force_refresh: bool = False
     method: str | None = Field(default=None, description="Seed alias: native, tesseract_ocr, …")
+    chunking: ChunkOptions = ChunkOptions()
+    """Budget and overlap of the `chunks` output."""
 
     @field_validator("outputs")
     @classmethod

@@ -22,7 +22,9 @@ from shared.extraction.base import (
     ExtractLimits,
     ProgressFn,
 )
+from shared.extraction.document import OutlineItem
 from shared.extraction.hostile import (
+    MuPdfError,
     PageError,
     is_out_of_memory,
     open_pdf,
@@ -32,6 +34,12 @@ from shared.extraction.hostile import (
     take_mupdf_messages,
 )
 from shared.extraction.images import EmbeddedImageWriter, PageImageWriter
+from shared.extraction.layout import (
+    MARKDOWN_ARTIFACT,
+    builder_state,
+    layout_outputs,
+    wants_layout,
+)
 from shared.extraction.markdown import MarkdownBuilder, uri_links
 from shared.extraction.metadata import MetadataCollector
 from shared.extraction.ocr import needs_ocr, ocr_dpi_for, ocr_textpage, require_tessdata
@@ -40,6 +48,7 @@ from shared.models import ExtractionResult, ExtractOptions, PageText
 
 __all__ = [
     "EXTRACTOR_VERSION",
+    "MARKDOWN_ARTIFACT",
     "ArtifactFile",
     "EngineOutput",
     "ExtractLimits",
@@ -51,7 +60,6 @@ __all__ = [
 TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT
 """The flags of `page.get_text()`: the text output equals what a bare PyMuPDF loop gives."""
 
-MARKDOWN_ARTIFACT = "document.md"
 MARKDOWN_STATE = "markdown-state.json"
 """The Markdown of a page range, not yet rendered (`ExtractLimits.range_part`)."""
 TABLES_ARTIFACT = "tables.zip"
@@ -101,13 +109,14 @@ class _Extraction:
         self.want_text = "text" in outputs
         self.want_markdown = "markdown" in outputs
         self.want_tables = "tables" in outputs
-        self.needs_text = self.want_text or self.want_markdown
+        self.want_layout = wants_layout(options)
+        self.needs_text = self.want_text or self.want_layout
         self.ocr_mode = options.ocr if self.needs_text else "never"
         self.warnings: list[str] = []
         self.mupdf_messages: list[str] = []
         self.result = ExtractionResult(page_count=doc.page_count)
         self.tessdata: str | None = None
-        self.markdown = MarkdownBuilder() if self.want_markdown else None
+        self.markdown = MarkdownBuilder() if self.want_layout else None
         self.tables: list[FoundTable] = []
         self.metadata = MetadataCollector(limits.max_links) if "metadata" in outputs else None
         self.processed = 0
@@ -256,13 +265,19 @@ class _Extraction:
         artifacts: list[ArtifactFile] = []
         if self.markdown is not None and self.limits.range_part:
             path = os.path.join(self.out_dir, MARKDOWN_STATE)
-            Path(path).write_text(json.dumps(self.markdown.state()), encoding="utf-8")
+            # the outline is whole-document: the range that starts the document brings it
+            outline = self._outline() if self.from_first_page else None
+            state = builder_state(self.markdown, outline)
+            Path(path).write_text(json.dumps(state), encoding="utf-8")
             artifacts.append(ArtifactFile(MARKDOWN_STATE, path, "application/json"))
         elif self.markdown is not None:
-            result.markdown = self.markdown.render()
-            path = os.path.join(self.out_dir, MARKDOWN_ARTIFACT)
-            Path(path).write_text(result.markdown, encoding="utf-8")
-            artifacts.append(ArtifactFile(MARKDOWN_ARTIFACT, path, "text/markdown; charset=utf-8"))
+            layout = layout_outputs(self.markdown, self._outline(), self.options)
+            if self.want_markdown:
+                result.markdown = layout.markdown
+            for file in layout.files:
+                path = os.path.join(self.out_dir, file.name)
+                Path(path).write_bytes(file.data)
+                artifacts.append(ArtifactFile(file.name, path, file.content_type))
         if self.want_tables:
             result.tables = [t.as_dict() for t in self.tables]
             artifacts.append(self._tables_artifact())
@@ -282,6 +297,16 @@ class _Extraction:
             f"mupdf: {m}" for m in self.mupdf_messages[:MAX_MUPDF_WARNINGS]
         ]
         return EngineOutput(result=result, artifacts=artifacts, pages_processed=self.processed)
+
+    def _outline(self) -> list[OutlineItem]:
+        """The PDF's outline, for `blocks` (read only when asked for)."""
+        if "blocks" not in self.options.outputs and "chunks" not in self.options.outputs:
+            return []
+        try:
+            toc = self.doc.get_toc(simple=True)
+        except MuPdfError:
+            return []
+        return [(int(level), str(title), int(page)) for level, title, page in toc]
 
     def _tables_artifact(self) -> ArtifactFile:
         path = os.path.join(self.out_dir, TABLES_ARTIFACT)

@@ -109,12 +109,33 @@ class Para:
     """Set for one-line paragraphs in the top or bottom band: running head/foot candidates."""
     tabular: bool = False
     """Made of table-like rows (see Line.tabular)."""
+    bbox: list[float] = field(default_factory=list)
+    """x0, y0, x1, y1 of its lines (PDF points, unrotated page, y down): for `blocks`."""
 
 
 @dataclass(slots=True)
 class _PageParas:
     number: int
     paras: list[Para]
+    size: tuple[float, float] = (0.0, 0.0)
+    """Width and height of the (unrotated) text page, in points."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """One paragraph as `render` placed it: what the `blocks` output is made of."""
+
+    page: int
+    index: int
+    """Its position among the paragraphs of its page (margin lines included)."""
+    para: Para
+    level: int
+    """Heading level, 0 for none."""
+    margin: bool
+    """A running head or foot, or a page number: not in the Markdown."""
+    start: int
+    end: int
+    """Its Markdown block's span in the rendered text (start == end when not in it)."""
 
 
 _font_cache: dict[str, tuple[bool, bool]] = {}
@@ -505,8 +526,23 @@ class _ParaCollector:
 
     def _flush_code(self) -> None:
         if self.code:
-            head = self.code[0]
-            self.out.append(Para("code", _code(self.code), head.size, head.bold, len(self.code)))
+            code = self.code
+            head = code[0]
+            self.out.append(
+                Para(
+                    "code",
+                    _code(code),
+                    head.size,
+                    head.bold,
+                    len(code),
+                    bbox=[
+                        min(ln.x0 for ln in code),
+                        min(ln.y0 for ln in code),
+                        max(ln.x1 for ln in code),
+                        max(ln.y1 for ln in code),
+                    ],
+                )
+            )
             self.code = []
 
     def _flush(
@@ -540,6 +576,12 @@ class _ParaCollector:
             prev.text = _join_text(prev.text, text)
             prev.lines += len(run)
             prev.narrow = False
+            bbox = prev.bbox
+            for line in run:
+                bbox[0] = min(bbox[0], line.x0)
+                bbox[1] = min(bbox[1], line.y0)
+                bbox[2] = max(bbox[2], line.x1)
+                bbox[3] = max(bbox[3], line.y1)
             return
         margin_key = None
         if len(run) == 1 and (head.y0 <= self.top or head.y1 >= self.bottom):
@@ -556,9 +598,19 @@ class _ParaCollector:
         if narrow and head.bold and len(self.blocks) >= 3:
             narrow = not _in_table_row(head, self.blocks)
         # lines of one run share boldness and (to 0.6 pt) size: the run breaks otherwise
-        size = head.size if len(run) == 1 else max(line.size for line in run)
+        if len(run) == 1:
+            size = head.size
+            bbox = [head.x0, head.y0, head.x1, head.y1]
+        else:
+            size = max(line.size for line in run)
+            bbox = [
+                min(line.x0 for line in run),
+                head.y0,
+                max(line.x1 for line in run),
+                max(line.y1 for line in run),
+            ]
         self.out.append(
-            Para(kind, text, size, head.bold, len(run), first, narrow, margin_key, tabular)
+            Para(kind, text, size, head.bold, len(run), first, narrow, margin_key, tabular, bbox)
         )
 
 
@@ -729,11 +781,13 @@ class MarkdownBuilder:
         for block in ordered:
             if block.table is not None:
                 collector.finish()
-                paras.append(Para("table", block.table))
+                paras.append(
+                    Para("table", block.table, bbox=[block.x0, block.y0, block.x1, block.y1])
+                )
             else:
                 collector.block(block)
         collector.finish()
-        self._pages.append(_PageParas(number, paras))
+        self._pages.append(_PageParas(number, paras, (width, height)))
 
     def state(self) -> dict[str, Any]:
         """What `render` needs, as JSON-able data: pages added in several processes (the ranges
@@ -741,7 +795,11 @@ class MarkdownBuilder:
         return {
             "sizes": [[size, count] for size, count in self._sizes.items()],
             "pages": [
-                {"number": page.number, "paras": [asdict(para) for para in page.paras]}
+                {
+                    "number": page.number,
+                    "size": list(page.size),
+                    "paras": [asdict(para) for para in page.paras],
+                }
                 for page in self._pages
             ],
         }
@@ -754,44 +812,77 @@ class MarkdownBuilder:
             for size, count in state["sizes"]:
                 builder._sizes[size] = builder._sizes.get(size, 0) + count
             builder._pages += [
-                _PageParas(page["number"], [Para(**para) for para in page["paras"]])
+                _PageParas(
+                    page["number"],
+                    [Para(**para) for para in page["paras"]],
+                    tuple(page.get("size") or (0.0, 0.0)),
+                )
                 for page in state["pages"]
             ]
         return builder
 
     def render(self) -> str:
         """The Markdown of every page added so far, in the order they were added."""
+        return self._render(None)
+
+    def render_placed(self) -> tuple[str, list[Placed]]:
+        """The Markdown and, in reading order, every paragraph with its heading level and its
+        Markdown span: one layout pass for the Markdown and the `blocks`/`chunks` outputs."""
+        placed: list[Placed] = []
+        return self._render(placed), placed
+
+    def body_size(self) -> float:
+        """The size (to half a point) of most characters of the pages added."""
+        return _body_size(self._sizes)
+
+    @property
+    def page_sizes(self) -> list[tuple[int, float, float]]:
+        """(number, width, height) of the pages added, in order."""
+        return [(page.number, page.size[0], page.size[1]) for page in self._pages]
+
+    def _render(self, placed: list[Placed] | None) -> str:
         body = _body_size(self._sizes)
         drop = _running_heads(self._pages)
         levels, bold_level = _heading_levels(self._pages, body, drop)
         out: list[str] = []
         prev_kind = ""
+        pos = 0
         for page in self._pages:
-            for para in page.paras:
+            for index, para in enumerate(page.paras):
                 if para.margin_key is not None and (
                     para.margin_key in drop or _PAGE_NUMBER.match(para.text)
                 ):
+                    if placed is not None:
+                        placed.append(Placed(page.number, index, para, 0, True, pos, pos))
                     continue
                 level = _heading_level(para, body, levels, bold_level)
                 if prev_kind == "li" and (level or para.kind != "li"):
                     out.append("\n")  # a list ends with a blank line
+                    pos += 1
                 if level:
-                    out.append(f"{'#' * level} {para.text}\n\n")
+                    piece = f"{'#' * level} {para.text}\n\n"
                     prev_kind = "h"
-                    continue
-                if para.kind == "li":
-                    out.append(_list_item(para.text))
+                elif para.kind == "li":
+                    piece = _list_item(para.text)
+                    prev_kind = "li"
                 elif para.kind == "code":
                     fence = "````" if "```" in para.text else "```"
-                    out.append(f"{fence}\n{para.text}\n{fence}\n\n")
+                    piece = f"{fence}\n{para.text}\n{fence}\n\n"
+                    prev_kind = "code"
                 elif para.kind == "table":
-                    out.append(para.text.strip("\n") + "\n\n")
+                    piece = para.text.strip("\n") + "\n\n"
+                    prev_kind = "table"
                 else:
                     text = para.text
                     if _NEEDS_ESCAPE.match(text):
                         text = "\\" + text
-                    out.append(text + "\n\n")
-                prev_kind = para.kind
+                    piece = text + "\n\n"
+                    prev_kind = para.kind
+                out.append(piece)
+                if placed is not None:
+                    end = pos + len(piece.rstrip("\n"))
+                    placed.append(Placed(page.number, index, para, level, False, pos, end))
+                    pos += len(piece)
         return "".join(out).rstrip("\n") + "\n" if out else ""
 
 

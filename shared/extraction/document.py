@@ -1,0 +1,201 @@
+"""The `blocks` output (`document.json`): the document as ordered, typed blocks with provenance.
+
+The blocks come from the same layout pass as the Markdown (`MarkdownBuilder.render_placed`):
+one paragraph record is one block, its heading level is the Markdown's, and its `md` span is
+where its Markdown block sits in `document.md`. Running heads, feet and page numbers, which the
+Markdown leaves out, are kept here as `page_header` / `page_footer` blocks (with no span).
+
+The pydantic models below are the published schema (`pdfrelay schema document`); the output
+itself is written from plain dicts in the models' field order (validating tens of thousands of
+blocks would cost more than finding them), and the tests check that it validates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.extraction.markdown import MarkdownBuilder, Placed
+
+DOCUMENT_SCHEMA = "pdfrelay.document/1"
+
+OutlineItem = tuple[int, str, int]
+"""(level, title, page) as `Document.get_toc(simple=True)` gives them."""
+
+
+class BlockKind(StrEnum):
+    HEADING = "heading"
+    PARAGRAPH = "paragraph"
+    LIST_ITEM = "list_item"
+    TABLE = "table"
+    FIGURE = "figure"
+    CAPTION = "caption"
+    CODE = "code"
+    FOOTNOTE = "footnote"
+    PAGE_HEADER = "page_header"
+    PAGE_FOOTER = "page_footer"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+BBox = Annotated[
+    list[float],
+    Field(
+        min_length=4,
+        max_length=4,
+        description="x0, y0, x1, y1 in PDF points; origin at the top left of the unrotated "
+        "page, y downwards (MuPDF's page space)",
+    ),
+]
+
+
+class DocBlock(_Model):
+    """One block, in reading order."""
+
+    id: str = Field(description='Stable id: "p{page}.b{n}", n counting the page\'s blocks')
+    kind: BlockKind
+    level: int | None = Field(default=None, ge=1, le=6, description="Headings only")
+    page: int = Field(ge=1, description="1-based page number")
+    bbox: BBox
+    text: str = Field(description="Plain text (tables: their Markdown; code: with its indentation)")
+    section: list[str] = Field(
+        description="Titles of the headings above the block, outermost first (for a heading: "
+        "its parents); empty for page headers and footers"
+    )
+    md: list[int] | None = Field(
+        description="[start, end) character offsets (code points) of the block's Markdown in "
+        "document.md; null for what the Markdown leaves out (page headers and footers)"
+    )
+
+
+class DocPage(_Model):
+    number: int = Field(ge=1)
+    width: float
+    height: float
+    blocks: list[str] = Field(description="The page's block ids in reading order")
+
+
+class OutlineEntry(_Model):
+    level: int
+    title: str
+    page: int = Field(description="1-based target page; -1 or 0 when the entry has none")
+
+
+class DocumentModel(_Model):
+    """`document.json`: the `blocks` output."""
+
+    schema_: Literal["pdfrelay.document/1"] = Field(default="pdfrelay.document/1", alias="schema")
+    pages: list[DocPage] = Field(description="The extracted pages, in order")
+    outline: list[OutlineEntry] = Field(description="The PDF's own outline (bookmarks)")
+    blocks: list[DocBlock] = Field(description="Every block of the pages, in reading order")
+
+
+_CAPTION = re.compile(
+    r"^(?:fig(?:ure|\.)?|table|tab\.|abbildung|abb\.|tabelle|listing|рис(?:унок|\.)|таблица|图|表)"
+    r"\s*[\dIVX]+[\d.\-]*(?:[:.\s]|$)",
+    re.I,
+)
+_FOOTNOTE = re.compile(r"^\s*(?:\d{1,3}|[*\u2020\u2021\u00a7\u00b9\u00b2\u00b3])\s*\S")
+_LINK_MD = re.compile(
+    r"\[((?:[^\]\\]|\\.)*)\]\([^)\s]*\)|<((?:https?|ftp)://[^>\s]*|mailto:[^>\s]*)>"
+)
+
+FOOTNOTE_BAND = 0.35
+"""Footnotes: small type in this lower share of the page."""
+
+
+def _link_text(m: re.Match[str]) -> str:
+    anchor = m.group(1)
+    return anchor if anchor is not None else m.group(2).removeprefix("mailto:")
+
+
+def plain_text(text: str) -> str:
+    """A paragraph's inline Markdown (escapes, links) back to its printed text."""
+    if "\\" not in text and "<" not in text and "](" not in text:
+        return text
+    if "](" in text or "<" in text:
+        text = _LINK_MD.sub(_link_text, text)
+    return text.replace("\\<", "<").replace("\\[", "[").replace("\\]", "]")
+
+
+def _kind(place: Placed, height: float, body: float) -> BlockKind:
+    para = place.para
+    if place.margin:
+        bbox = para.bbox
+        middle = (bbox[1] + bbox[3]) / 2 if bbox else 0.0
+        return BlockKind.PAGE_HEADER if middle < height / 2 else BlockKind.PAGE_FOOTER
+    if place.level:
+        return BlockKind.HEADING
+    kind = para.kind
+    if kind == "table":
+        return BlockKind.TABLE
+    if kind == "code":
+        return BlockKind.CODE
+    text = para.text
+    if para.lines <= 3 and len(text) < 400 and _CAPTION.match(text):
+        return BlockKind.CAPTION
+    if (
+        para.size < body - 0.9
+        and para.bbox
+        and para.bbox[1] > height * (1 - FOOTNOTE_BAND)
+        and _FOOTNOTE.match(text)
+    ):
+        return BlockKind.FOOTNOTE
+    return BlockKind.LIST_ITEM if kind == "li" else BlockKind.PARAGRAPH
+
+
+def build_document(
+    builder: MarkdownBuilder, placed: Sequence[Placed], outline: Sequence[OutlineItem]
+) -> dict[str, Any]:
+    """The `document.json` data of the builder's pages (`placed` from its `render_placed`)."""
+    body = builder.body_size()
+    heights = {number: height for number, _, height in builder.page_sizes}
+    pages: dict[int, dict[str, Any]] = {
+        number: {"number": number, "width": w, "height": h, "blocks": []}
+        for number, w, h in builder.page_sizes
+    }
+    stack: list[tuple[int, str]] = []
+    blocks: list[dict[str, Any]] = []
+    for place in placed:
+        para = place.para
+        kind = _kind(place, heights.get(place.page, 0.0), body)
+        block_id = f"p{place.page}.b{place.index}"
+        text = para.text if kind in (BlockKind.TABLE, BlockKind.CODE) else plain_text(para.text)
+        if kind is BlockKind.HEADING:
+            while stack and stack[-1][0] >= place.level:
+                stack.pop()
+            section = [title for _, title in stack]
+            stack.append((place.level, text))
+        elif place.margin:
+            section = []
+        else:
+            section = [title for _, title in stack]
+        blocks.append(
+            {
+                "id": block_id,
+                "kind": kind.value,
+                "level": place.level or None,
+                "page": place.page,
+                "bbox": [round(v, 2) for v in para.bbox] if para.bbox else [0.0] * 4,
+                "text": text,
+                "section": section,
+                "md": None if place.margin else [place.start, place.end],
+            }
+        )
+        page = pages.get(place.page)
+        if page is not None:
+            page["blocks"].append(block_id)
+    return {
+        "schema": DOCUMENT_SCHEMA,
+        "pages": list(pages.values()),
+        "outline": [
+            {"level": level, "title": title, "page": page} for level, title, page in outline
+        ],
+        "blocks": blocks,
+    }

@@ -1,0 +1,85 @@
+"""Markdown, `blocks` and `chunks` from one layout pass: a whole run and a fan-out merge share
+these pure functions, so that a merged document is byte for byte what one pass gives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.extraction.chunks import build_chunks, chunks_jsonl
+from shared.extraction.document import OutlineItem, build_document
+from shared.extraction.markdown import MarkdownBuilder
+from shared.models import ExtractOptions
+
+MARKDOWN_ARTIFACT = "document.md"
+DOCUMENT_ARTIFACT = "document.json"
+CHUNKS_ARTIFACT = "chunks.jsonl"
+LAYOUT_OUTPUTS = frozenset({"markdown", "blocks", "chunks"})
+"""Outputs made from the Markdown builder's pages."""
+
+
+@dataclass(frozen=True)
+class LayoutFile:
+    name: str
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class LayoutOutputs:
+    markdown: str
+    files: list[LayoutFile] = field(default_factory=list)
+    """document.md (also for `blocks`/`chunks` alone: their spans point into it),
+    document.json, chunks.jsonl, as asked."""
+
+
+def wants_layout(options: ExtractOptions) -> bool:
+    return not LAYOUT_OUTPUTS.isdisjoint(options.outputs)
+
+
+def layout_outputs(
+    builder: MarkdownBuilder, outline: Sequence[OutlineItem], options: ExtractOptions
+) -> LayoutOutputs:
+    """Render the builder's pages as the outputs `options` asks for."""
+    outputs = set(options.outputs)
+    if not outputs & {"blocks", "chunks"}:
+        markdown = builder.render()
+        files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
+        return LayoutOutputs(markdown, files)
+    markdown, placed = builder.render_placed()
+    files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
+    document = build_document(builder, placed, outline)
+    if "blocks" in outputs:
+        data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        files.append(LayoutFile(DOCUMENT_ARTIFACT, data, "application/json"))
+    if "chunks" in outputs:
+        chunks = build_chunks(markdown, document["blocks"], options.chunking)
+        files.append(
+            LayoutFile(CHUNKS_ARTIFACT, chunks_jsonl(chunks).encode(), "application/x-ndjson")
+        )
+    return LayoutOutputs(markdown, files)
+
+
+MARKDOWN_TYPE = "text/markdown; charset=utf-8"
+
+
+def builder_state(
+    builder: MarkdownBuilder, outline: Sequence[OutlineItem] | None
+) -> dict[str, Any]:
+    """A range's pages for the merge; the range that starts the document carries the outline."""
+    state = builder.state()
+    if outline is not None:
+        state["outline"] = [list(item) for item in outline]
+    return state
+
+
+def merged_outputs(states: Iterable[Mapping[str, Any]], options: ExtractOptions) -> LayoutOutputs:
+    """The outputs of the ranges' `builder_state`s, in page order, as one pass renders them."""
+    states = list(states)
+    outline: list[OutlineItem] = next(
+        ([(int(a), str(b), int(c)) for a, b, c in s["outline"]] for s in states if "outline" in s),
+        [],
+    )
+    return layout_outputs(MarkdownBuilder.from_states(states), outline, options)
