@@ -17,7 +17,14 @@ from shared.cancel import cancelled, raise_if_requested
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction import ExtractLimits
-from shared.extraction.engine import MARKDOWN_ARTIFACT, MARKDOWN_STATE
+from shared.extraction.engine import MARKDOWN_STATE
+from shared.extraction.layout import (
+    MARKDOWN_ARTIFACT,
+    MARKDOWN_TYPE,
+    LayoutFile,
+    LayoutOutputs,
+    merged_outputs,
+)
 from shared.extraction.markdown import MarkdownBuilder
 from shared.extraction.metadata import merge_page_parts
 from shared.jobs import artifact_key, result_key, upload_key
@@ -41,7 +48,7 @@ from shared.pool import JobCancelled, WorkRequest
 
 log = logging.getLogger(__name__)
 
-FANOUT_OUTPUTS = frozenset({"text", "markdown", "metadata"})
+FANOUT_OUTPUTS = frozenset({"text", "markdown", "metadata", "blocks", "chunks"})
 """Outputs a merge can rebuild from the parts; jobs asking for more run whole."""
 
 
@@ -251,6 +258,7 @@ def _merged_markdown(parts: list[RangePart]) -> str | None:
     """The parts' Markdown as one document, from their builder states; when a part has none (a
     rolling upgrade: written by a version that rendered its range), each part's own Markdown
     joined in page order, so no range's Markdown is lost."""
+    parts = [p for p in parts if not _past_the_end(p)]
     states = [p.markdown_state for p in parts if p.markdown_state is not None]
     if len(states) == len(parts):
         # Rendered as one document: headings, running heads and body size are whole-document.
@@ -269,9 +277,23 @@ def _merged_markdown(parts: list[RangePart]) -> str | None:
     return joined + "\n" if joined else ""
 
 
-def merge_parts(parts: list[RangePart]) -> ExtractionResult:
+def _past_the_end(part: RangePart) -> bool:
+    """An empty part (the page count was estimated high): it has no Markdown to give."""
+    return part.pages_processed == 0 and part.markdown_state is None and not part.result.pages
+
+
+def builder_states(parts: list[RangePart]) -> list[dict[str, Any]] | None:
+    """The parts' builder states in page order; None when a part has none (written by a
+    version that rendered its range: `_merged_markdown` joins the Markdown instead)."""
+    live = [p for p in sorted(parts, key=lambda p: p.first) if not _past_the_end(p)]
+    states = [p.markdown_state for p in live if p.markdown_state is not None]
+    return states if states and len(states) == len(live) else None
+
+
+def merge_parts(parts: list[RangePart], layout: LayoutOutputs | None = None) -> ExtractionResult:
     """One result from the parts, in page order; the first part's metadata (whole-document)
-    takes the per-page metadata of the others."""
+    takes the per-page metadata of the others. `layout`: the parts' Markdown as
+    `merged_outputs` rendered it (else rendered here)."""
     parts = sorted(parts, key=lambda p: p.first)
     head = parts[0].result
     pages: list[PageText] = [page for part in parts for page in part.result.pages]
@@ -281,7 +303,7 @@ def merge_parts(parts: list[RangePart]) -> ExtractionResult:
         job_id=head.job_id,
         page_count=head.page_count,
         pages=pages,
-        markdown=_merged_markdown(parts),
+        markdown=layout.markdown if layout is not None else _merged_markdown(parts),
         metadata=merge_page_parts(
             head.metadata,
             (p.result.metadata for p in parts[1:] if p.result.metadata is not None),
@@ -302,21 +324,28 @@ async def handle_merge(task: ExtractTask, ctx: Context) -> None:
         return
     keys = sorted(await ctx.storage.list_keys(parts_prefix(job.job_id)))
     parts = [RangePart.model_validate_json(await ctx.storage.get_bytes(k)) for k in keys]
-    result = merge_parts(parts)
+    states = builder_states(parts)
+    # CPU work: rendered off the event loop, by the same pure function as a one-pass run
+    layout = await asyncio.to_thread(merged_outputs, states, job.options) if states else None
+    result = merge_parts(parts, layout)
+    files = layout.files if layout else []
+    if layout is None and result.markdown is not None:
+        files = [LayoutFile(MARKDOWN_ARTIFACT, result.markdown.encode(), MARKDOWN_TYPE)]
+    if "markdown" not in job.options.outputs:
+        result.markdown = None  # only document.md, which the blocks/chunks spans point into
     await ctx.storage.put_bytes(
         result_key(job.job_id), result.model_dump_json(by_alias=True).encode(), "application/json"
     )
     artifacts: list[Artifact] = []
-    if "markdown" in job.options.outputs and result.markdown is not None:
-        data = result.markdown.encode()
-        content_type = "text/markdown; charset=utf-8"
-        await ctx.storage.put_bytes(artifact_key(job.job_id, MARKDOWN_ARTIFACT), data, content_type)
+    for file in files:
+        data = file.data
+        await ctx.storage.put_bytes(artifact_key(job.job_id, file.name), data, file.content_type)
         artifacts.append(
             Artifact(
-                name=MARKDOWN_ARTIFACT,
+                name=file.name,
                 size=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
-                content_type=content_type,
+                content_type=file.content_type,
             )
         )
     processed = sum(p.pages_processed for p in parts)

@@ -17,6 +17,7 @@ from infra.s3server import embedded_s3
 from shared.dispatch import dispatcher_secrets
 from shared.errors import StartupError
 from shared.extraction.ocr import ocr_languages
+from shared.extraction.document import ChunkModel, DocumentModel
 from shared.logs import configure_logging, resolve_format
 from shared.models import ExtractRequest
 from shared.settings import Settings
@@ -105,7 +106,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-SCHEMAS: dict[str, type[BaseModel]] = {"extract-request": ExtractRequest}
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "extract-request": ExtractRequest,
+    "document": DocumentModel,
+    "chunk": ChunkModel,
+}
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -98,7 +98,7 @@ def normalised_options(options: ExtractOptions) -> dict[str, object]:
     (otherwise no page is OCRed), `image_dpi` only for `page_images`. `force_refresh` never.
     """
     outputs = sorted(set(options.outputs))
-    needs_text = "text" in outputs or "markdown" in outputs
+    needs_text = not {"text", "markdown", "blocks", "chunks"}.isdisjoint(outputs)
     ocr = options.ocr if needs_text else "never"
     return {
         "outputs": outputs,
@@ -106,6 +106,7 @@ def normalised_options(options: ExtractOptions) -> dict[str, object]:
         "ocr": ocr,
         "ocr_language": options.ocr_language if ocr != "never" else None,
         "image_dpi": options.image_dpi if "page_images" in outputs else None,
+        "chunking": options.chunking.model_dump() if "chunks" in outputs else None,
     }
 
 

@@ -90,6 +90,10 @@ class OutlineEntry(_Model):
 class DocumentModel(_Model):
     """`document.json`: the `blocks` output."""
 
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra={"$id": DOCUMENT_SCHEMA}
+    )
+
     schema_: Literal["pdfrelay.document/1"] = Field(default="pdfrelay.document/1", alias="schema")
     pages: list[DocPage] = Field(description="The extracted pages, in order")
     outline: list[OutlineEntry] = Field(description="The PDF's own outline (bookmarks)")
@@ -199,3 +203,37 @@ def build_document(
         ],
         "blocks": blocks,
     }
+
+
+CHUNK_SCHEMA = "pdfrelay.chunk/1"
+
+
+class ChunkPart(_Model):
+    block: str = Field(description="A block id of document.json")
+    page: int
+    bbox: BBox
+
+
+class ChunkModel(_Model):
+    """One line of `chunks.jsonl`: the `chunks` output."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra={"$id": CHUNK_SCHEMA}
+    )
+
+    id: str = Field(description='"c{n}", in document order')
+    kind: Literal["text", "table"]
+    text: str = Field(description="Exactly document.md[span[0]:span[1]]")
+    heading_path: list[str] = Field(description="Titles of the headings the chunk sits under")
+    pages: list[int]
+    parts: list[ChunkPart] = Field(description="Its blocks, with page and bbox (whole block)")
+    block_ids: list[str]
+    span: list[int] = Field(
+        min_length=2, max_length=2, description="[start, end) code points into document.md"
+    )
+    overlap: int = Field(description="Leading characters repeated from the previous chunk")
+    chars: int
+    tokens: int | None = Field(description="Approximate tokens (max_tokens budgets only)")
+    table_header: str | None = Field(
+        description="A table cut between rows: its header rows, for the pieces after the first"
+    )
