@@ -8,7 +8,8 @@ where each block's Markdown is. Rules, in order:
   to stand alone (under an eighth of the budget) is joined to the subsection that follows it;
 * blocks are packed whole while they fit the budget; a block larger than the budget is cut at
   sentence ends, else at spaces, only as a last resort inside a word;
-* a table is a chunk of its own; a table larger than the budget is cut between rows, and the
+* a table is a chunk of its own (with the heading alone before it, and a caption after it); a
+  table larger than the budget is cut between rows, and the
   pieces after the first carry the table's header rows in `table_header`;
 * `overlap` repeats the end of the previous chunk of the same section (from a word start).
 
@@ -231,6 +232,11 @@ class _Chunker:
                     cur.table = True
                     cur.heading_only = False
                     return cur
+            elif cur.table and fits and atom.block["kind"] == "caption":
+                cur.end = atom.end  # a table's caption goes with it
+                cur.size = self._joined_size(cur, atom)
+                cur.atoms.append(atom)
+                return cur
             elif not cur.table and fits:
                 cur.end = atom.end
                 cur.size = self._joined_size(cur, atom)

@@ -170,7 +170,12 @@ def build_document(
         para = place.para
         kind = _kind(place, heights.get(place.page, 0.0), body)
         block_id = f"p{place.page}.b{place.index}"
-        text = para.text if kind in (BlockKind.TABLE, BlockKind.CODE) else plain_text(para.text)
+        if kind is BlockKind.TABLE:
+            text = para.text.strip("\n")
+        elif kind is BlockKind.CODE:
+            text = para.text
+        else:
+            text = plain_text(para.text)
         if kind is BlockKind.HEADING:
             while stack and stack[-1][0] >= place.level:
                 stack.pop()

@@ -455,3 +455,100 @@ def broken_content_pdf(path: Path) -> Path:
     ]
     path.write_bytes(raw_pdf(objects))
     return path
+
+
+RUNNING_HEAD = "Structured Test Manual"
+HEBREW = "שלום עולם, זהו מסמך בדיקה."
+FOOTNOTE = "1 A footnote that explains the details."
+STRUCTURE_HEADINGS = {
+    "1 Introduction": 1,
+    "1.1 Scope": 2,
+    "1.1.1 Details": 3,
+    "2 Columns": 1,
+    "3 Tables": 1,
+    "4 Right to Left": 1,
+    "5 Long Section": 1,
+    "5.1 Many Paragraphs": 2,
+}
+
+
+def structured_pdf(path: Path, long_pages: int = 2) -> Path:
+    """A document of known structure: headings at three levels (20, 15, 13 pt bold), a running
+    head and a "Page N" footer on every page (written last, as LaTeX does), a list, a footnote
+    (7 pt), a two-column page, a ruled table with a caption, a Hebrew (right-to-left)
+    paragraph, and a long section of `long_pages` pages of paragraphs; the outline lists the
+    level-1 and level-2 headings."""
+    doc = pymupdf.open()
+
+    def new_page() -> pymupdf.Page:
+        if doc.page_count:
+            footer(doc[-1])
+        page = doc.new_page(width=A4[0], height=A4[1])
+        page.insert_text((72, 40), RUNNING_HEAD, fontsize=9, fontname="tiit")
+        return page
+
+    def footer(page: pymupdf.Page) -> None:
+        page.insert_text((270, 815), f"Page {page.number + 1}", fontsize=9)
+
+    page = new_page()
+    page.insert_text((72, 90), "1 Introduction", fontsize=20, fontname="hebo")
+    page.insert_textbox((72, 105, 523, 165), BODY, fontsize=11)
+    page.insert_text((72, 190), "1.1 Scope", fontsize=15, fontname="hebo")
+    page.insert_textbox((72, 202, 523, 262), BODY.replace("fox", "cat"), fontsize=11)
+    page.insert_text((72, 290), "1.1.1 Details", fontsize=13, fontname="hebo")
+    page.insert_textbox((72, 302, 523, 362), BODY.replace("dog", "owl"), fontsize=11)
+    for i, item in enumerate(("first item of the list", "second item of the list")):
+        page.insert_text((72, 385 + 15 * i), f"\u2022 {item}", fontsize=11)
+    page.insert_text((72, 770), FOOTNOTE, fontsize=7)
+
+    page = new_page()
+    page.insert_text((72, 90), "2 Columns", fontsize=20, fontname="hebo")
+    left = " ".join(["Leftcolumn text starts here."] + [BODY] * 3)
+    right = " ".join(["Rightcolumn text starts here."] + [BODY] * 3)
+    page.insert_textbox((50, 110, 285, 700), left, fontsize=11)
+    page.insert_textbox((310, 110, 545, 700), right, fontsize=11)
+
+    page = new_page()
+    page.insert_text((72, 90), "3 Tables", fontsize=20, fontname="hebo")
+    page.insert_text((72, 120), "Prices below are per unit.", fontsize=11)
+    draw_table(page, 72, 140, TABLE)
+    page.insert_text((72, 250), "Table 1: Prices per unit", fontsize=11)
+
+    page = new_page()
+    page.insert_text((72, 90), "4 Right to Left", fontsize=20, fontname="hebo")
+    page.insert_htmlbox((72, 110, 523, 160), f'<p dir="rtl" style="font-size:11px">{HEBREW}</p>')
+
+    for n in range(long_pages):
+        page = new_page()
+        y = 90.0
+        if n == 0:
+            page.insert_text((72, y), "5 Long Section", fontsize=20, fontname="hebo")
+            page.insert_text((72, y + 35), "5.1 Many Paragraphs", fontsize=15, fontname="hebo")
+            y += 50
+        while y < 700:
+            page.insert_textbox((72, y, 523, y + 60), BODY, fontsize=11)
+            y += 70
+    footer(doc[-1])
+
+    doc.set_toc(
+        [
+            [level, title, page]
+            for (title, level), page in zip(
+                STRUCTURE_HEADINGS.items(), (1, 1, 1, 2, 3, 4, 5, 5), strict=True
+            )
+            if level <= 2
+        ]
+    )
+    return _save(doc, path)
+
+
+def long_table_pdf(path: Path, rows: int = 30) -> Path:
+    """A heading and one ruled table of `rows` data rows under a header row."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    page.insert_text((72, 60), "Inventory", fontsize=20, fontname="hebo")
+    data = [["Item", "Count", "Price"]] + [
+        [f"item{i}", str(i * 3), f"{i}.50"] for i in range(1, rows + 1)
+    ]
+    draw_table(page, 72, 80, data, cell=(90, 20))
+    return _save(doc, path)

@@ -1,0 +1,295 @@
+"""The `blocks` (document.json) and `chunks` (chunks.jsonl) outputs on PDFs of known structure."""
+
+from __future__ import annotations
+
+import itertools
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pymupdf
+import pytest
+from pydantic import ValidationError
+
+from shared.extraction import ExtractLimits, extract_document
+from shared.extraction.chunks import approx_tokens
+from shared.extraction.document import ChunkModel, DocumentModel
+from shared.extraction.engine import MARKDOWN_STATE
+from shared.extraction.layout import merged_outputs
+from shared.models import ChunkOptions, ExtractOptions
+from tests.unit.pdfgen import (
+    FOOTNOTE,
+    HEBREW,
+    RUNNING_HEAD,
+    STRUCTURE_HEADINGS,
+    long_table_pdf,
+    structured_pdf,
+)
+
+Out = dict[str, Any]
+
+
+def run(path: Path, out: Path, **options: Any) -> Out:
+    """document.md, document.json and chunks.jsonl of one pass, as strings and parsed."""
+    out.mkdir(exist_ok=True)
+    opts = ExtractOptions(**({"outputs": ("blocks", "chunks", "tables")} | options))
+    extract_document(str(path), opts, ExtractLimits(), str(out), lambda d, t: None)
+    found: Out = {"md": (out / "document.md").read_text(encoding="utf-8")}
+    if (out / "document.json").exists():
+        found["json"] = (out / "document.json").read_text(encoding="utf-8")
+        found["doc"] = json.loads(found["json"])
+    if (out / "chunks.jsonl").exists():
+        found["jsonl"] = (out / "chunks.jsonl").read_text(encoding="utf-8")
+        found["chunks"] = [json.loads(line) for line in found["jsonl"].splitlines()]
+    return found
+
+
+@pytest.fixture(scope="module")
+def pdf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return structured_pdf(tmp_path_factory.mktemp("blocks") / "structured.pdf")
+
+
+@pytest.fixture(scope="module")
+def one(pdf: Path) -> Out:
+    return run(pdf, pdf.parent / "one", chunking={"max_chars": 500})
+
+
+def blocks(out: Out, kind: str | None = None) -> list[Out]:
+    found: list[Out] = out["doc"]["blocks"]
+    return [b for b in found if kind is None or b["kind"] == kind]
+
+
+def by_text(out: Out, start: str) -> Out:
+    return next(b for b in blocks(out) if b["text"].startswith(start))
+
+
+def test_the_document_validates_against_its_schema(one: Out) -> None:
+    model = DocumentModel.model_validate_json(one["json"])
+    assert model.schema_ == "pdfrelay.document/1"
+    assert [p.number for p in model.pages] == [1, 2, 3, 4, 5, 6]
+    assert (model.pages[0].width, model.pages[0].height) == (595.0, 842.0)
+    for chunk in one["jsonl"].splitlines():
+        ChunkModel.model_validate_json(chunk)
+    schema = DocumentModel.model_json_schema(by_alias=True)
+    assert schema["$id"] == "pdfrelay.document/1"
+
+
+def test_headings_with_their_levels_and_pages(one: Out) -> None:
+    found = {b["text"]: (b["level"], b["page"]) for b in blocks(one, "heading")}
+    pages = dict(zip(STRUCTURE_HEADINGS, (1, 1, 1, 2, 3, 4, 5, 5), strict=True))
+    assert found == {t: (level, pages[t]) for t, level in STRUCTURE_HEADINGS.items()}
+
+
+def test_running_heads_and_page_footers_are_marked_not_mixed_in(one: Out) -> None:
+    heads = blocks(one, "page_header")
+    feet = blocks(one, "page_footer")
+    assert [(b["page"], b["text"]) for b in heads] == [(n, RUNNING_HEAD) for n in range(1, 7)]
+    assert [(b["page"], b["text"]) for b in feet] == [(n, f"Page {n}") for n in range(1, 7)]
+    assert all(b["md"] is None and b["section"] == [] for b in heads + feet)
+    assert RUNNING_HEAD not in one["md"]
+    assert "Page 3" not in one["md"]
+    assert all(RUNNING_HEAD not in b["text"] for b in blocks(one, "paragraph"))
+
+
+def test_list_footnote_table_caption_and_section_paths(one: Out) -> None:
+    items = blocks(one, "list_item")
+    assert [b["text"][2:] for b in items] == ["first item of the list", "second item of the list"]
+    assert all(b["page"] == 1 for b in items)
+    assert [b["text"] for b in blocks(one, "footnote")] == [FOOTNOTE]
+    (table,) = blocks(one, "table")
+    assert table["page"] == 3
+    assert table["text"].startswith("| Name | Qty | Price |")
+    assert [b["text"] for b in blocks(one, "caption")] == ["Table 1: Prices per unit"]
+    assert by_text(one, "The quick brown fox jumps over the lazy owl")["section"] == [
+        "1 Introduction",
+        "1.1 Scope",
+        "1.1.1 Details",
+    ]
+    assert by_text(one, "1.1.1 Details")["section"] == ["1 Introduction", "1.1 Scope"]
+    assert by_text(one, "2 Columns")["section"] == []
+    assert table["section"] == ["3 Tables"]
+    assert items[0]["section"][-1] == "1.1.1 Details"
+
+
+def test_two_columns_in_reading_order(one: Out) -> None:
+    order = [b["id"] for b in blocks(one)]
+    left = by_text(one, "Leftcolumn")
+    right = by_text(one, "Rightcolumn")
+    assert order.index(left["id"]) < order.index(right["id"])
+    assert left["bbox"][2] < 300 < right["bbox"][0]
+    page2 = one["doc"]["pages"][1]
+    assert page2["blocks"] == [b["id"] for b in blocks(one) if b["page"] == 2]
+
+
+def test_right_to_left_text_keeps_its_logical_order(one: Out) -> None:
+    block = by_text(one, HEBREW[:4])
+    assert block["text"] == HEBREW
+    assert block["kind"] == "paragraph"
+    assert block["section"] == ["4 Right to Left"]
+
+
+def test_every_bbox_contains_its_glyphs(pdf: Path, one: Out) -> None:
+    doc = pymupdf.open(pdf)
+    try:
+        for block in blocks(one):
+            x0, y0, x1, y1 = block["bbox"]
+            words = doc[block["page"] - 1].get_text("words")
+            text = block["text"]
+            if block["kind"] == "table":
+                text = text.replace("|", " ").replace("---", " ")
+            inside = {
+                w[4]
+                for w in words
+                if x0 - 1 <= (w[0] + w[2]) / 2 <= x1 + 1 and y0 - 1 <= (w[1] + w[3]) / 2 <= y1 + 1
+            }
+            assert inside, block
+            for word in text.split()[:20]:
+                if word.isascii() and word.isalnum():
+                    assert word in inside or any(word in w for w in inside), (word, block)
+    finally:
+        doc.close()
+
+
+def test_md_spans_locate_each_markdown_block(one: Out) -> None:
+    md = one["md"]
+    for block in blocks(one):
+        if block["md"] is None:
+            continue
+        start, end = block["md"]
+        piece = md[start:end]
+        if block["kind"] == "heading":
+            assert piece == "#" * block["level"] + " " + block["text"]
+        elif block["kind"] in ("paragraph", "caption", "footnote", "table"):
+            assert piece == block["text"]
+        else:
+            assert piece.endswith(block["text"][2:])
+        assert md[end : end + 1] in ("\n", "")
+
+
+def test_the_markdown_is_the_markdown_output_byte_for_byte(pdf: Path, one: Out) -> None:
+    alone = run(pdf, pdf.parent / "md", outputs=("markdown", "tables"))
+    assert alone["md"] == one["md"]
+    assert "json" not in alone
+    assert "jsonl" not in alone
+
+
+def check_chunks(out: Out, budget: int, *, tokens: bool = False, overlap: int = 0) -> None:
+    md = out["md"]
+    kinds = {b["id"]: b for b in blocks(out)}
+    for chunk in out["chunks"]:
+        start, end = chunk["span"]
+        assert md[start:end] == chunk["text"]
+        size = approx_tokens(chunk["text"]) if tokens else chunk["chars"]
+        assert size <= budget + overlap, chunk
+        ids = chunk["block_ids"]
+        assert ids
+        assert all(i in kinds for i in ids)
+        assert chunk["pages"] == sorted({kinds[i]["page"] for i in ids})
+        # a heading only ever opens a chunk (or follows a tiny section it is a child of)
+        for n, i in enumerate(ids[1:], start=1):
+            if kinds[i]["kind"] == "heading":
+                before = kinds[ids[0]]["md"][0]
+                assert kinds[i]["md"][0] - before < budget // 8 + 40, chunk
+                assert kinds[i]["level"] > kinds[ids[n - 1]].get("level", 0) or 0
+        if any(kinds[i]["kind"] == "table" for i in ids):
+            assert chunk["kind"] == "table"
+            assert all(kinds[i]["kind"] in ("table", "heading", "caption") for i in ids)
+        # no piece of a paragraph ends mid-sentence when the paragraph had a sentence end
+        last = kinds[ids[-1]]
+        if last["kind"] == "paragraph" and end < last["md"][1]:
+            assert chunk["text"].rstrip()[-1] in ".!?;:", chunk["text"][-40:]
+
+
+def test_chunks_stay_in_their_section_and_budget(one: Out) -> None:
+    check_chunks(one, 500)
+    assert all(c["overlap"] == 0 for c in one["chunks"])
+    paths = {tuple(c["heading_path"]) for c in one["chunks"]}
+    assert ("1 Introduction", "1.1 Scope", "1.1.1 Details") in paths
+    assert ("5 Long Section", "5.1 Many Paragraphs") in paths
+    table = next(c for c in one["chunks"] if c["kind"] == "table")
+    assert "Table 1: Prices per unit" in table["text"]  # its caption goes with it
+    assert table["parts"][0]["page"] == 3
+    assert len(table["parts"][0]["bbox"]) == 4
+
+
+def test_chunks_by_tokens_with_overlap(pdf: Path) -> None:
+    out = run(pdf, pdf.parent / "tok", chunking={"max_tokens": 80, "overlap": 20})
+    check_chunks(out, 80, tokens=True, overlap=20)
+    chunks = out["chunks"]
+    assert all(c["tokens"] == approx_tokens(c["text"]) for c in chunks)
+    overlapped = [c for c in chunks if c["overlap"]]
+    assert overlapped
+    for prev, chunk in itertools.pairwise(chunks):
+        if not chunk["overlap"]:
+            continue
+        assert prev["span"][0] <= chunk["span"][0] < prev["span"][1]
+        assert chunk["text"][0].isalnum()  # from a word start
+
+
+def test_a_large_table_is_split_between_rows_with_its_header(tmp_path: Path) -> None:
+    out = run(long_table_pdf(tmp_path / "t.pdf"), tmp_path / "o", chunking={"max_chars": 300})
+    check_chunks(out, 300)
+    tables = [c for c in out["chunks"] if c["kind"] == "table"]
+    assert len(tables) >= 3
+    assert tables[0]["table_header"] is None
+    for chunk in tables[1:]:
+        assert chunk["table_header"] == "| Item | Count | Price |\n|---|---|---|"
+        assert chunk["text"].startswith("| item")
+        assert len(chunk["table_header"]) + 1 + chunk["chars"] <= 300
+    rows = [line for c in tables for line in c["text"].splitlines() if line.startswith("| item")]
+    assert len(rows) == 30
+    assert len(set(rows)) == 30
+
+
+def test_page_range_ids_and_pages_are_the_documents(pdf: Path) -> None:
+    out = run(pdf, pdf.parent / "range", pages="2-3")
+    assert {b["page"] for b in blocks(out)} == {2, 3}
+    assert blocks(out)[0]["id"].startswith("p2.")
+
+
+def test_ranges_merge_byte_for_byte_as_one_pass(pdf: Path, one: Out) -> None:
+    states = []
+    for n, pages in enumerate(("1-2", "3-4", "5-")):
+        out = pdf.parent / f"part{n}"
+        out.mkdir()
+        opts = ExtractOptions(
+            outputs=("blocks", "chunks", "tables"), pages=pages, chunking={"max_chars": 500}
+        )
+        limits = ExtractLimits(range_part=True)
+        extract_document(str(pdf), opts, limits, str(out), lambda d, t: None)
+        # through JSON, as the parts travel
+        states.append(json.loads((out / MARKDOWN_STATE).read_text(encoding="utf-8")))
+    opts = ExtractOptions(outputs=("blocks", "chunks", "tables"), chunking={"max_chars": 500})
+    files = {f.name: f.data.decode() for f in merged_outputs(states, opts).files}
+    assert files["document.md"] == one["md"]
+    assert files["document.json"] == one["json"]
+    assert files["chunks.jsonl"] == one["jsonl"]
+
+
+@pytest.mark.parametrize(
+    "chunking",
+    [
+        {"max_chars": 10},
+        {"max_tokens": 5},
+        {"max_chars": 500, "max_tokens": 100},
+        {"max_chars": 500, "overlap": 300},
+        {"overlap": -1},
+        {"max_words": 100},
+    ],
+)
+def test_bad_chunking_options_are_refused(chunking: dict[str, int]) -> None:
+    with pytest.raises(ValidationError):
+        ExtractOptions(outputs=("chunks",), chunking=chunking)
+
+
+def test_chunking_defaults() -> None:
+    assert ChunkOptions().budget == 2000
+    assert ChunkOptions(max_tokens=300).budget == 300
+
+
+def test_approx_tokens_counts_words_symbols_and_cjk() -> None:
+    assert approx_tokens("the cat sat.") == 4
+    assert approx_tokens("extraction") == 3
+    assert approx_tokens("中文字") == 3
+    assert approx_tokens("") == 0
