@@ -329,4 +329,9 @@ def build_chunks(
 
 def chunks_jsonl(chunks: Sequence[dict[str, Any]]) -> str:
     """One JSON object per line."""
-    return "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chunks)
+    encode = _ENCODER.encode
+    return "".join([encode(c) + "\n" for c in chunks])
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+"""One encoder for every line (json.dumps with options builds one per call)."""

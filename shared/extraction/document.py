@@ -165,7 +165,10 @@ def build_document(
         for number, w, h in builder.page_sizes
     }
     stack: list[tuple[int, str]] = []
+    section: list[str] = []
+    """The titles of `stack`: one list shared by the blocks of a section."""
     blocks: list[dict[str, Any]] = []
+    empty: list[str] = []
     for place in placed:
         para = place.para
         kind = _kind(place, heights.get(place.page, 0.0), body)
@@ -179,21 +182,20 @@ def build_document(
         if kind is BlockKind.HEADING:
             while stack and stack[-1][0] >= place.level:
                 stack.pop()
-            section = [title for _, title in stack]
+            parents = [title for _, title in stack]
             stack.append((place.level, text))
-        elif place.margin:
-            section = []
-        else:
             section = [title for _, title in stack]
+        else:
+            parents = empty if place.margin else section
         blocks.append(
             {
                 "id": block_id,
                 "kind": kind.value,
                 "level": place.level or None,
                 "page": place.page,
-                "bbox": [round(v, 2) for v in para.bbox] if para.bbox else [0.0] * 4,
+                "bbox": para.bbox or [0.0, 0.0, 0.0, 0.0],
                 "text": text,
-                "section": section,
+                "section": parents,
                 "md": None if place.margin else [place.start, place.end],
             }
         )

@@ -121,7 +121,7 @@ class _PageParas:
     """Width and height of the (unrotated) text page, in points."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Placed:
     """One paragraph as `render` placed it: what the `blocks` output is made of."""
 
