@@ -169,10 +169,16 @@ def build_document(
     """The titles of `stack`: one list shared by the blocks of a section."""
     blocks: list[dict[str, Any]] = []
     empty: list[str] = []
+    page_number = -1
+    index = 0
     for place in placed:
         para = place.para
+        if place.page != page_number:
+            page_number = place.page
+            index = 0
         kind = _kind(place, heights.get(place.page, 0.0), body)
-        block_id = f"p{place.page}.b{place.index}"
+        block_id = f"p{place.page}.b{index}"
+        index += 1
         if kind is BlockKind.TABLE:
             text = para.text.strip("\n")
         elif kind is BlockKind.CODE:

@@ -116,7 +116,8 @@ class _Extraction:
         self.mupdf_messages: list[str] = []
         self.result = ExtractionResult(page_count=doc.page_count)
         self.tessdata: str | None = None
-        self.markdown = MarkdownBuilder() if self.want_layout else None
+        boxes = "blocks" in outputs or "chunks" in outputs
+        self.markdown = MarkdownBuilder(boxes=boxes) if self.want_layout else None
         self.tables: list[FoundTable] = []
         self.metadata = MetadataCollector(limits.max_links) if "metadata" in outputs else None
         self.processed = 0

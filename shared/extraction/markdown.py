@@ -109,8 +109,9 @@ class Para:
     """Set for one-line paragraphs in the top or bottom band: running head/foot candidates."""
     tabular: bool = False
     """Made of table-like rows (see Line.tabular)."""
-    bbox: list[float] = field(default_factory=list)
-    """x0, y0, x1, y1 of its lines (PDF points, unrotated page, y down): for `blocks`."""
+    bbox: list[float] | None = None
+    """x0, y0, x1, y1 of its lines (PDF points, unrotated page, y down), when the builder
+    keeps boxes (for `blocks`)."""
 
 
 @dataclass(slots=True)
@@ -123,11 +124,10 @@ class _PageParas:
 
 @dataclass(slots=True)
 class Placed:
-    """One paragraph as `render` placed it: what the `blocks` output is made of."""
+    """One paragraph as `render` placed it, in page order (every paragraph of a page, margin
+    lines included): what the `blocks` output is made of."""
 
     page: int
-    index: int
-    """Its position among the paragraphs of its page (margin lines included)."""
     para: Para
     level: int
     """Heading level, 0 for none."""
@@ -455,6 +455,8 @@ class _ParaCollector:
         """Code lines not yet written: display code often spans several MuPDF blocks."""
         self.blocks: Sequence[Block] = ()
         """All blocks of the page, to tell table rows from headings."""
+        self.boxes = False
+        """Keep each paragraph's bounding box (the `blocks` output)."""
 
     def block(self, block: Block) -> None:
         """Split one block into paragraphs."""
@@ -528,21 +530,10 @@ class _ParaCollector:
         if self.code:
             code = self.code
             head = code[0]
-            self.out.append(
-                Para(
-                    "code",
-                    _code(code),
-                    head.size,
-                    head.bold,
-                    len(code),
-                    bbox=[
-                        min(ln.x0 for ln in code),
-                        min(ln.y0 for ln in code),
-                        max(ln.x1 for ln in code),
-                        max(ln.y1 for ln in code),
-                    ],
-                )
-            )
+            para = Para("code", _code(code), head.size, head.bold, len(code))
+            if self.boxes:
+                para.bbox = _box(code)
+            self.out.append(para)
             self.code = []
 
     def _flush(
@@ -576,12 +567,15 @@ class _ParaCollector:
             prev.text = _join_text(prev.text, text)
             prev.lines += len(run)
             prev.narrow = False
-            bbox = prev.bbox
-            for line in run:
-                bbox[0] = min(bbox[0], line.x0)
-                bbox[1] = min(bbox[1], line.y0)
-                bbox[2] = max(bbox[2], line.x1)
-                bbox[3] = max(bbox[3], line.y1)
+            if prev.bbox is not None:
+                box = _box(run)
+                bbox = prev.bbox
+                prev.bbox = [
+                    min(bbox[0], box[0]),
+                    min(bbox[1], box[1]),
+                    max(bbox[2], box[2]),
+                    max(bbox[3], box[3]),
+                ]
             return
         margin_key = None
         if len(run) == 1 and (head.y0 <= self.top or head.y1 >= self.bottom):
@@ -598,20 +592,24 @@ class _ParaCollector:
         if narrow and head.bold and len(self.blocks) >= 3:
             narrow = not _in_table_row(head, self.blocks)
         # lines of one run share boldness and (to 0.6 pt) size: the run breaks otherwise
-        if len(run) == 1:
-            size = head.size
-            bbox = [head.x0, head.y0, head.x1, head.y1]
-        else:
-            size = max(line.size for line in run)
-            bbox = [
-                min(line.x0 for line in run),
-                head.y0,
-                max(line.x1 for line in run),
-                max(line.y1 for line in run),
-            ]
-        self.out.append(
-            Para(kind, text, size, head.bold, len(run), first, narrow, margin_key, tabular, bbox)
-        )
+        size = head.size if len(run) == 1 else max(line.size for line in run)
+        para = Para(kind, text, size, head.bold, len(run), first, narrow, margin_key, tabular)
+        if self.boxes:
+            para.bbox = _box(run)
+        self.out.append(para)
+
+
+def _box(lines: Sequence[Line]) -> list[float]:
+    """The bounding box of some lines."""
+    if len(lines) == 1:
+        line = lines[0]
+        return [line.x0, line.y0, line.x1, line.y1]
+    return [
+        min(line.x0 for line in lines),
+        min(line.y0 for line in lines),
+        max(line.x1 for line in lines),
+        max(line.y1 for line in lines),
+    ]
 
 
 def _has_leader(text: str) -> bool:
@@ -731,9 +729,12 @@ def _merge_markers(blocks: list[Block]) -> list[Block]:
 class MarkdownBuilder:
     """Accumulates pages; `render()` returns the document's Markdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, boxes: bool = False) -> None:
+        """`boxes`: keep the paragraphs' bounding boxes (for `blocks`; the Markdown alone
+        goes without them, they cost it a few percent)."""
         self._pages: list[_PageParas] = []
         self._sizes: dict[float, int] = {}
+        self.boxes = boxes
 
     def add_page(
         self,
@@ -778,12 +779,14 @@ class MarkdownBuilder:
             bottom = max(max(b.y1 for b in blocks) - 1.0, page_rect.y1 - height * MARGIN_BAND)
         collector = _ParaCollector(top, bottom, text_width, paras, self._sizes)
         collector.blocks = blocks
+        collector.boxes = self.boxes
         for block in ordered:
             if block.table is not None:
                 collector.finish()
-                paras.append(
-                    Para("table", block.table, bbox=[block.x0, block.y0, block.x1, block.y1])
-                )
+                table = Para("table", block.table)
+                if self.boxes:
+                    table.bbox = [block.x0, block.y0, block.x1, block.y1]
+                paras.append(table)
             else:
                 collector.block(block)
         collector.finish()
@@ -848,12 +851,12 @@ class MarkdownBuilder:
         prev_kind = ""
         pos = 0
         for page in self._pages:
-            for index, para in enumerate(page.paras):
+            for para in page.paras:
                 if para.margin_key is not None and (
                     para.margin_key in drop or _PAGE_NUMBER.match(para.text)
                 ):
                     if placed is not None:
-                        placed.append(Placed(page.number, index, para, 0, True, pos, pos))
+                        placed.append(Placed(page.number, para, 0, True, pos, pos))
                     continue
                 level = _heading_level(para, body, levels, bold_level)
                 if prev_kind == "li" and (level or para.kind != "li"):
@@ -881,7 +884,7 @@ class MarkdownBuilder:
                 out.append(piece)
                 if placed is not None:
                     end = pos + len(piece.rstrip("\n"))
-                    placed.append(Placed(page.number, index, para, level, False, pos, end))
+                    placed.append(Placed(page.number, para, level, False, pos, end))
                     pos += len(piece)
         return "".join(out).rstrip("\n") + "\n" if out else ""
 
