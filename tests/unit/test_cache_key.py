@@ -72,3 +72,12 @@ def test_the_extractor_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("shared.cache.EXTRACTOR_VERSION", "next")
     assert key() != before
     assert key(sha=SHA.upper()) == key()
+
+
+def test_chunking_is_part_of_the_key_only_for_chunks() -> None:
+    chunks = key(outputs=["chunks"])
+    assert key(outputs=["chunks"], chunking={"max_chars": 500}) != chunks
+    assert key(outputs=["chunks"], chunking={"max_tokens": 500}) != chunks
+    assert key(outputs=["blocks"], chunking={"max_chars": 500}) == key(outputs=["blocks"])
+    # blocks and chunks read the text layer: OCR changes them
+    assert key(outputs=["blocks"], ocr="always") != key(outputs=["blocks"], ocr="never")
