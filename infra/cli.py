@@ -16,8 +16,8 @@ from infra.app import HANDLERS, install_signal_handlers, run_handlers
 from infra.s3server import embedded_s3
 from shared.dispatch import dispatcher_secrets
 from shared.errors import StartupError
-from shared.extraction.ocr import ocr_languages
 from shared.extraction.document import ChunkModel, DocumentModel
+from shared.extraction.ocr import ocr_languages
 from shared.logs import configure_logging, resolve_format
 from shared.models import ExtractRequest
 from shared.settings import Settings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.fanout import RangePart, merge_parts, ranges
+from handlers.fanout import RangePart, builder_states, merge_parts, ranges
 from shared.extraction.metadata import merge_page_parts
 from shared.models import ExtractionResult, PageText
 
@@ -80,3 +80,13 @@ def test_merge_without_markdown_has_none() -> None:
     parts = [_part(1, 3).model_copy(update={"markdown_state": None}), _part(4, 6)]
     parts[1] = parts[1].model_copy(update={"markdown_state": None})
     assert merge_parts(parts).markdown is None
+
+
+def test_builder_states_skip_empty_parts_and_need_every_range() -> None:
+    empty = RangePart(first=8, last=9, pages_processed=0, result=ExtractionResult(page_count=7))
+    parts = [_part(4, 6), empty, _part(1, 3)]
+    states = builder_states(parts)
+    assert states is not None
+    assert [s["pages"][0]["number"] for s in states] == [1, 4]
+    old = _part(7, 7).model_copy(update={"markdown_state": None})
+    assert builder_states([*parts, old]) is None  # a part from a version that rendered it
