@@ -292,3 +292,35 @@ def test_approx_tokens_counts_words_symbols_and_cjk() -> None:
     assert approx_tokens("extraction") == 3
     assert approx_tokens("中文字") == 3
     assert approx_tokens("") == 0
+
+
+def test_the_schemas_are_printed_by_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from infra.cli import main
+
+    assert main(["schema", "document"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["$id"] == "pdfrelay.document/1"
+    assert "heading" in document["$defs"]["BlockKind"]["enum"]
+    assert main(["schema", "chunk"]) == 0
+    assert json.loads(capsys.readouterr().out)["$id"] == "pdfrelay.chunk/1"
+
+
+def test_broker_requests_take_the_chunking_options() -> None:
+    from shared.models import ExtractRequest
+
+    request = ExtractRequest.model_validate(
+        {
+            "schema": "pdfrelay.extract-request/1",
+            "source": {"url": "https://example.com/a.pdf"},
+            "options": {"outputs": ["blocks", "chunks"], "chunking": {"max_tokens": 256}},
+        }
+    )
+    assert request.options.chunking.budget == 256
+    with pytest.raises(ValidationError):
+        ExtractRequest.model_validate(
+            {
+                "schema": "pdfrelay.extract-request/1",
+                "source": {"url": "https://example.com/a.pdf"},
+                "options": {"outputs": ["chunks"], "chunking": {"max_chars": 1}},
+            }
+        )
