@@ -8,9 +8,11 @@ where each block's Markdown is. Rules, in order:
   to stand alone (under an eighth of the budget) is joined to the subsection that follows it;
 * blocks are packed whole while they fit the budget; a block larger than the budget is cut at
   sentence ends, else at spaces, only as a last resort inside a word;
-* a table is a chunk of its own (with the heading alone before it, and a caption after it); a
-  table larger than the budget is cut between rows, and the
-  pieces after the first carry the table's header rows in `table_header`;
+* a table is a chunk of its own (with the heading alone before it, and a caption after it), and
+  so is a table going on over a page break (the next page's table right after it, with as many
+  columns; cut there, the continuation carries the first part's header rows); a table larger
+  than the budget is cut between rows, and the pieces after the first carry the table's header
+  rows in `table_header`;
 * `overlap` repeats the end of the previous chunk of the same section (from a word start).
 
 Token budgets use `approx_tokens`, a counter that needs no network and no vocabulary file:
@@ -62,6 +64,8 @@ class _Atom:
     table: bool = False
     header: str | None = None
     """Header rows of the table this row group belongs to (when not its first piece)."""
+    continues: bool = False
+    """The first piece of a table that goes on from the previous page's table."""
 
 
 @dataclass(slots=True)
@@ -86,6 +90,8 @@ class _Chunker:
         self.budget = options.budget
         self.overlap = options.overlap
         self.out: list[dict[str, Any]] = []
+        self.continued: dict[str, str] = {}
+        """Tables going on from the previous page's (block id: that table's header rows)."""
 
     def size(self, start: int, end: int) -> int:
         return approx_tokens(self.md[start:end]) if self.tokens else end - start
@@ -128,15 +134,21 @@ class _Chunker:
                 pos += 1
         return pieces
 
-    def atoms(self, block: dict[str, Any]) -> list[_Atom]:
+    def atoms(self, block: dict[str, Any], continues: str | None = None) -> list[_Atom]:
+        """`continues`: the header rows of the previous page's table this one goes on from."""
         start, end = block["md"]
         size = self.size(start, end)
         table = block["kind"] == "table"
         if size <= self.budget:
-            return [_Atom(start, end, block, size, table)]
-        if not table:
+            atoms = [_Atom(start, end, block, size, table)]
+        elif not table:
             return [_Atom(s, e, block, self.size(s, e)) for s, e in self._cut(start, end, size)]
-        return self._table_atoms(block, start, end)
+        else:
+            atoms = self._table_atoms(block, start, end)
+        if continues is not None:
+            atoms[0].header = continues
+            atoms[0].continues = True
+        return atoms
 
     def _table_atoms(self, block: dict[str, Any], start: int, end: int) -> list[_Atom]:
         """A large table in row groups within the budget (its header rows counted)."""
@@ -203,7 +215,7 @@ class _Chunker:
             cur = carry
             carry = None
             for block in blocks:
-                for atom in self.atoms(block):
+                for atom in self.atoms(block, self.continued.get(block["id"])):
                     cur = self._add(chunks, cur, atom)
             if cur is not None:
                 chunks.append(cur)
@@ -224,8 +236,11 @@ class _Chunker:
             fits = self._joined_size(cur, atom) <= self.budget
             if atom.table:
                 same_table = cur.table and cur.atoms[-1].block is atom.block
+                goes_on = cur.table and atom.continues and cur.atoms[-1].block["kind"] == "table"
                 # a table's first piece may take the heading alone before it
-                if (cur.heading_only and fits) or (same_table and fits and atom.header is None):
+                if (cur.heading_only and fits) or (
+                    fits and ((same_table and atom.header is None) or goes_on)
+                ):
                     cur.end = atom.end
                     cur.size = self._joined_size(cur, atom)
                     cur.atoms.append(atom)
@@ -323,8 +338,33 @@ def build_chunks(
         else:
             groups[-1][1].append(block)
     chunker = _Chunker(markdown, options)
+    chunker.continued = _continued_tables(blocks)
     chunker.pack([g for g in groups if g[1]])
     return chunker.out
+
+
+def _continued_tables(blocks: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Tables that go on from a table at the end of the previous page: nothing but page
+    furniture between them, and as many columns."""
+    found: dict[str, str] = {}
+    prev: dict[str, Any] | None = None
+    for block in blocks:
+        if block["md"] is None:
+            continue  # page headers and footers
+        if (
+            prev is not None
+            and block["kind"] == "table"
+            and prev["kind"] == "table"
+            and block["page"] == prev["page"] + 1
+        ):
+            head = prev["text"].split("\n", 2)
+            first = block["text"].split("\n", 1)[0]
+            if head[0].count("|") == first.count("|"):
+                rule = len(head) > 1 and _TABLE_RULE.match(head[1])
+                own = "\n".join(head[:2]) if rule else head[0]
+                found[block["id"]] = found.get(prev["id"], own)  # the first part's header
+        prev = block
+    return found
 
 
 def chunks_jsonl(chunks: Sequence[dict[str, Any]]) -> str:

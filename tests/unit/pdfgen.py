@@ -552,3 +552,20 @@ def long_table_pdf(path: Path, rows: int = 30) -> Path:
     ]
     draw_table(page, 72, 80, data, cell=(90, 20))
     return _save(doc, path)
+
+
+def table_across_pages_pdf(path: Path) -> Path:
+    """A ruled table at the foot of page 1 that goes on at the top of page 2 (three columns),
+    then a paragraph; page numbers in the footer."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    page.insert_text((72, 60), "Stock List", fontsize=20, fontname="hebo")
+    page.insert_text((72, 90), "The stock at the end of the year.", fontsize=11)
+    rows = [[f"part{i}", str(i * 7), f"{i}.25"] for i in range(1, 17)]
+    draw_table(page, 72, 600, [["Part", "Count", "Price"], *rows[:8]], cell=(90, 20))
+    page.insert_text((290, 815), "1", fontsize=9)
+    page = doc.new_page(width=A4[0], height=A4[1])
+    draw_table(page, 72, 60, rows[8:], cell=(90, 20))
+    page.insert_text((72, 260), "Counted by hand in December.", fontsize=11)
+    page.insert_text((290, 815), "2", fontsize=9)
+    return _save(doc, path)

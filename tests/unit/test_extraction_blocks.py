@@ -24,6 +24,7 @@ from tests.unit.pdfgen import (
     STRUCTURE_HEADINGS,
     long_table_pdf,
     structured_pdf,
+    table_across_pages_pdf,
 )
 
 Out = dict[str, Any]
@@ -324,3 +325,23 @@ def test_broker_requests_take_the_chunking_options() -> None:
                 "options": {"outputs": ["chunks"], "chunking": {"max_chars": 1}},
             }
         )
+
+
+def test_a_table_over_a_page_break_is_one_table_chunk(tmp_path: Path) -> None:
+    pdf = table_across_pages_pdf(tmp_path / "t.pdf")
+    whole = run(pdf, tmp_path / "whole", chunking={"max_chars": 2000})
+    tables = blocks(whole, "table")
+    assert [b["page"] for b in tables] == [1, 2]
+    (chunk,) = [c for c in whole["chunks"] if c["kind"] == "table"]
+    assert chunk["block_ids"] == [b["id"] for b in tables]
+    assert chunk["pages"] == [1, 2]
+    assert "| part1 |" in chunk["text"]
+    assert "| part16 |" in chunk["text"]
+    assert chunk["heading_path"] == ["Stock List"]
+    check_chunks(whole, 2000)
+    # cut at the page break: the continuation carries the first part's header rows
+    cut = run(pdf, tmp_path / "cut", chunking={"max_chars": 250})
+    check_chunks(cut, 250)
+    parts = [c for c in cut["chunks"] if c["kind"] == "table"]
+    assert [c["pages"] for c in parts] == [[1], [2]]
+    assert parts[1]["table_header"] == "| Part | Count | Price |\n|---|---|---|"
