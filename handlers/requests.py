@@ -8,6 +8,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shared.consumer import consume
 from shared.context import Context
+from shared.limits import check_source, check_webhook_url
 from shared.models import ExtractRequest
 from shared.submit import Submission, Submitter
 
@@ -17,11 +18,16 @@ TENANT_HEADER = "x-pdfrelay-tenant"
 async def handle(
     req: ExtractRequest, ctx: Context, message: AbstractIncomingMessage, submitter: Submitter
 ) -> None:
-    tenant = (message.headers or {}).get(TENANT_HEADER)
+    header = (message.headers or {}).get(TENANT_HEADER)
+    tenant = header if isinstance(header, str) and header else "default"
+    if req.source.s3 is not None:
+        check_source(ctx.settings, tenant, req.source.s3.bucket, req.source.s3.key)
+    if req.webhook is not None:
+        check_webhook_url(req.webhook.url)
     await submitter.submit(
         ctx,
         Submission(
-            tenant=tenant if isinstance(tenant, str) and tenant else "default",
+            tenant=tenant,
             door="broker",
             options=req.options,
             s3_bucket=req.source.s3.bucket if req.source.s3 else None,
