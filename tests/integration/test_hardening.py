@@ -255,4 +255,4 @@ async def test_an_idempotency_key_reused_for_another_request_is_409(stack: Stack
     assert await error_of(resp) == (409, "IDEMPOTENCY_MISMATCH")
     from handlers.ingress import SUBMITTER
 
-    assert len(stack.client.app[SUBMITTER]) == 0  # type: ignore[index]
+    assert len(stack.client.app[SUBMITTER]) == 0
