@@ -143,6 +143,7 @@ async def _extract(
                     limits=ExtractLimits(
                         max_pages=settings.max_pages,
                         max_file_bytes=settings.max_file_bytes,
+                        max_inflated_bytes=settings.max_inflated_bytes,
                         tessdata=settings.tessdata_dir,
                     ),
                 ),

@@ -30,6 +30,7 @@ from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
 from shared.openapi import ROUTES as DOCS_ROUTES
 from shared.quota import QuotaExceeded
+from shared.seed_payloads import error_body
 from shared.settings import Settings
 from shared.ssrf import SsrfPolicy, check_url_syntax
 from shared.storage import ObjectNotFound
@@ -56,47 +57,57 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
-    code: ErrorCode, message: str, headers: dict[str, str] | None = None
+    code: ErrorCode, message: str, headers: dict[str, str] | None = None, *, seed: bool = False
 ) -> web.Response:
+    """The documented JSON error shape (the Secretary's `error_body` for /api/ routes)."""
     status = http_status(code)
     hdrs = dict(headers or {})
     if status == 503:
         hdrs.setdefault("Retry-After", RETRY_AFTER_S)
-    return web.json_response(
-        {"error": {"code": str(code), "message": message}}, status=status, headers=hdrs
+    body = (
+        error_body(str(code), message)
+        if seed
+        else {"error": {"code": str(code), "message": message}}
     )
+    return web.json_response(body, status=status, headers=hdrs)
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    seed = request.path.startswith("/api/")
     try:
         return await handler(request)
     except QuotaExceeded as exc:
-        return error_response(exc.code, exc.message, jobs_api.quota_headers(request, exc))
+        return error_response(
+            exc.code, exc.message, jobs_api.quota_headers(request, exc), seed=seed
+        )
     except PdfRelayError as exc:
-        return error_response(exc.code, exc.message)
+        return error_response(exc.code, exc.message, seed=seed)
     except web.HTTPException as exc:
         if exc.status == 404:
-            return error_response(ErrorCode.NOT_FOUND, "no such resource")
+            return error_response(ErrorCode.NOT_FOUND, "no such resource", seed=seed)
         if exc.status == 413:
-            return error_response(ErrorCode.FILE_TOO_LARGE, "the request body is too large")
+            return error_response(
+                ErrorCode.FILE_TOO_LARGE, "the request body is too large", seed=seed
+            )
         if exc.status == 405:
             allow = exc.headers.get("Allow", "")
             return error_response(
                 ErrorCode.METHOD_NOT_ALLOWED,
                 f"{request.method} is not allowed here (allowed: {allow})",
                 {"Allow": allow},
+                seed=seed,
             )
         if exc.status >= 400:
-            return error_response(ErrorCode.INVALID_REQUEST, exc.reason)
+            return error_response(ErrorCode.INVALID_REQUEST, exc.reason, seed=seed)
         raise
     except RecursionError:
-        return error_response(ErrorCode.INVALID_REQUEST, "the request is nested too deeply")
+        return error_response(
+            ErrorCode.INVALID_REQUEST, "the request is nested too deeply", seed=seed
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response(
-            {"error": {"code": "INTERNAL", "message": "internal error"}}, status=500
-        )
+        return error_response(ErrorCode.INTERNAL, "internal error", seed=seed)
 
 
 def tenant_of(request: web.Request) -> str:

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     """Largest PDF accepted (200 MiB), checked while the upload streams."""
     max_pages: int = Field(default=5_000, ge=1)
     """`TOO_MANY_PAGES` beyond it."""
+    max_inflated_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes a document's Flate streams may inflate to in all; beyond it the job fails
+    `DECOMPRESSION_LIMIT`."""
     fanout_min_pages: int = Field(default=400, ge=1)
     """Documents with more pages than this are split into page ranges (README "Fan-out")."""
     fanout_range_pages: int = Field(default=100, ge=1)

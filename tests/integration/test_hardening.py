@@ -196,14 +196,17 @@ async def test_nesting_and_sizes_get_clear_4xx(stack: Stack) -> None:
 # 7 ------------------------------------------------------------------------------------------
 
 
-async def test_userinfo_in_a_webhook_url_is_refused_at_the_door(stack: Stack) -> None:
-    for url in ("http://user:pass@127.0.0.1:9/hook", "http://user@127.0.0.1:9/hook"):
-        resp = await stack.client.post(
-            "/v1/jobs", data=form(make_pdf(["a"]), webhook_url=url, webhook_token="t")
-        )
-        status, code = await error_of(resp)
-        assert (status, code) == (422, "WEBHOOK_URL_REFUSED")
-        assert "pass" not in await resp.text()
+async def test_userinfo_in_a_webhook_url_is_refused_at_the_door(make_settings: Any) -> None:
+    settings = make_settings(webhook_allowed_networks="127.0.0.0/8")  # loopback is allowed
+    async with running_stack(settings, extract_running=False) as stack:
+        ok = await upload(stack, make_pdf(["a"]), webhook_url="http://127.0.0.1:9/hook")
+        assert ok["status"] == "queued"
+        for url in ("http://user:pass@127.0.0.1:9/hook", "http://user@127.0.0.1:9/hook"):
+            resp = await stack.client.post(
+                "/v1/jobs", data=form(make_pdf(["a"]), webhook_url=url, webhook_token="t")
+            )
+            assert await error_of(resp) == (422, "WEBHOOK_URL_REFUSED")
+            assert "pass" not in await resp.text()
 
 
 # 9 ------------------------------------------------------------------------------------------
@@ -256,3 +259,14 @@ async def test_an_idempotency_key_reused_for_another_request_is_409(stack: Stack
     from handlers.ingress import SUBMITTER
 
     assert len(stack.client.app[SUBMITTER]) == 0
+
+
+async def test_api_routes_answer_errors_in_the_secretarys_shape(make_settings: Any) -> None:
+    async with running_stack(make_settings(api_keys="a:ka"), extract_running=False) as stack:
+        resp = await stack.client.post("/api/pdf/process", data=form(make_pdf(["a"])))
+        assert resp.status == 401
+        body = await resp.json()
+        assert body["status"] == "error"
+        assert body["error"]["code"] == "UNAUTHORIZED"
+        resp = await stack.client.post("/v1/jobs", data=form(make_pdf(["a"])))
+        assert await error_of(resp) == (401, "UNAUTHORIZED")
