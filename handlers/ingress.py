@@ -433,9 +433,12 @@ async def _send_object(
         while (chunk := await storage.read_chunk(chunks)) is not None:
             await resp.write(chunk)
         await resp.write_eof()
-        return resp
+    except ConnectionResetError:
+        # The client went away mid-download: its loss, not an error of ours.
+        log.info("the client of %s %s disconnected mid-download", request.method, request.path)
     finally:
         await storage.close_stream(chunks)
+    return resp
 
 
 async def redeliver_webhook(request: web.Request) -> web.Response:
