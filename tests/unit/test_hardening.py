@@ -13,6 +13,7 @@ import pytest
 from minio.error import S3Error
 
 from handlers.extract import _ProgressReporter
+from infra.topology import topology_for
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.models import ExtractOptions, Job
@@ -101,3 +102,14 @@ async def test_a_lost_progress_update_does_not_fail_the_attempt() -> None:
     reporter = _ProgressReporter(ctx, Job(job_id="a" * 32))
     reporter.update(1, 2)
     await reporter.flush()  # no TransientError
+
+
+def test_the_states_queue_dead_letters_instead_of_dropping() -> None:
+    topo = topology_for(Settings())
+    queues = {q.name: q for q in topo.queues()}
+    states = queues[topo.webhook_states]
+    assert states.arguments["x-dead-letter-exchange"] == topo.dead_letters
+    assert states.arguments["x-dead-letter-routing-key"] == topo.webhook_states_dead
+    assert queues[topo.webhook_states_dead].bindings == (
+        (topo.dead_letters, topo.webhook_states_dead),
+    )
