@@ -9,11 +9,15 @@ import zlib
 from typing import Any
 
 import aiohttp
+import pytest
 
+from handlers import requests
+from shared.consumer import REASON_HEADER
 from shared.quota import pages_in_flight
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import form, upload
+from tests.integration.test_doors import _first, request_message
 from tests.unit.pdfgen import raw_pdf
 
 
@@ -270,3 +274,46 @@ async def test_api_routes_answer_errors_in_the_secretarys_shape(make_settings: A
         assert body["error"]["code"] == "UNAUTHORIZED"
         resp = await stack.client.post("/v1/jobs", data=form(make_pdf(["a"])))
         assert await error_of(resp) == (401, "UNAUTHORIZED")
+
+
+# broker door: the same validation -------------------------------------------------------------
+
+REQ = "pdfrelay.extract-request/1"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"schema": REQ, "source": {"s3": {"key": "uploads/x.pdf"}}}, "SOURCE_NOT_ALLOWED"),
+        ({"schema": REQ, "source": {"s3": {"bucket": "elsewhere", "key": "a.pdf"}}}, "SOURCE_NOT"),
+        (
+            {"schema": REQ, "source": {"s3": {"key": "in/a.pdf"}}, "options": {"pages": "5-2"}},
+            "reversed",
+        ),
+        (
+            {
+                "schema": REQ,
+                "source": {"s3": {"key": "in/a.pdf"}},
+                "webhook": {"url": "http://u:p@127.0.0.1:9/", "token": "t"},
+            },
+            "WEBHOOK_URL_REFUSED",
+        ),
+        (b'{"schema": "' + REQ.encode() + b'", "source": ' + b"[" * 30000, "invalid message"),
+        ({"schema": REQ, "source": {"s3": {"key": "in/a.pdf"}}, "pad": "x" * 300_000}, "TOO_LARGE"),
+    ],
+    ids=["own-keys", "other-bucket", "pages", "userinfo", "nested", "huge"],
+)
+async def test_broker_requests_are_validated_like_http_ones(
+    stack: Stack, body: dict[str, Any] | bytes, reason: str
+) -> None:
+    stack.start(requests.serve)
+    await stack.ctx.storage.put_bytes("in/a.pdf", make_pdf(["a"]))
+    channel = await stack.ctx.connection.channel()
+    try:
+        dead = await channel.get_queue(stack.ctx.topology.requests_dead)
+        await request_message(stack, body, message_id="bad-1")
+        parked = await _first(dead)
+        assert reason in str(parked.headers[REASON_HEADER])
+    finally:
+        await channel.close()
+    assert await stack.ctx.storage.list_keys("jobs/") == []
