@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import zlib
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from handlers import requests
+from handlers import ingress, requests
 from shared.consumer import REASON_HEADER
+from shared.jobs import result_key
 from shared.quota import pages_in_flight
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import form, upload
+from tests.integration.test_core import form, upload, wait_done
 from tests.integration.test_doors import _first, request_message
 from tests.unit.pdfgen import raw_pdf
 
@@ -317,3 +320,53 @@ async def test_broker_requests_are_validated_like_http_ones(
     finally:
         await channel.close()
     assert await stack.ctx.storage.list_keys("jobs/") == []
+
+
+# a client leaving mid-download -----------------------------------------------------------------
+
+
+class _Seen(logging.Handler):
+    def __init__(self, needle: str) -> None:
+        super().__init__()
+        self.needle = needle
+        self.event = asyncio.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if self.needle in record.getMessage():
+            self.event.set()
+
+
+async def test_a_client_leaving_mid_download_is_logged_at_info(stack: Stack) -> None:
+    job = await upload(stack, make_pdf(["a"]))
+    assert (await wait_done(stack, job["job_id"]))["status"] == "completed"
+    await stack.ctx.storage.put_bytes(result_key(job["job_id"]), b"x" * (32 * 1024 * 1024))
+    seen = _Seen("disconnected mid-download")
+    watched = [logging.getLogger("handlers.ingress"), logging.getLogger("aiohttp")]
+    levels = [logger.level for logger in watched]
+    for logger in watched:
+        logger.addHandler(seen)
+        logger.setLevel(logging.INFO)
+    # The ingress as `serve` runs it (the test server cancels handlers of lost connections).
+    runner = web.AppRunner(ingress.create_app(stack.ctx), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /v1/jobs/{job['job_id']}/result HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        await reader.readexactly(1024)
+        writer.transport.abort()  # gone, mid-body
+        async with asyncio.timeout(20):
+            await seen.event.wait()
+    finally:
+        await runner.cleanup()
+        for logger, level in zip(watched, levels, strict=True):
+            logger.removeHandler(seen)
+            logger.setLevel(level)
+    assert [r for r in seen.records if r.levelno >= logging.WARNING] == []
