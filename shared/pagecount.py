@@ -96,8 +96,9 @@ async def count_pages(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int | 
     """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "shared.pagecount",
+        "-I",  # isolated, and without site-packages: the counter needs only the standard library
+        "-S",
+        __file__,
         path,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
