@@ -16,7 +16,7 @@ from shared.cancel import cancelled, raise_if_requested
 from shared.cancel import listen as listen_for_cancels
 from shared.consumer import consume
 from shared.context import Context
-from shared.errors import ErrorCode, PermanentError
+from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.extraction import ExtractLimits
 from shared.fetch import fetch_to_file
 from shared.jobs import artifact_key, result_key
@@ -143,6 +143,7 @@ async def _extract(
                     limits=ExtractLimits(
                         max_pages=settings.max_pages,
                         max_file_bytes=settings.max_file_bytes,
+                        max_inflated_bytes=settings.max_inflated_bytes,
                         tessdata=settings.tessdata_dir,
                     ),
                 ),
@@ -221,13 +222,20 @@ class _ProgressReporter:
             job = self.job.model_copy(
                 update={"progress": Progress(pages_done=done, pages_total=total)}
             )
-            now = time.monotonic()
-            if now - self._saved_at >= RECORD_INTERVAL_S:
-                self._saved_at = now
-                await self._ctx.jobs.save(job)
-            await publish_event(self._ctx, job, "job.progress")
-            if self._hooks is not None:
-                await self._hooks.send(job)
+            try:
+                await self._report(job)
+            except TransientError as exc:
+                # Progress is a courtesy: a lost update must not fail (and redo) the extraction.
+                log.warning("job %s: a progress update was lost: %s", job.job_id, exc.message)
+
+    async def _report(self, job: Job) -> None:
+        now = time.monotonic()
+        if now - self._saved_at >= RECORD_INTERVAL_S:
+            self._saved_at = now
+            await self._ctx.jobs.save(job)
+        await publish_event(self._ctx, job, "job.progress")
+        if self._hooks is not None:
+            await self._hooks.send(job)
 
     async def flush(self) -> None:
         if self._task is not None:

@@ -223,6 +223,7 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
                 limits=ExtractLimits(
                     max_pages=settings.max_pages,
                     max_file_bytes=settings.max_file_bytes,
+                    max_inflated_bytes=settings.max_inflated_bytes,
                     tessdata=settings.tessdata_dir,
                     range_part=True,
                 ),

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from handlers import jobs_api
+from shared import limits
 from shared.broker import publish
 from shared.context import Context
 from shared.errors import (
@@ -30,6 +30,7 @@ from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
 from shared.openapi import ROUTES as DOCS_ROUTES
 from shared.quota import QuotaExceeded
+from shared.seed_payloads import error_body
 from shared.settings import Settings
 from shared.ssrf import SsrfPolicy, check_url_syntax
 from shared.storage import ObjectNotFound
@@ -48,41 +49,65 @@ TENANTS = web.AppKey("tenants", dict[str, str])
 RETRY_AFTER_S = "5"
 CHUNK = 64 * 1024
 MAX_FIELD_BYTES = 64 * 1024
+"""Form fields of the seed door's urlencoded bodies."""
+
+T = TypeVar("T")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
-    code: ErrorCode, message: str, headers: dict[str, str] | None = None
+    code: ErrorCode, message: str, headers: dict[str, str] | None = None, *, seed: bool = False
 ) -> web.Response:
+    """The documented JSON error shape (the Secretary's `error_body` for /api/ routes)."""
     status = http_status(code)
     hdrs = dict(headers or {})
     if status == 503:
         hdrs.setdefault("Retry-After", RETRY_AFTER_S)
-    return web.json_response(
-        {"error": {"code": str(code), "message": message}}, status=status, headers=hdrs
+    body = (
+        error_body(str(code), message)
+        if seed
+        else {"error": {"code": str(code), "message": message}}
     )
+    return web.json_response(body, status=status, headers=hdrs)
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    seed = request.path.startswith("/api/")
     try:
         return await handler(request)
     except QuotaExceeded as exc:
-        return error_response(exc.code, exc.message, jobs_api.quota_headers(request, exc))
+        return error_response(
+            exc.code, exc.message, jobs_api.quota_headers(request, exc), seed=seed
+        )
     except PdfRelayError as exc:
-        return error_response(exc.code, exc.message)
+        return error_response(exc.code, exc.message, seed=seed)
     except web.HTTPException as exc:
         if exc.status == 404:
-            return error_response(ErrorCode.NOT_FOUND, "no such resource")
+            return error_response(ErrorCode.NOT_FOUND, "no such resource", seed=seed)
         if exc.status == 413:
-            return error_response(ErrorCode.FILE_TOO_LARGE, "the request body is too large")
+            return error_response(
+                ErrorCode.FILE_TOO_LARGE, "the request body is too large", seed=seed
+            )
+        if exc.status == 405:
+            allow = exc.headers.get("Allow", "")
+            return error_response(
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed here (allowed: {allow})",
+                {"Allow": allow},
+                seed=seed,
+            )
+        if exc.status >= 400:
+            return error_response(ErrorCode.INVALID_REQUEST, exc.reason, seed=seed)
         raise
+    except RecursionError:
+        return error_response(
+            ErrorCode.INVALID_REQUEST, "the request is nested too deeply", seed=seed
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response(
-            {"error": {"code": "INTERNAL", "message": "internal error"}}, status=500
-        )
+        return error_response(ErrorCode.INTERNAL, "internal error", seed=seed)
 
 
 def tenant_of(request: web.Request) -> str:
@@ -106,10 +131,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _options(raw: Any) -> ExtractOptions:
+    if isinstance(raw, str):
+        raw = limits.loads(raw, "options", ErrorCode.INVALID_OPTIONS) if raw.strip() else {}
     try:
-        if isinstance(raw, str):
-            raw = json.loads(raw) if raw.strip() else {}
         return ExtractOptions.model_validate(raw or {})
+    except RecursionError as exc:
+        raise PermanentError("options are nested too deeply", ErrorCode.INVALID_OPTIONS) from exc
     except (ValueError, ValidationError) as exc:
         raise PermanentError(f"invalid options: {_brief(exc)}", ErrorCode.INVALID_OPTIONS) from exc
 
@@ -130,7 +157,10 @@ async def _webhook(
         return None
     if not isinstance(url, str) or not (token is None or isinstance(token, str)):
         raise PermanentError("the webhook url and token must be strings", ErrorCode.INVALID_REQUEST)
+    limits.check_length("the webhook url", url, limits.MAX_WEBHOOK_URL_CHARS)
+    limits.check_length("the webhook token", token, limits.MAX_WEBHOOK_TOKEN_CHARS)
     check_url_syntax(url)
+    limits.check_webhook_url(url)
     try:
         await SsrfPolicy(settings.webhook_allowed_networks).resolve_checked(url)
     except TransientError as exc:
@@ -144,22 +174,42 @@ async def _webhook(
     return WebhookSpec(url=url, token=token or None, progress=bool(progress))
 
 
-async def _part_text(part: BodyPartReader) -> str:
-    data = await part.read_chunk(MAX_FIELD_BYTES + 1)
-    if len(data) > MAX_FIELD_BYTES:
-        raise PermanentError(f"form field {part.name!r} is too long", ErrorCode.INVALID_REQUEST)
+async def _idle(settings: Settings, step: Awaitable[T]) -> T:
+    """One read of a request body, cut off after `upload_idle_timeout_s` without data."""
+    try:
+        async with asyncio.timeout(settings.upload_idle_timeout_s):
+            return await step
+    except TimeoutError as exc:
+        raise PermanentError(
+            f"the request body sent nothing for {settings.upload_idle_timeout_s:g} s",
+            ErrorCode.REQUEST_TIMEOUT,
+        ) from exc
+
+
+async def _part_text(part: BodyPartReader, settings: Settings) -> str:
+    limit = settings.max_form_field_bytes
+    data = b""
+    while len(data) <= limit and (chunk := await _idle(settings, part.read_chunk(CHUNK))):
+        data += chunk
+    if len(data) > limit:
+        raise PermanentError(
+            f"form field {str(part.name)[:64]!r} is longer than {limit} bytes",
+            ErrorCode.REQUEST_TOO_LARGE,
+        )
     return data.decode("utf-8", errors="replace")
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(CHUNK):
+async def _part_chunks(part: BodyPartReader, settings: Settings) -> AsyncIterator[bytes]:
+    while chunk := await _idle(settings, part.read_chunk(CHUNK)):
         yield chunk
 
 
-async def _next_part(reader: MultipartReader) -> BodyPartReader | MultipartReader | None:
+async def _next_part(
+    reader: MultipartReader, settings: Settings
+) -> BodyPartReader | MultipartReader | None:
     """The next part of a form; a malformed one is the client's error (400), not ours (500)."""
     try:
-        return await reader.next()
+        return await _idle(settings, reader.next())
     except (HttpProcessingError, ValueError) as exc:
         raise PermanentError(
             "malformed multipart body: a part's headers or boundary are invalid",
@@ -177,8 +227,9 @@ async def _read_multipart(
     fields: dict[str, str] = {}
     spooled: Spooled | None = None
     filename: str | None = None
+    count = 0
     try:
-        while (part := await _next_part(reader)) is not None:
+        while (part := await _next_part(reader, ctx.settings)) is not None:
             if not isinstance(part, BodyPartReader):
                 raise PermanentError("nested multipart is not supported", ErrorCode.INVALID_REQUEST)
             if part.name == "file":
@@ -186,10 +237,20 @@ async def _read_multipart(
                     raise PermanentError("one file per job", ErrorCode.INVALID_REQUEST)
                 filename = part.filename
                 spooled = await spool(
-                    _part_chunks(part), ctx.settings.max_file_bytes, ctx.settings.spool_dir
+                    _part_chunks(part, ctx.settings),
+                    ctx.settings.max_file_bytes,
+                    ctx.settings.spool_dir,
                 )
-            elif part.name:
-                fields[part.name] = await _part_text(part)
+            else:
+                count += 1
+                if count > ctx.settings.max_form_fields:
+                    raise PermanentError(
+                        f"the form has more than {ctx.settings.max_form_fields} fields",
+                        ErrorCode.REQUEST_TOO_LARGE,
+                    )
+                text = await _part_text(part, ctx.settings)
+                if part.name:
+                    fields[part.name] = text
     except BaseException:
         if spooled is not None:
             os.unlink(spooled.path)
@@ -201,12 +262,15 @@ async def create_job(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     tenant = tenant_of(request)
     idem = request.headers.get("Idempotency-Key") or None
+    limits.check_length("Idempotency-Key", idem, limits.MAX_IDEMPOTENCY_KEY_CHARS)
     ctype = request.content_type
     if ctype == "multipart/form-data":
         spooled, fields, filename = await _read_multipart(request, ctx)
         try:
             if spooled is None:
                 raise PermanentError("the form has no 'file' part", ErrorCode.INVALID_REQUEST)
+            limits.check_length("client_ref", fields.get("client_ref"), limits.MAX_CLIENT_REF_CHARS)
+            limits.check_length("the file name", filename, limits.MAX_FILENAME_CHARS)
             sub = Submission(
                 tenant=tenant,
                 door="http",
@@ -241,10 +305,7 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 async def _json_submission(request: web.Request, tenant: str, idem: str | None) -> Submission:
-    try:
-        payload = await request.json()
-    except ValueError as exc:
-        raise PermanentError("the body is not valid JSON", ErrorCode.INVALID_REQUEST) from exc
+    payload = limits.loads(await _json_body(request), "the body", ErrorCode.INVALID_REQUEST)
     if not isinstance(payload, dict):
         raise PermanentError("the body must be a JSON object", ErrorCode.INVALID_REQUEST)
     try:
@@ -255,6 +316,12 @@ async def _json_submission(request: web.Request, tenant: str, idem: str | None) 
     if not isinstance(hook, dict):
         raise PermanentError("webhook must be an object", ErrorCode.INVALID_REQUEST)
     client_ref = payload.get("client_ref")
+    if client_ref is not None and not isinstance(client_ref, (str, int)):
+        raise PermanentError("client_ref must be a string", ErrorCode.INVALID_REQUEST)
+    client_ref = str(client_ref) if client_ref is not None else None
+    limits.check_length("client_ref", client_ref, limits.MAX_CLIENT_REF_CHARS)
+    if source.s3 is not None:
+        limits.check_source(request.app[CTX].settings, tenant, source.s3.bucket, source.s3.key)
     return Submission(
         tenant=tenant,
         door="http",
@@ -265,9 +332,26 @@ async def _json_submission(request: web.Request, tenant: str, idem: str | None) 
         webhook=await _webhook(
             request.app[CTX].settings, hook.get("url"), hook.get("token"), hook.get("progress")
         ),
-        client_ref=str(client_ref) if client_ref is not None else None,
+        client_ref=client_ref,
         idempotency_key=idem,
     )
+
+
+async def _json_body(request: web.Request) -> bytes:
+    """The JSON body, at most `max_json_bytes` (413 REQUEST_TOO_LARGE), read with idle limits."""
+    settings = request.app[CTX].settings
+    limit = settings.max_json_bytes
+    too_large = PermanentError(
+        f"the JSON body is larger than {limit} bytes", ErrorCode.REQUEST_TOO_LARGE
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    while chunk := await _idle(settings, request.content.read(CHUNK)):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -349,9 +433,12 @@ async def _send_object(
         while (chunk := await storage.read_chunk(chunks)) is not None:
             await resp.write(chunk)
         await resp.write_eof()
-        return resp
+    except ConnectionResetError:
+        # The client went away mid-download: its loss, not an error of ours.
+        log.info("the client of %s %s disconnected mid-download", request.method, request.path)
     finally:
         await storage.close_stream(chunks)
+    return resp
 
 
 async def redeliver_webhook(request: web.Request) -> web.Response:

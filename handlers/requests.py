@@ -8,6 +8,13 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shared.consumer import consume
 from shared.context import Context
+from shared.limits import (
+    MAX_WEBHOOK_TOKEN_CHARS,
+    MAX_WEBHOOK_URL_CHARS,
+    check_length,
+    check_source,
+    check_webhook_url,
+)
 from shared.models import ExtractRequest
 from shared.submit import Submission, Submitter
 
@@ -17,11 +24,18 @@ TENANT_HEADER = "x-pdfrelay-tenant"
 async def handle(
     req: ExtractRequest, ctx: Context, message: AbstractIncomingMessage, submitter: Submitter
 ) -> None:
-    tenant = (message.headers or {}).get(TENANT_HEADER)
+    header = (message.headers or {}).get(TENANT_HEADER)
+    tenant = header if isinstance(header, str) and header else "default"
+    if req.source.s3 is not None:
+        check_source(ctx.settings, tenant, req.source.s3.bucket, req.source.s3.key)
+    if req.webhook is not None:
+        check_length("the webhook url", req.webhook.url, MAX_WEBHOOK_URL_CHARS)
+        check_length("the webhook token", req.webhook.token, MAX_WEBHOOK_TOKEN_CHARS)
+        check_webhook_url(req.webhook.url)
     await submitter.submit(
         ctx,
         Submission(
-            tenant=tenant if isinstance(tenant, str) and tenant else "default",
+            tenant=tenant,
             door="broker",
             options=req.options,
             s3_bucket=req.source.s3.bucket if req.source.s3 else None,
@@ -52,4 +66,5 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
         stop=stop,
         dead_letter=ctx.topology.requests_dead,
         backoff=ctx.topology.backoff(ctx.topology.requests_queue),
+        max_body_bytes=ctx.settings.max_json_bytes,
     )

@@ -130,6 +130,11 @@ class Topology:
         """Delivery states on their way to S3, in batches (shared/statelog.py)."""
         return f"{self.ns}.webhooks.states"
 
+    @property
+    def webhook_states_dead(self) -> str:
+        """State batches the states queue gave up on (see README "Upgrading")."""
+        return f"{self.ns}.webhooks.states.dead"
+
     def webhook_retry(self, step: int) -> str:
         """The wait queue of one step; named after its delay, because a queue's TTL cannot be
         changed once declared: a new schedule gets new queues (old ones drain back, then idle)."""
@@ -195,10 +200,22 @@ class Topology:
             ),
             Queue(
                 self.webhook_states,
-                # One writer at a time keeps each job's states in order; no delivery limit:
-                # a batch waits here through an S3 outage of any length.
-                {**quorum, "x-single-active-consumer": True},
+                # One writer at a time keeps each job's states in order. A batch waits here
+                # through an S3 outage; should a broker's default delivery limit (RabbitMQ 4:
+                # 20) drop it, it goes to `webhook_states_dead`, never into the void.
+                {
+                    **quorum,
+                    "x-single-active-consumer": True,
+                    "x-dead-letter-exchange": self.dead_letters,
+                    "x-dead-letter-routing-key": self.webhook_states_dead,
+                    "x-dead-letter-strategy": "at-least-once",
+                },
                 bindings=((self.webhooks_exchange, self.webhook_states),),
+            ),
+            Queue(
+                self.webhook_states_dead,
+                quorum,
+                bindings=((self.dead_letters, self.webhook_states_dead),),
             ),
             *(
                 Queue(

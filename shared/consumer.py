@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.broker import publish
 from shared.context import Context
-from shared.errors import PermanentError, TransientError
+from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.logs import job_context
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,14 @@ async def consume(
     stop: asyncio.Event,
     dead_letter: str | None = None,
     backoff: str | None = None,
+    max_body_bytes: int | None = None,
 ) -> None:
     """Consume `queue_name` until `stop` is set, at most `prefetch` messages in flight.
 
     `dead_letter` names the queue (bound to the dead-letter exchange) that takes messages that
     can never succeed, with the reason in a header; without it they are rejected to the
-    queue's own dead-letter exchange. `backoff` names the queue's backoff queue.
+    queue's own dead-letter exchange. `backoff` names the queue's backoff queue. A message
+    larger than `max_body_bytes` is dead-lettered unread.
     """
     channel = await ctx.connection.channel()
     assert isinstance(channel, AbstractRobustChannel)
@@ -68,7 +70,9 @@ async def consume(
             assert task is not None
             in_flight.add(task)
             try:
-                outcome = await _settle(ctx, message, model, handler, dead_letter, backoff)
+                outcome = await _settle(
+                    ctx, message, model, handler, dead_letter, backoff, max_body_bytes
+                )
             finally:
                 in_flight.discard(task)
             ctx.metrics.messages.labels(queue=queue_name, outcome=outcome).inc()
@@ -92,8 +96,13 @@ async def _settle(
     handler: Handler[M],
     dead_letter: str | None,
     backoff: str | None,
+    max_body_bytes: int | None = None,
 ) -> Outcome:
     """Run the handler and settle the message; returns how it was settled."""
+    if max_body_bytes is not None and len(message.body) > max_body_bytes:
+        reason = f"{ErrorCode.REQUEST_TOO_LARGE}: the message is larger than {max_body_bytes} bytes"
+        await _dead_letter(ctx, message, reason, dead_letter)
+        return "dead"
     try:
         msg = model.model_validate_json(message.body)
     except ValidationError as exc:

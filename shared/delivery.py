@@ -212,6 +212,10 @@ async def deliver(
         return done("retry", error=f"timed out after {timeout_s:g}s")
     except (aiohttp.ClientError, OSError) as exc:
         return done("retry", error=_describe(exc, url))
+    except ValueError as exc:
+        # The client refused to make the request (e.g. credentials in the URL next to an
+        # Authorization header): no retry makes it, and the state must say so.
+        return done("refused", error=f"the request cannot be made: {exc}")
 
     if 200 <= status < 300:
         return done("delivered", status)

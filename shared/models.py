@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.pages import parse_spec
+
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 Output = Literal[
@@ -25,8 +27,6 @@ SEED_METHODS: dict[str, tuple[tuple[Output, ...], OcrMode]] = {
     "preview": (("metadata", "page_images"), "never"),
     "preview_and_native": (("text", "metadata", "page_images"), "never"),
 }
-
-_PAGES_RE = re.compile(r"^\s*\d+\s*(-\s*\d*\s*)?(,\s*\d+\s*(-\s*\d*\s*)?)*$")
 
 
 def utcnow() -> datetime:
@@ -94,9 +94,8 @@ class ExtractOptions(Frozen):
     def _pages(cls, v: str | None) -> str | None:
         if v is None or v.strip() == "":
             return None
-        if not _PAGES_RE.match(v):
-            raise ValueError('pages must look like "1-3,7"')
-        return v.replace(" ", "")
+        parse_spec(v)  # linear and bounded (shared/pages.py); raises PagesSpecError
+        return v.replace(" ", "").replace("\t", "")
 
     @model_validator(mode="after")
     def _apply_method(self) -> ExtractOptions:

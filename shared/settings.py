@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     """Largest PDF accepted (200 MiB), checked while the upload streams."""
     max_pages: int = Field(default=5_000, ge=1)
     """`TOO_MANY_PAGES` beyond it."""
+    max_inflated_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes a document's Flate streams may inflate to in all; beyond it the job fails
+    `DECOMPRESSION_LIMIT`."""
     fanout_min_pages: int = Field(default=400, ge=1)
     """Documents with more pages than this are split into page ranges (README "Fan-out")."""
     fanout_range_pages: int = Field(default=100, ge=1)
@@ -100,6 +103,19 @@ class Settings(BaseSettings):
     """Wait after a transient failure (storage or broker away) before a message is retried."""
     transient_retry_budget: int = Field(default=120, ge=0)
     """Transient failures of one message before it is dead-lettered (120 x 5 s = 10 min)."""
+    source_buckets: dict[str, tuple[str, ...]] = {}
+    """JSON tenant → buckets its `source.s3` may name ("*": every tenant); default none. The
+    service's own `uploads/ jobs/ results/ index/ inflight/` keys are never a source."""
+    max_json_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Largest JSON request body (413 REQUEST_TOO_LARGE)."""
+    max_form_fields: int = Field(default=16, ge=1, le=1000)
+    """Form fields (besides `file`) a multipart upload may have."""
+    max_form_field_bytes: int = Field(default=64 * 1024, ge=256)
+    """Largest form field of a multipart upload (the `file` part excepted)."""
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body that sends nothing for this long is cut off with 408 REQUEST_TIMEOUT."""
+    pagecount_timeout_s: float = Field(default=10.0, gt=0)
+    """Time limit of the child process that counts an upload's pages (then: charged max_pages)."""
     source_timeout_s: float = Field(default=60.0, gt=0)
     """Time limit for fetching a URL source."""
     object_drop_poll_s: float | None = Field(default=None, gt=0)

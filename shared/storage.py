@@ -19,12 +19,23 @@ from minio.commonconfig import CopySource
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.lifecycleconfig import LifecycleConfig
 
-from shared.errors import TransientError
+from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.settings import Settings
 
 T = TypeVar("T")
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "NotFound"}
+_DENIED = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccountProblem",
+    "InvalidBucketName",
+    "InvalidObjectName",
+    "KeyTooLongError",
+}
+"""S3 errors no retry can cure: the request is refused as such (a permission, a name)."""
 
 
 class ObjectNotFound(KeyError):
@@ -70,6 +81,14 @@ class Storage:
         except S3Error as exc:
             if exc.code in _NOT_FOUND:
                 raise ObjectNotFound(args[1] if len(args) > 1 else "") from exc
+            if exc.code in _DENIED:
+                bucket = args[0] if args and isinstance(args[0], str) else self.bucket
+                if bucket != self.bucket:  # a caller's source bucket: the caller's problem
+                    raise PermanentError(
+                        f"the source bucket refused the request: {exc.code}",
+                        ErrorCode.SOURCE_UNREACHABLE,
+                    ) from exc
+                raise PermanentError(f"storage refused the request: {exc.code}") from exc
             raise TransientError(f"storage error: {exc.code}") from exc
         except (ServerError, InvalidResponseError) as exc:
             raise TransientError(f"storage answered an error: {type(exc).__name__}") from exc

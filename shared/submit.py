@@ -62,19 +62,45 @@ class Submitter:
         """
         if sub.idempotency_key is None:
             return await _create(ctx, sub), True
-        lock_key = f"{sub.tenant}\0{sub.idempotency_key}"
-        async with self._locks[lock_key]:
-            try:
-                existing = await ctx.jobs.find_idempotent(sub.tenant, sub.idempotency_key)
+        # The broker's message ids live in a namespace of their own (never an HTTP key's job).
+        key = f"broker:{sub.idempotency_key}" if sub.door == "broker" else sub.idempotency_key
+        lock_key = f"{sub.tenant}\0{key}"
+        lock = self._locks[lock_key]
+        try:
+            async with lock:
+                existing = await ctx.jobs.find_idempotent(sub.tenant, key)
                 if existing is not None:
                     with contextlib.suppress(JobNotFound):  # else: deleted after its retention
-                        return await ctx.jobs.get(existing, sub.tenant), False
+                        job = await ctx.jobs.get(existing, sub.tenant)
+                        check_same_request(job, sub)
+                        return job, False
                 job = await _create(ctx, sub)
-                await ctx.jobs.remember_idempotent(sub.tenant, sub.idempotency_key, job.job_id)
+                await ctx.jobs.remember_idempotent(sub.tenant, key, job.job_id)
                 return job, True
-            finally:
-                if not self._locks[lock_key].locked():
-                    del self._locks[lock_key]
+        finally:
+            # Outside `async with`: only now is the lock free when nobody else waits on it.
+            if not lock.locked() and self._locks.get(lock_key) is lock:
+                del self._locks[lock_key]
+
+    def __len__(self) -> int:
+        """Idempotency keys with a submission in progress (their locks)."""
+        return len(self._locks)
+
+
+def check_same_request(job: Job, sub: Submission) -> None:
+    """Raises PermanentError (IDEMPOTENCY_MISMATCH) when `sub` reuses the key of `job` for a
+    different file, source or options."""
+    if sub.spool_path is not None:
+        same_source = job.source_sha256 == sub.sha256
+    elif sub.url is not None:
+        same_source = job.source_url == sub.url
+    else:
+        same_source = (job.source_key, job.source_bucket) == (sub.s3_key, sub.s3_bucket)
+    if not same_source or job.options != sub.options:
+        raise PermanentError(
+            "this idempotency key was used for a different request (file, source or options)",
+            ErrorCode.IDEMPOTENCY_MISMATCH,
+        )
 
 
 async def _create(ctx: Context, sub: Submission) -> Job:

@@ -129,6 +129,8 @@ def make_settings(amqp_url: str, s3_endpoint: str, tmp_path: Path) -> Any:
             "namespace": f"t{name}",
             "s3_endpoint": s3_endpoint,
             "s3_bucket": f"t-{name}",
+            # Every tenant may name keys of the test's bucket as a source (not the service's own).
+            "source_buckets": {"*": [f"t-{name}"]},
             "extract_workers": 2,
             "http_port": 0,
             "spool_dir": str(tmp_path),

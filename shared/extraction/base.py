@@ -26,6 +26,8 @@ class ExtractLimits:
     """Decoded pixels of one embedded image; a page that would decode more is not rendered."""
     max_file_bytes: int | None = None
     """Larger files fail with FILE_TOO_LARGE (the ingress normally refuses them first)."""
+    max_inflated_bytes: int | None = 1024 * 1024 * 1024
+    """Bytes all of a file's Flate streams may inflate to; more fails with DECOMPRESSION_LIMIT."""
     max_images: int = 5000
     """Embedded images written to images.zip; the rest are skipped with a warning."""
     max_links: int = 10_000

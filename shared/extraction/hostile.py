@@ -12,6 +12,7 @@ import pymupdf
 
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction.base import ExtractLimits
+from shared.extraction.inflate import check_inflated
 
 PDF_MAGIC = b"%PDF-"
 HEADER_WINDOW = 1024
@@ -85,10 +86,11 @@ def open_pdf(path: str, limits: ExtractLimits) -> pymupdf.Document:
     """Open an untrusted file as a PDF, or fail with a stable code.
 
     Raises:
-        PermanentError: EMPTY_FILE, FILE_TOO_LARGE, NOT_A_PDF, PDF_DAMAGED, PDF_ENCRYPTED or
-            TOO_MANY_PAGES.
+        PermanentError: EMPTY_FILE, FILE_TOO_LARGE, NOT_A_PDF, DECOMPRESSION_LIMIT, PDF_DAMAGED,
+            PDF_ENCRYPTED or TOO_MANY_PAGES.
     """
     sniff(path, limits)
+    check_inflated(path, limits.max_inflated_bytes)
     try:
         # filetype="pdf": never let MuPDF guess (it opens images, HTML, EPUB, XPS as documents)
         doc = pymupdf.open(path, filetype="pdf")

@@ -117,10 +117,11 @@ async def test_upload_with_callback_gets_the_completed_payload(
 ) -> None:
     stack, delivered = seed_stack
     job_ref = "kunde-42/../../jobs/x"  # the client's own id; never a storage path
+    pdf = make_pdf(PAGES)
     async with seed_client() as client:
         ack = await process(
             stack,
-            make_pdf(PAGES),
+            pdf,
             callback_url=client.url,
             callback_token=TOKEN,
             jobId=job_ref,
@@ -137,8 +138,11 @@ async def test_upload_with_callback_gets_the_completed_payload(
         [call] = await client.wait_calls(1)
         await delivered.wait(process_id, "delivered", within=30)
         # The same jobId again is the same job, not a second one (and no second webhook).
-        again = await process(stack, make_pdf(["other"]), jobId=job_ref)
+        again = await process(stack, pdf, jobId=job_ref)
         assert again["process"]["id"] == process_id
+        # ... and the same jobId for another file is refused (issue 14), in the seed's shape.
+        other = await process(stack, make_pdf(["other"]), expect=409, jobId=job_ref)
+        assert other["error"]["code"] == "IDEMPOTENCY_MISMATCH"
 
     assert len(client.calls) == 1
     assert call.headers["Authorization"] == f"Bearer {TOKEN}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import signal
@@ -64,6 +65,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, dict):
+            value = json.dumps(value)
         env[f"PDFRELAY_{name.upper()}"] = str(value)
     return env
 

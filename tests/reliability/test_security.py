@@ -26,6 +26,7 @@ S3_SECRET = "s3_" + secrets.token_urlsafe(24)
 SECRET = generate_secret()
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}
+JSON_A = {**A, "Content-Type": "application/json"}
 LIMIT = 256 * 1024
 """PDFRELAY_MAX_FILE_BYTES of this scenario."""
 
@@ -36,8 +37,9 @@ INJECTIONS = [
     "a/../../jobs/x/record.json",
     "%2e%2e%2f%2e%2e%2fresults",
     "index/acme/../../b.pdf",
-    "x" * 600 + ".pdf",
+    "x" * 200 + ".pdf",
 ]
+"""Hostile names that fit the length limits (longer ones are refused: step 6)."""
 
 _ID = r"[0-9a-f]{32}"
 STORED = [
@@ -123,6 +125,58 @@ async def oversized_upload(base_url: str, total: int) -> tuple[int, bytes, int]:
         writer.transport.abort()
     status = int(headers.split(b" ", 2)[1])
     return status, headers + body, sent
+
+
+async def hostile_probes(svc: Service, rec: Recorder, base: str, job_b: str) -> dict[str, Any]:
+    """Issue 14's probes against the running service; returns the scenario's figures."""
+    url = f"{base}/v1/jobs"
+
+    async def post(**kwargs: Any) -> tuple[int, str]:
+        return await rec.call(svc.http, "POST", url, headers=A, **kwargs)
+
+    # Another tenant's upload and the service's own keys: one identical refusal, no oracle.
+    answers = set()
+    for key in (f"uploads/{job_b}.pdf", f"uploads/{'0' * 32}.pdf", f"jobs/{job_b}/record.json"):
+        status, text = await post(json={"source": {"s3": {"key": key}}})
+        assert status == 403, text
+        answers.add(text)
+    assert len(answers) == 1, answers
+    # Options, nesting, sizes, webhook credentials.
+    probes: list[tuple[dict[str, Any], int, str]] = [
+        ({"json": {"source": {"url": "https://x.test/a.pdf"}, "options": {"pages": p}}}, 422, c)
+        for p, c in (("0", "INVALID_OPTIONS"), ("5-2", "INVALID_OPTIONS"))
+    ]
+    probes += [
+        ({"json": {"source": {"url": "https://x"}, "options": {"pages": "9" * 4401}}}, 422, ""),
+        ({"data": "[" * 30000, "headers": JSON_A}, 400, ""),
+        ({"json": {"source": {"url": "https://x"}, "client_ref": "r" * 600}}, 400, ""),
+        ({"data": b"{" + b" " * (512 << 10) + b"}", "headers": JSON_A}, 413, ""),
+    ]
+    for kwargs, want, code in probes:
+        status, text = await rec.call(svc.http, "POST", url, **{"headers": A, **kwargs})
+        assert status == want, (status, text[:200])
+        assert text.startswith('{"error": {"code": "' + code), text[:200]
+    status, text = await rec.call(svc.http, "PUT", f"{base}/healthz")
+    assert status == 405
+    assert "METHOD_NOT_ALLOWED" in text
+    # The ReDoS of issue 14 (#2) while /healthz is timed.
+    worst = 0.0
+    redos = {
+        "source": {"url": "https://x.test/a.pdf"},
+        "options": {"pages": "1-" + " " * 8000 + "x"},
+    }
+    for _ in range(5):
+        probe = asyncio.ensure_future(post(json=redos))
+        start = time.perf_counter()
+        status, _ = await rec.call(svc.http, "GET", f"{base}/healthz")
+        worst = max(worst, time.perf_counter() - start)
+        assert (await probe)[0] == 422
+    assert worst < 0.05, worst
+    return {
+        "source_s3_refusals_identical": len(answers) == 1,
+        "hostile_probes_refused": len(probes) + 4,
+        "healthz_worst_ms_during_redos": round(worst * 1000, 1),
+    }
 
 
 @pytest.mark.timeout(180)
@@ -224,6 +278,10 @@ async def test_keys_tenants_secrets_limits_and_injection(
             assert status == 413, answer
             assert b"FILE_TOO_LARGE" in answer
             assert sent < 8 * LIMIT, sent
+
+            # 3b. The hostile client of issue 14: each probe refused with a clear JSON error.
+            figures = await hostile_probes(svc, rec_http, base, job_b.job_id)
+            ledger.figures.update(figures)
 
             # 4. Stored keys: only the job's own prefixes, whatever the client sent.
             keys = await svc.ctx.storage.list_keys("")

@@ -474,3 +474,15 @@ def test_attempt_is_frozen() -> None:
     attempt = Attempt("delivered", 200)
     with pytest.raises(dataclasses.FrozenInstanceError):
         attempt.status = 500  # type: ignore[misc]
+
+
+async def test_a_request_the_client_refuses_to_make_is_refused_not_raised(
+    session: aiohttp.ClientSession, receiver: Receiver, secrets: list[str]
+) -> None:
+    """aiohttp will not send URL credentials next to the token's Authorization header."""
+    url = receiver.url("/ok").replace("http://", "http://user:pass@")
+    attempt = await deliver(session, LOOPBACK, url, BODY, _headers(secrets))
+    assert attempt.outcome == "refused"
+    assert attempt.error is not None
+    assert "cannot be made" in attempt.error
+    assert receiver.received == []

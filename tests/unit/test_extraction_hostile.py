@@ -8,7 +8,7 @@ import pytest
 
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction import EngineOutput, ExtractLimits, extract_document
-from shared.extraction.hostile import scan_actions
+from shared.extraction.hostile import open_pdf, scan_actions
 from shared.models import ExtractOptions, Output
 from tests.unit import pdfgen
 from tests.unit.test_extraction_outputs import ALL_OUTPUTS
@@ -221,3 +221,13 @@ def test_every_hostile_file_then_a_good_one(files: dict[str, Path], tmp_path: Pa
         assert "Extraction Guide" in out.result.pages[0].text
     assert set(codes) <= {"ok", *(code.value for code in ErrorCode)}
     assert codes.count("ok") >= 8
+
+
+def test_a_decompression_bomb_fails_with_decompression_limit(tmp_path: Path) -> None:
+    """Issue 14 #11: the inflated bytes of a document are bounded by a setting."""
+    bomb = pdfgen.bomb_pdf(tmp_path / "bomb.pdf", side=20_000)  # ~50 MB inflated, stacked Flate
+    assert bomb.stat().st_size < 64 * 1024
+    with pytest.raises(PermanentError) as err:
+        open_pdf(str(bomb), ExtractLimits(max_inflated_bytes=16 * 1024 * 1024))
+    assert err.value.code is ErrorCode.DECOMPRESSION_LIMIT
+    open_pdf(str(bomb), ExtractLimits(max_inflated_bytes=1024 * 1024 * 1024)).close()

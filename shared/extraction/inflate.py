@@ -1,0 +1,77 @@
+"""A bound on decompression: the bytes a document's Flate streams inflate to, counted first.
+
+MuPDF inflates streams as it needs them, and a few kilobytes can inflate to gigabytes (13.6 s of
+CPU per GiB). Before any page work the worker inflates every stream of the file once, in chunks
+(nothing is kept), also through stacked Flate layers (`[/FlateDecode /FlateDecode]`), and refuses
+a document whose total passes `max_inflated_bytes` with DECOMPRESSION_LIMIT. The scan is linear
+and stops as soon as the budget is spent, so a bomb costs at most the budget.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import zlib
+
+from shared.errors import ErrorCode, PermanentError
+
+_STREAM = re.compile(rb"(?<!end)stream\r?\n")
+STEP = 1 << 20
+"""Bytes inflated per call: memory stays flat whatever a stream inflates to."""
+MAX_LAYERS = 4
+_ZLIB_HEADERS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+
+
+class _Spent(Exception):
+    pass
+
+
+class _Counter:
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def feed(self, layers: list[zlib._Decompress], depth: int, data: bytes) -> None:
+        """Inflate `data` through layer `depth` (and the layers under it), counting the output."""
+        inflater = layers[depth]
+        buf = data
+        while buf:
+            try:
+                out = inflater.decompress(buf, STEP)
+            except zlib.error:
+                return  # not (or no longer) Flate: what came so far is counted
+            buf = inflater.unconsumed_tail
+            if not out:
+                return
+            self.left -= len(out)
+            if self.left < 0:
+                raise _Spent
+            if depth + 1 == len(layers) and len(layers) < MAX_LAYERS and out[:2] in _ZLIB_HEADERS:
+                layers.append(zlib.decompressobj())
+            if depth + 1 < len(layers):
+                self.feed(layers, depth + 1, out)
+
+
+def check_inflated(path: str, max_inflated_bytes: int | None) -> None:
+    """Raises PermanentError (DECOMPRESSION_LIMIT) when the file's streams inflate to more than
+    `max_inflated_bytes` (None: no limit)."""
+    if max_inflated_bytes is None:
+        return
+    counter = _Counter(max_inflated_bytes)
+    with open(path, "rb") as fh:
+        try:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # empty
+            return
+        with data:
+            try:
+                for m in _STREAM.finditer(data):
+                    end = data.find(b"endstream", m.end())
+                    if end < 0:
+                        end = len(data)
+                    counter.feed([zlib.decompressobj()], 0, data[m.end() : end])
+            except _Spent:
+                raise PermanentError(
+                    f"the PDF's streams inflate to more than {max_inflated_bytes} bytes "
+                    "(PDFRELAY_MAX_INFLATED_BYTES)",
+                    ErrorCode.DECOMPRESSION_LIMIT,
+                ) from None
