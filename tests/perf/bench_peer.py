@@ -878,7 +878,9 @@ def _ratio(value: float, bare: float) -> str:
 def _batch_rows(title: str, store: dict[str, list[BatchRun]], count: int) -> list[list[str]]:
     bare = _med([r.pages_per_s for r in store["bare"]])
     pages = store["bare"][0].pages
-    what = f"{count} manuals" if title == "manuals" else f"{SMALL_COUNT} small files first, then"
+    what = (
+        f"{count} manuals" if title == "manuals" else f"{SMALL_COUNT} small files, then the manuals"
+    )
     speed = [f"{bare:.0f} pages/s"]
     for p in PARTIES:
         pps = _med([r.pages_per_s for r in store[p]])
