@@ -350,7 +350,8 @@ async def pdfrelay_party(
         party = PdfRelay(
             "pdfrelay", base_url, session, s3, Publishes(amqp_url), ingress, extract, webhooks
         )
-        connection = await aio_pika.connect(amqp_url)
+        # Robust: a broker restart (the broker is shared) restores the queue and the consumer.
+        connection = await aio_pika.connect_robust(amqp_url)
         try:
             channel = await connection.channel()
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
@@ -1004,14 +1005,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         uptime_before=_uptime(),
     )
     say(f"pdfrelay vs Celery peer, {results.cpus} CPUs; {results.uptime_before}")
-    asyncio.run(measure(args, results))
-    results.uptime_after = _uptime()
-    results.took_s = time.perf_counter() - started
-    table = report(results)
-    say("\n" + table)
-    if args.out is not None:
-        args.out.write_text(json.dumps(_jsonable(results), indent=2, default=str))
-        say(f"\nresults written to {args.out}")
+    try:
+        asyncio.run(measure(args, results))
+    finally:
+        # What was measured is kept even when a later part fails.
+        results.uptime_after = _uptime()
+        results.took_s = time.perf_counter() - started
+        if args.out is not None:
+            args.out.write_text(json.dumps(_jsonable(results), indent=2, default=str))
+            say(f"\nresults written to {args.out}")
+    say("\n" + report(results))
     return 0
 
 
