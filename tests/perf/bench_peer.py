@@ -769,6 +769,18 @@ class Results:
     """Per party, S3 requests and publishes per second while no job runs (background)."""
     manual_count: int = 0
     took_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    """Broker restarts seen (the broker is shared; its figures are then suspect)."""
+
+
+@contextlib.contextmanager
+def _broker_watch(results: Results, part: str) -> Iterator[None]:
+    """Note when RabbitMQ's beam.smp changed (a restart by other work) while `part` ran."""
+    before = find_pid_by_comm("beam.smp")
+    yield
+    if find_pid_by_comm("beam.smp") != before:
+        results.notes.append(f"the broker restarted during {part}")
+        say(f"   NOTE: the broker restarted during {part}")
 
 
 def _uptime() -> str:
@@ -803,29 +815,35 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
             for party in parties:
                 await _warm(party, inputs)
             small_first = [*inputs.small, *inputs.manuals]
+            batches = "batch" in args.parts
             for scenario, files, store in (
                 ("manuals", inputs.manuals, results.manuals),
                 ("small files first", small_first, results.small_first),
             ):
-                for r in range(args.rounds):
+                for r in range(args.rounds if batches else 0):
                     # Rotate the order every round: bare, pdfrelay, peer / pdfrelay, peer, bare …
                     order: list[Party | None] = [None, *parties]
                     shift = r % len(order)
                     for who in order[shift:] + order[:shift]:
                         label = who.label if who else "bare"
                         progress(f"{scenario}: round {r + 1}/{args.rounds}, {label}")
-                        if who is None:
-                            run = await asyncio.to_thread(_bare_batch, pool, files)
-                        else:
-                            run = await batch(who, files, inputs)
+                        with _broker_watch(results, f"{scenario} round {r + 1}, {label}"):
+                            if who is None:
+                                run = await asyncio.to_thread(_bare_batch, pool, files)
+                            else:
+                                run = await batch(who, files, inputs)
                         store.setdefault(label, []).append(run)
-            progress(f"burst of {args.burst}: bare")
-            results.bare_burst = await asyncio.to_thread(
-                _bare_batch, pool, [inputs.burst] * args.burst
-            )
-            for party in parties:
-                progress(f"burst of {args.burst}: {party.label}")
-                results.burst[party.label] = await burst(party, inputs, args.burst)
+            if "burst" in args.parts:
+                progress(f"burst of {args.burst}: bare")
+                results.bare_burst = await asyncio.to_thread(
+                    _bare_batch, pool, [inputs.burst] * args.burst
+                )
+                for party in parties:
+                    progress(f"burst of {args.burst}: {party.label}")
+                    with _broker_watch(results, f"burst, {party.label}"):
+                        results.burst[party.label] = await burst(party, inputs, args.burst)
+            if "counts" not in args.parts:
+                return
             async with Receiver().serving() as receiver:
                 for party in parties:
                     async with party.publishes.tracing() as counts:
@@ -950,6 +968,7 @@ def _details(results: Results) -> list[str]:
         for f in r.failures
     ] + [f"{b.party}: {f}" for b in results.burst.values() for f in b.failures]
     lines.append(f"- failures: {'; '.join(failures[:10]) if failures else 'none'}")
+    lines.append(f"- broker restarts: {'; '.join(results.notes) if results.notes else 'none'}")
     lines.append(
         f"- uptime before: `{results.uptime_before}`; after: `{results.uptime_after}`;"
         f" the run took {results.took_s:.0f} s"
@@ -963,7 +982,7 @@ def report(results: Results) -> str:
     for title, store in (("manuals", results.manuals), ("small files first", results.small_first)):
         if store:
             rows += _batch_rows(title, store, results.manual_count)
-    if results.bare_burst is not None and results.burst:
+    if results.bare_burst is not None and all(p in results.burst for p in PARTIES):
         rows += _burst_rows(results, results.bare_burst)
     rows += _count_rows(results)
     lines = [
@@ -993,6 +1012,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reps", type=int, help="jobs per kind for the counts (default 3; quick 1)"
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--parts",
+        default="batch,burst,counts",
+        type=lambda v: set(v.split(",")),
+        help="which scenarios: batch (1), burst (2), counts (3); default all",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.burst = args.burst or (10 if args.quick else 100)
