@@ -886,6 +886,11 @@ PARTIES = ("pdfrelay", "Celery peer")
 NONE = "-"
 
 
+def _n(value: float) -> str:
+    """A mean count: whole numbers as such, others to one decimal."""
+    return f"{value:.0f}" if value == round(value) else f"{value:.1f}"
+
+
 def _s(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
@@ -943,7 +948,7 @@ def _count_rows(results: Results) -> list[list[str]]:
         row = [f"per job, {kind}: S3 requests / broker publishes", NONE]
         for p in PARTIES:
             j = next((x for x in results.per_job if x.party == p and x.kind == kind), None)
-            row.append(NONE if j is None else f"**{j.s3_total:g}** / **{j.publishes_total:g}**")
+            row.append(NONE if j is None else f"**{_n(j.s3_total)}** / **{_n(j.publishes_total)}**")
         rows.append(row)
     return rows
 
@@ -957,8 +962,8 @@ def _details(results: Results) -> list[str]:
         )
         lines.append(f"- {label}, no job for {IDLE_S:g} s (background, not subtracted): {shown}")
     for j in results.per_job:
-        s3 = ", ".join(f"{k} {v:g}" for k, v in j.s3.items())
-        pub = ", ".join(f"{k} {v:g}" for k, v in j.publishes.items())
+        s3 = ", ".join(f"{k} {_n(v)}" for k, v in j.s3.items())
+        pub = ", ".join(f"{k} {_n(v)}" for k, v in j.publishes.items())
         lines.append(f"- {j.party}, {j.kind} (mean of {j.jobs}): S3 {s3}; publishes {pub}")
     failures = [
         f"{r.party}: {f}"
