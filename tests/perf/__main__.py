@@ -1,4 +1,8 @@
-"""`python -m tests.perf [NAME…]`: run every benchmark module of tests/perf (or the named ones).
+"""`python -m tests.perf [NAME…] [-- OPTIONS…]`: run every benchmark module of tests/perf (or the
+named ones).
+
+Arguments from the first that starts with `-` on are the benchmarks' own options, given to every
+named benchmark's `main(argv)` (`python -m tests.perf peer --quick --out peer.json`).
 
 A benchmark module is a `bench_*.py` beside this file with a `main()`; `bench_core` runs first,
 the others (`bench_markdown`, …) in name order, each only when it is there.
@@ -33,16 +37,24 @@ def _load(name: str) -> Callable[..., object] | None:
     return cast(Callable[..., object], getattr(module, "main", None))
 
 
-def _run(bench: Callable[..., object]) -> object:
-    # A main(argv=None) would parse our own command line; give it an empty one.
+def _run(bench: Callable[..., object], options: Sequence[str]) -> object:
+    # A main(argv=None) would parse our own command line; give it only the options.
     if inspect.signature(bench).parameters:
-        return bench([])
+        return bench(list(options))
     return bench()
 
 
 def main(argv: Sequence[str]) -> int:
     known = discover()
-    wanted = [a if a.startswith("bench_") else f"bench_{a}" for a in argv]
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, options = list(argv[:split]), [a for a in argv[split:] if a != "--"]
+    if options and not names:
+        print(
+            "options need the benchmark(s) they are for: python -m tests.perf NAME --opt",
+            file=sys.stderr,
+        )
+        return 2
+    wanted = [a if a.startswith("bench_") else f"bench_{a}" for a in names]
     unknown = [w for w in wanted if w not in known]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; there are {known}", file=sys.stderr)
@@ -58,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"\n######## {name}\n", flush=True)
         # One benchmark that fails does not keep the others from running; the status tells.
         try:
-            result = _run(bench)
+            result = _run(bench, options)
         except Exception:
             traceback.print_exc()
             result = 1
