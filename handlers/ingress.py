@@ -25,6 +25,7 @@ from shared.errors import (
     http_status,
 )
 from shared.extraction.ocr import ocr_languages
+from shared.http_server import IngressRunner
 from shared.jobs import artifact_key, result_key
 from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
@@ -538,12 +539,24 @@ def create_app(ctx: Context) -> web.Application:
     return app
 
 
+def _protocol_error(status: int, message: str) -> web.Response:
+    """What aiohttp would answer in plain text (a request it cannot parse), in our shape."""
+    return error_response(
+        ErrorCode.INTERNAL if status >= 500 else ErrorCode.INVALID_REQUEST, message
+    )
+
+
+def runner(ctx: Context) -> web.AppRunner:
+    """The ingress as `serve` runs it."""
+    return IngressRunner(create_app(ctx), _protocol_error, access_log=None)
+
+
 async def serve(ctx: Context, stop: asyncio.Event) -> None:
     """Serve HTTP on the configured host and port until `stop` is set."""
-    runner = web.AppRunner(create_app(ctx), access_log=None)
-    await runner.setup()
+    server = runner(ctx)
+    await server.setup()
     try:
-        site = web.TCPSite(runner, ctx.settings.http_host, ctx.settings.http_port)
+        site = web.TCPSite(server, ctx.settings.http_host, ctx.settings.http_port)
         try:
             await site.start()
         except OSError as exc:
@@ -557,4 +570,4 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
         )
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await server.cleanup()

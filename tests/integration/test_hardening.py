@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -328,6 +330,43 @@ async def test_broker_requests_are_validated_like_http_ones(
     assert await stack.ctx.storage.list_keys("jobs/") == []
 
 
+@contextlib.asynccontextmanager
+async def served(stack: Stack) -> AsyncIterator[int]:
+    """The ingress as `serve` runs it (its own runner, not the test server's), on a free port."""
+    runner = ingress.runner(stack.ctx)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_requests_aiohttp_cannot_parse_get_the_json_error_shape(stack: Stack) -> None:
+    secret = "s3cr3t-" + "x" * 9000
+    async with served(stack) as port:
+        for raw in (
+            f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: {secret}\r\n\r\n",
+            f"GET /{secret} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(raw.encode())
+                await writer.drain()
+                async with asyncio.timeout(10):
+                    answer = await reader.read()  # the connection is closed after the answer
+            finally:
+                writer.close()
+                await writer.wait_closed()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request"), head
+            assert b"application/json" in head
+            assert json.loads(body)["error"]["code"] == "INVALID_REQUEST"
+            assert b"s3cr3t" not in answer
+
+
 # a client leaving mid-download -----------------------------------------------------------------
 
 
@@ -355,23 +394,20 @@ async def test_a_client_leaving_mid_download_is_logged_at_info(stack: Stack) -> 
         logger.addHandler(seen)
         logger.setLevel(logging.INFO)
     # The ingress as `serve` runs it (the test server cancels handlers of lost connections).
-    runner = web.AppRunner(ingress.create_app(stack.ctx), access_log=None)
-    await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET /v1/jobs/{job['job_id']}/result HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
-        await reader.readexactly(1024)
-        writer.transport.abort()  # gone, mid-body
-        async with asyncio.timeout(20):
-            await seen.event.wait()
+        async with served(stack) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /v1/jobs/{job['job_id']}/result HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            await reader.readexactly(1024)
+            writer.transport.abort()  # gone, mid-body
+            async with asyncio.timeout(20):
+                await seen.event.wait()
     finally:
-        await runner.cleanup()
         for logger, level in zip(watched, levels, strict=True):
             logger.removeHandler(seen)
             logger.setLevel(level)
