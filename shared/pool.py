@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pymupdf
 
-from shared.errors import ErrorCode, PdfRelayError, PermanentError
+from shared.errors import ErrorCode, JobCancelled, PdfRelayError, PermanentError
 from shared.extraction import ArtifactFile, ExtractLimits, extract_document
 from shared.models import ExtractOptions
 
@@ -46,12 +46,6 @@ class WorkerCrashed(PdfRelayError):
     """The worker process died without an answer (killed, segfault, out of memory)."""
 
     code = ErrorCode.EXTRACTION_CRASHED
-
-
-class JobCancelled(PdfRelayError):
-    """The job was cancelled: its worker was stopped, or never started."""
-
-    code = ErrorCode.CANCELLED
 
 
 @dataclass
@@ -84,9 +78,12 @@ class WorkRequest:
 
 
 def _serve(
-    conn: Connection, memory_mb: int, trace_dir: str | None
+    conn: Connection, memory_mb: int, trace_dir: str | None, nice: int = 0
 ) -> None:  # pragma: no cover - runs in the worker process
     """A worker's life: one WorkRequest after another from `conn`, until it is closed."""
+    if nice:
+        # Below the ingress and the handlers on the same host (PDFRELAY_WORKER_NICE).
+        os.nice(nice)
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # The ~100,000 objects of the preloaded application and PyMuPDF live as long as the process:
@@ -224,8 +221,10 @@ class WorkerPool:
         memory_mb: int,
         trace_dir: str | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
+        nice: int = 0,
     ) -> None:
         self.workers = workers
+        self.nice = nice
         self._timeout_s = timeout_s
         self._memory_mb = memory_mb
         self._trace_dir = trace_dir
@@ -261,7 +260,7 @@ class WorkerPool:
         parent, child = self._mp.Pipe()
         proc = self._mp.Process(
             target=_serve,
-            args=(child, self._memory_mb, self._trace_dir),
+            args=(child, self._memory_mb, self._trace_dir, self.nice),
             daemon=True,
             name="pdfrelay-extract",
         )
