@@ -24,7 +24,6 @@ from shared.errors import (
     TransientError,
     http_status,
 )
-from shared.extraction.ocr import ocr_languages
 from shared.jobs import artifact_key, public_view, result_key
 from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
@@ -34,6 +33,7 @@ from shared.settings import Settings
 from shared.ssrf import SsrfPolicy, check_url_syntax
 from shared.storage import ObjectNotFound
 from shared.submit import Submission, Submitter
+from shared.tessdata import ocr_languages
 from shared.tracing import server_middleware
 from shared.uploads import Spooled, spool
 from shared.watch import JobWatcher
