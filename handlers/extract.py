@@ -216,6 +216,8 @@ class _ProgressReporter:
         self._after_s = after_s
         self._live = after_s <= 0
         self._latest: tuple[int, int] | None = None
+        self._record_due = False
+        """The record is to say `processing` (no progress reported yet: no event)."""
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self._saved_at = -RECORD_INTERVAL_S
@@ -224,7 +226,7 @@ class _ProgressReporter:
         """The job has its worker slot (`job` says processing)."""
         self.job = job
         if self._live:
-            self._latest = (job.progress.pages_done, job.progress.pages_total or 0)
+            self._record_due = True
             self._kick()
         else:
             self._timer = asyncio.create_task(self._go_live())
@@ -232,8 +234,7 @@ class _ProgressReporter:
     async def _go_live(self) -> None:
         await asyncio.sleep(self._after_s)
         self._live = True
-        if self._latest is None:
-            self._latest = (self.job.progress.pages_done, self.job.progress.pages_total or 0)
+        self._record_due = self._latest is None
         self._kick()
 
     def update(self, done: int, total: int) -> None:
@@ -246,11 +247,16 @@ class _ProgressReporter:
             self._task = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
-        while self._latest is not None:
+        while self._latest is not None or self._record_due:
+            if self._latest is None:
+                self._record_due = False
+                await lifecycle.save_progress(self._ctx, self.job)
+                continue
+            self._record_due = False
             done, total = self._latest
             self._latest = None
             job = self.job.model_copy(
-                update={"progress": Progress(pages_done=done, pages_total=total or None)}
+                update={"progress": Progress(pages_done=done, pages_total=total)}
             )
             now = time.monotonic()
             if now - self._saved_at >= RECORD_INTERVAL_S:
