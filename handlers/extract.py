@@ -150,7 +150,9 @@ async def _extract(
             await progress.flush()
         ctx.metrics.job_pages.observe(out.pages_extracted)
         summary = await _store(ctx, job, out)
-        await cache.remember(ctx, found.key, job.job_id, summary, out.result_path)
+        await cache.remember(
+            ctx, found.key, job.job_id, summary, out.result_path, out.digests.get(out.result_path)
+        )
         return summary
 
 
@@ -177,7 +179,10 @@ async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
     artifacts: list[Artifact] = []
     for art in out.artifacts:
         await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
-        size, digest = await asyncio.to_thread(cache.file_digest, art.path)
+        known = out.digests.get(art.path)
+        if known is None:
+            known = await asyncio.to_thread(cache.file_digest, art.path)
+        size, digest = known
         artifacts.append(
             Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
         )

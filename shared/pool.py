@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import hashlib
 import json
 import multiprocessing
 import os
@@ -66,6 +67,8 @@ class WorkOutput:
     pages_extracted: int
     warnings: tuple[str, ...]
     artifacts: tuple[ArtifactFile, ...]
+    digests: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """(size, sha256 hex) by path, of the result and every artifact, computed by the worker."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,16 @@ def _serve(
         _one(conn, req, trace_dir)
 
 
+def _file_digest(path: str) -> tuple[int, str]:  # pragma: no cover - in the worker process
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
 def _one(
     conn: Connection, req: WorkRequest, trace_dir: str | None
 ) -> None:  # pragma: no cover - runs in the worker process
@@ -118,7 +131,12 @@ def _one(
         out = extract_document(req.pdf_path, req.options, req.limits, req.out_dir, progress)
         out.result.job_id = req.job_id
         path = os.path.join(req.out_dir, RESULT_FILE)
-        Path(path).write_text(out.result.model_dump_json(by_alias=True))
+        data = out.result.model_dump_json(by_alias=True).encode()
+        Path(path).write_bytes(data)
+        # Digests once, here, where the bytes are: the handler and the cache reuse them.
+        digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
+        for art in out.artifacts:
+            digests[art.path] = _file_digest(art.path)
         reply = (
             "ok",
             path,
@@ -126,6 +144,7 @@ def _one(
             out.pages_processed,
             tuple(out.result.warnings),
             tuple(out.artifacts),
+            digests,
         )
         del out
     except PermanentError as exc:

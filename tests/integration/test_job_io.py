@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from shared import cancel_registry
+from handlers import jobs_api
+from shared import cancel_registry, retention
 from tests.conftest import Stack, _free_port, _wait_for_port, running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import form
@@ -124,6 +125,17 @@ async def counted_stack(
     # One host, one clock: the extract side hears every cancel of a job created after it
     # started listening, so it reads no cancel marker (shared/cancel_registry.py).
     monkeypatch.setattr(cancel_registry, "CLOCK_MARGIN_S", 0.0)
+    # The retention sweeper's first round (at start) lists the bucket: not this job's I/O.
+    swept = asyncio.Event()
+    sweep = retention.sweep
+
+    async def sweep_once(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await sweep(*args, **kwargs)
+        finally:
+            swept.set()
+
+    monkeypatch.setattr(jobs_api, "sweep", sweep_once)
     async with running_stack(settings) as stack:
         if webhooks:
             stack.start_webhooks()
@@ -131,6 +143,8 @@ async def counted_stack(
         resp = await stack.client.post("/v1/jobs", data=form(make_pdf(["warm-up"])))
         assert resp.status == 202, await resp.text()
         await seen.wait_for(lambda: any(k == "job.completed" for _, k in seen.sent))
+        async with asyncio.timeout(30):
+            await swept.wait()
         seen.sent.clear()
         yield stack, seen
 
