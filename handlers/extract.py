@@ -70,9 +70,8 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job, redelivered: bool =
         return job
 
     async def begin() -> Job:
-        # A split document: its record says processing at once (the ranges take a while).
-        await lifecycle.save_progress(ctx, started())
-        return job
+        # A split document: the planner stores it processing, with its page total, at once.
+        return started()
 
     try:
         out = await _extract(ctx, job, task.webhook, begin, started, redelivered)

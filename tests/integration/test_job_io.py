@@ -214,3 +214,25 @@ async def test_workers_run_at_a_lower_cpu_priority(
         await seen.wait_for(lambda: any(k == "job.completed" for _, k in seen.sent))
         # The worker stays (idle) for the next document: its niceness is 7 above ours.
         assert os.getpriority(os.PRIO_PROCESS, pids[0]) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+
+
+async def test_a_fanned_out_job_reads_its_source_once_per_process(
+    make_settings: Any, counting_s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 pages in 4 ranges in one extract process: not one download of the PDF per range."""
+    settings = make_settings(s3_endpoint=counting_s3, fanout_min_pages=5, fanout_range_pages=5)
+    async with counted_stack(settings, monkeypatch) as (stack, seen):
+        await counts(counting_s3, reset=True)
+        pdf = make_pdf([f"page {n} of many" for n in range(20)])
+        resp = await stack.client.post("/v1/jobs", data=form(pdf, outputs="text"))
+        assert resp.status == 202, await resp.text()
+        job_id = (await resp.json())["job_id"]
+        await seen.wait_for(lambda: any(k == "job.completed" for _, k in seen.sent))
+        s3 = await counts(counting_s3)
+        report = _report(s3, seen)
+        print(report)
+        source = f"GET /{settings.s3_bucket}/uploads/{job_id}.pdf"
+        # Was 1 + 4 (the planner's, then one per range); ranges in flight together share one.
+        assert s3["requests"].count(source) <= 3, report
+        record = f"PUT /{settings.s3_bucket}/jobs/{job_id}/record.json"
+        assert s3["requests"].count(record) == 3, report  # accepted, split, completed
