@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
@@ -11,12 +12,12 @@ from collections.abc import Awaitable, Callable
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers import fanout
-from shared import cache
-from shared.cancel import cancelled, raise_if_requested
+from shared import cache, lifecycle
 from shared.cancel import listen as listen_for_cancels
+from shared.cancel import may_have_missed, raise_if_requested
 from shared.consumer import consume
 from shared.context import Context
-from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
 from shared.extraction import ExtractLimits
 from shared.fetch import fetch_to_file
 from shared.jobs import artifact_key, result_key
@@ -24,15 +25,13 @@ from shared.models import (
     Artifact,
     ExtractTask,
     Job,
-    JobError,
     JobResultSummary,
-    JobStatus,
     Progress,
     WebhookSpec,
     utcnow,
 )
-from shared.outcome import ProgressWebhooks, announce_terminal, publish_event
-from shared.pool import JobCancelled, WorkOutput, WorkRequest
+from shared.outcome import ProgressWebhooks, publish_event
+from shared.pool import WorkOutput, WorkRequest
 from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
 from shared.tracing import job_span
@@ -41,71 +40,62 @@ log = logging.getLogger(__name__)
 
 
 async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
-    job = await ctx.jobs.get(task.job_id)
+    redelivered = bool(message.redelivered)
+    if task.job is not None and task.first is None and not redelivered:
+        # The record as accepted travels in the task: no read of it (a redelivery reads it, as
+        # do tasks of older versions, which carry none).
+        job = task.job
+    else:
+        job = await ctx.jobs.get(task.job_id)
     # The job's trace (from the message, else the record), down to its webhook.
     with job_span("extract", job.job_id, job.traceparent):
-        await _handle(task, ctx, job)
+        await _handle(task, ctx, job, redelivered)
 
 
-async def _handle(task: ExtractTask, ctx: Context, job: Job) -> None:
+async def _handle(task: ExtractTask, ctx: Context, job: Job, redelivered: bool = False) -> None:
     if task.first is not None:
         await fanout.handle_range(task, ctx, job)
         return
     if job.status.terminal:
         # A redelivery after the outcome was stored: announce it again (same event ids).
-        await announce_terminal(ctx, job, task.webhook)
+        await lifecycle.announce_again(ctx, job, task.webhook)
         return
     attempts = job.attempts + 1
 
-    async def begin() -> Job:
-        # Saved when a worker slot is free, not when the task arrives: with prefetch = workers
-        # + 1 a task may wait here (its source already downloaded) and its job is still queued.
+    def started() -> Job:
+        # When a worker slot is free, not when the task arrives: with prefetch = workers + 1 a
+        # task may wait here (its source already downloaded) and its job is still queued.
         nonlocal job
-        job = job.model_copy(
-            update={"status": JobStatus.PROCESSING, "started_at": utcnow(), "attempts": attempts}
-        )
-        await ctx.jobs.save(job)
+        job = lifecycle.started(job, attempts)
         return job
 
+    async def begin() -> Job:
+        # A split document: the planner stores it processing, with its page total, at once.
+        return started()
+
     try:
-        out = await _extract(ctx, job, task.webhook, begin)
+        out = await _extract(ctx, job, task.webhook, begin, started, redelivered)
         if out is None:
             return  # split into page ranges: the merge ends the job
     except JobCancelled:
-        job = cancelled(job)
+        job = lifecycle.cancelled(job)
     except PermanentError as exc:
-        job = job.model_copy(
-            update={
-                "status": JobStatus.FAILED,
-                "error": JobError(code=str(exc.code), message=exc.message),
-                "finished_at": utcnow(),
-            }
-        )
+        job = lifecycle.failed(job, str(exc.code), exc.message)
     else:
-        job = job.model_copy(
-            update={
-                "status": JobStatus.COMPLETED,
-                "result": out,
-                "finished_at": utcnow(),
-                "progress": Progress(
-                    pages_done=out.pages_extracted, pages_total=out.pages_extracted
-                ),
-            }
-        )
+        job = lifecycle.completed(job, out)
     if job.attempts < attempts:  # ended before a worker slot (cache hit, fetch failure)
         job = job.model_copy(
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
         )
-    stored = await ctx.jobs.get(job.job_id)
-    if stored.status.terminal:
-        # Cancelled at the ingress while its record still said queued (this task was waiting
-        # for a worker slot, or a cache hit): that first ending stands, never a second one.
-        await announce_terminal(ctx, stored, task.webhook)
-        return
-    await ctx.jobs.save(job)
-    ctx.metrics.job_ended(job.status, job.door, job.error.code if job.error else None)
-    log.info("job %s %s %s", job.job_id, job.status.value, job.error.code if job.error else "")
-    await announce_terminal(ctx, job, task.webhook)
+    if ctx.cancels.heard(job.job_id) or may_have_missed(ctx, job, redelivered):
+        stored = await ctx.jobs.get(job.job_id)
+        if stored.status.terminal:
+            # Cancelled at the ingress while its record still said queued (this task waited
+            # for a worker slot, a cache hit, or a short job whose record is written only at
+            # its end): that first ending stands, never a second one.
+            await lifecycle.announce_again(ctx, stored, task.webhook)
+            return
+    await lifecycle.end(ctx, job, task.webhook, first=not redelivered)
 
 
 async def _extract(
@@ -113,6 +103,8 @@ async def _extract(
     job: Job,
     webhook: WebhookSpec | None = None,
     begin: Callable[[], Awaitable[Job]] | None = None,
+    started: Callable[[], Job] | None = None,
+    redelivered: bool = False,
 ) -> JobResultSummary | None:
     """The job's result summary; None when it was split into page ranges (handlers/fanout.py)."""
     assert ctx.pool is not None
@@ -125,36 +117,42 @@ async def _extract(
         found = await cache.lookup(ctx, job, lambda: _fetch_source(ctx, job, pdf_path), pdf_path)
         if found.hit is not None:
             return found.hit
-        await raise_if_requested(ctx, job.job_id)
+        await raise_if_requested(ctx, job, redelivered)
         if await fanout.plan(ctx, job, webhook, pdf_path, begin):
             return None
-        progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook))
+        # Progress webhooks asked for: progress from the start; else after progress_after_s.
+        after_s = 0.0 if webhook is not None and webhook.progress else settings.progress_after_s
+        progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook), after_s)
 
         async def on_slot() -> None:
-            if begin is not None:
-                progress.job = await begin()
+            progress.start(started() if started is not None else job)
 
-        with ctx.metrics.extraction_seconds.time():
-            out = await ctx.pool.run(
-                WorkRequest(
-                    pdf_path=pdf_path,
-                    out_dir=tmp,
-                    options=job.options,
-                    limits=ExtractLimits(
-                        max_pages=settings.max_pages,
-                        max_file_bytes=settings.max_file_bytes,
-                        max_inflated_bytes=settings.max_inflated_bytes,
-                        tessdata=settings.tessdata_dir,
+        try:
+            with ctx.metrics.extraction_seconds.time():
+                out = await ctx.pool.run(
+                    WorkRequest(
+                        pdf_path=pdf_path,
+                        out_dir=tmp,
+                        options=job.options,
+                        limits=ExtractLimits(
+                            max_pages=settings.max_pages,
+                            max_file_bytes=settings.max_file_bytes,
+                            max_inflated_bytes=settings.max_inflated_bytes,
+                            tessdata=settings.tessdata_dir,
+                        ),
                     ),
-                ),
-                progress.update,
-                job_id=job.job_id,
-                on_slot=on_slot,
-            )
+                    progress.update,
+                    job_id=job.job_id,
+                    on_slot=on_slot,
+                )
+        finally:
+            # Before the job's ending is written: no progress write may land after it.
+            await progress.flush()
         ctx.metrics.job_pages.observe(out.pages_extracted)
-        await progress.flush()
         summary = await _store(ctx, job, out)
-        await cache.remember(ctx, found.key, job.job_id, summary, out.result_path)
+        await cache.remember(
+            ctx, found.key, job.job_id, summary, out.result_path, out.digests.get(out.result_path)
+        )
         return summary
 
 
@@ -181,7 +179,10 @@ async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
     artifacts: list[Artifact] = []
     for art in out.artifacts:
         await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
-        size, digest = await asyncio.to_thread(cache.file_digest, art.path)
+        known = out.digests.get(art.path)
+        if known is None:
+            known = await asyncio.to_thread(cache.file_digest, art.path)
+        size, digest = known
         artifacts.append(
             Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
         )
@@ -200,67 +201,94 @@ the job.progress events go out at the workers' pace (every 0.25 s at most)."""
 
 
 class _ProgressReporter:
-    """Publishes job.progress events without ever holding up the worker."""
+    """Publishes job.progress events without ever holding up the worker.
 
-    def __init__(self, ctx: Context, job: Job, hooks: ProgressWebhooks | None = None) -> None:
+    Nothing goes out during a job's first `after_s` (PDFRELAY_PROGRESS_AFTER_S): a short job
+    costs no `processing` record write and no progress event; a longer one has its record say
+    `processing` (with its progress) from then on.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        job: Job,
+        hooks: ProgressWebhooks | None = None,
+        after_s: float = 0.0,
+    ) -> None:
         self._ctx = ctx
         self.job = job
         self._hooks = hooks
+        self._after_s = after_s
+        self._live = after_s <= 0
         self._latest: tuple[int, int] | None = None
+        self._record_due = False
+        """The record is to say `processing` (no progress reported yet: no event)."""
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
         self._saved_at = -RECORD_INTERVAL_S
+
+    def start(self, job: Job) -> None:
+        """The job has its worker slot (`job` says processing)."""
+        self.job = job
+        if self._live:
+            self._record_due = True
+            self._kick()
+        else:
+            self._timer = asyncio.create_task(self._go_live())
+
+    async def _go_live(self) -> None:
+        await asyncio.sleep(self._after_s)
+        self._live = True
+        self._record_due = self._latest is None
+        self._kick()
 
     def update(self, done: int, total: int) -> None:
         self._latest = (done, total)
+        if self._live:
+            self._kick()
+
+    def _kick(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
-        while self._latest is not None:
-            done, total = self._latest
-            self._latest = None
-            job = self.job.model_copy(
-                update={"progress": Progress(pages_done=done, pages_total=total)}
-            )
+        while self._latest is not None or self._record_due:
             try:
-                await self._report(job)
+                await self._send_next()
             except TransientError as exc:
                 # Progress is a courtesy: a lost update must not fail (and redo) the extraction.
-                log.warning("job %s: a progress update was lost: %s", job.job_id, exc.message)
+                log.warning("job %s: a progress update was lost: %s", self.job.job_id, exc.message)
 
-    async def _report(self, job: Job) -> None:
+    async def _send_next(self) -> None:
+        if self._latest is None:
+            self._record_due = False
+            await lifecycle.save_progress(self._ctx, self.job)
+            return
+        self._record_due = False
+        done, total = self._latest
+        self._latest = None
+        job = self.job.model_copy(update={"progress": Progress(pages_done=done, pages_total=total)})
         now = time.monotonic()
         if now - self._saved_at >= RECORD_INTERVAL_S:
             self._saved_at = now
-            await self._ctx.jobs.save(job)
+            await lifecycle.save_progress(self._ctx, job)
         await publish_event(self._ctx, job, "job.progress")
         if self._hooks is not None:
             await self._hooks.send(job)
 
     async def flush(self) -> None:
+        """Stop the timer and wait for what is being sent (the job is about to end)."""
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
         if self._task is not None:
             await self._task
 
 
 async def handle_dead(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
     """A task the extract queue gave up on (delivery limit): its job fails, and everyone hears."""
-    job = await ctx.jobs.get(task.job_id)
-    if not job.status.terminal:
-        log.error("job %s dead-lettered after repeated worker crashes", job.job_id)
-        job = job.model_copy(
-            update={
-                "status": JobStatus.FAILED,
-                "error": JobError(
-                    code=ErrorCode.EXTRACTION_CRASHED,
-                    message="the document crashed the extraction worker on every attempt",
-                ),
-                "finished_at": utcnow(),
-            }
-        )
-        await ctx.jobs.save(job)
-        ctx.metrics.job_ended(job.status, job.door, ErrorCode.EXTRACTION_CRASHED)
-        ctx.metrics.dead_letters.labels(queue=ctx.topology.extract).inc()
-    await announce_terminal(ctx, job, task.webhook)
+    await lifecycle.dead_letter(ctx, await ctx.jobs.get(task.job_id), task.webhook)
 
 
 async def handle_merge(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:

@@ -4,18 +4,22 @@ and the parts are merged in page order into one result by a single-active-consum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from shared import lifecycle
 from shared.broker import publish
-from shared.cancel import cancelled, raise_if_requested
+from shared.cancel import raise_if_requested
 from shared.context import Context
-from shared.errors import ErrorCode, PermanentError
+from shared.errors import ErrorCode, JobCancelled, PermanentError
 from shared.extraction import ExtractLimits
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.layout import (
@@ -31,25 +35,26 @@ from shared.jobs import artifact_key, result_key, upload_key
 from shared.models import (
     Artifact,
     ExtractionResult,
+    ExtractOptions,
     ExtractTask,
     Frozen,
     Job,
-    JobError,
     JobResultSummary,
-    JobStatus,
     PageText,
     Progress,
     WebhookSpec,
-    utcnow,
 )
-from shared.outcome import announce_terminal, publish_event
+from shared.outcome import publish_event
 from shared.pagecount import count_pages
-from shared.pool import JobCancelled, WorkRequest
+from shared.pool import WorkRequest
 
 log = logging.getLogger(__name__)
 
 FANOUT_OUTPUTS = frozenset({"text", "markdown", "metadata", "blocks", "chunks"})
 """Outputs a merge can rebuild from the parts; jobs asking for more run whole."""
+MIN_PAGE_BYTES = 64
+"""No PDF page takes fewer bytes (its page object and cross-reference entry): a file smaller
+than `fanout_min_pages` times this cannot be split, and is not page-counted."""
 
 
 class RangePart(Frozen):
@@ -74,6 +79,47 @@ def part_key(job_id: str, first: int, last: int) -> str:
 _EMPTY = ExtractionResult(page_count=0)
 
 
+class _Source:
+    """One local copy of a document's PDF, shared by the ranges this process extracts."""
+
+    def __init__(self, tmp: str, ready: Callable[[str], Awaitable[None]]) -> None:
+        self.tmp = tmp
+        self.path = f"{tmp}/source.pdf"
+        self.holders = 0
+        self.ready: asyncio.Task[None] = asyncio.ensure_future(ready(self.path))
+
+
+_SOURCES: dict[tuple[str | None, str], _Source] = {}
+"""This process's downloaded sources of fanned-out documents, by (bucket, key)."""
+
+
+@contextlib.asynccontextmanager
+async def shared_source(ctx: Context, key: str, bucket: str | None) -> AsyncIterator[str]:
+    """The path of `key`'s local copy: downloaded once however many of its ranges this
+    process extracts at the same time, deleted when the last of them is done."""
+    ident = (bucket, key)
+    source = _SOURCES.get(ident)
+    if source is None:
+        tmp = tempfile.mkdtemp(prefix="pdfrelay-", dir=ctx.settings.spool_dir)
+        source = _SOURCES[ident] = _Source(
+            tmp, lambda path: ctx.storage.download(key, path, bucket=bucket)
+        )
+    source.holders += 1
+    try:
+        await asyncio.shield(source.ready)
+        yield source.path
+    finally:
+        source.holders -= 1
+        if source.holders == 0:
+            if _SOURCES.get(ident) is source:
+                del _SOURCES[ident]
+            if not source.ready.done():
+                source.ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(source.ready, return_exceptions=True)
+            await asyncio.to_thread(shutil.rmtree, source.tmp, True)
+
+
 def ranges(page_count: int, size: int) -> list[tuple[int, int]]:
     """1-based inclusive (first, last) ranges of at most `size` pages covering the document."""
     return [(a, min(a + size - 1, page_count)) for a in range(1, page_count + 1, size)]
@@ -94,6 +140,9 @@ async def plan(
     settings = ctx.settings
     if job.options.pages is not None or not set(job.options.outputs) <= FANOUT_OUTPUTS:
         return False
+    size = await asyncio.to_thread(os.path.getsize, pdf_path)
+    if size < settings.fanout_min_pages * MIN_PAGE_BYTES:
+        return False  # too small to have that many pages: no page count at all
     pages = await count_pages(pdf_path)
     if pages is None or pages <= settings.fanout_min_pages or pages > settings.max_pages:
         return False  # too small, or for the engine to refuse as a whole
@@ -103,7 +152,7 @@ async def plan(
     if begin is not None:
         job = await begin()
     job = job.model_copy(update={"progress": Progress(pages_done=0, pages_total=pages)})
-    await ctx.jobs.save(job)
+    await lifecycle.save_progress(ctx, job)
     spans = ranges(pages, settings.fanout_range_pages)
     log.info("job %s: %d pages in %d ranges", job.job_id, pages, len(spans))
     for first, last in spans:
@@ -135,7 +184,7 @@ async def handle_range(task: ExtractTask, ctx: Context, job: Job) -> None:
     try:
         part = await _extract_range(ctx, job, task.first, task.last)
     except JobCancelled:
-        await _end(ctx, task, lambda j: cancelled(j))
+        await _end(ctx, task, lifecycle.cancelled)
         return
     except PermanentError as exc:
         if exc.code is ErrorCode.INVALID_OPTIONS and task.first > 1:
@@ -148,14 +197,7 @@ async def handle_range(task: ExtractTask, ctx: Context, job: Job) -> None:
 
 
 async def _fail(ctx: Context, task: ExtractTask, exc: PermanentError) -> None:
-    error = JobError(code=str(exc.code), message=exc.message)
-    await _end(
-        ctx,
-        task,
-        lambda j: j.model_copy(
-            update={"status": JobStatus.FAILED, "error": error, "finished_at": utcnow()}
-        ),
-    )
+    await _end(ctx, task, lambda j: lifecycle.failed(j, str(exc.code), exc.message))
 
 
 async def _store_part(ctx: Context, job: Job, task: ExtractTask, part: RangePart) -> None:
@@ -212,33 +254,55 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
         tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
         ctx.pool.track(job.job_id),
     ):
-        pdf_path = f"{tmp}/source.pdf"
-        await ctx.storage.download(key, pdf_path, bucket=bucket)
-        await raise_if_requested(ctx, job.job_id)
-        out = await ctx.pool.run(
-            WorkRequest(
-                pdf_path=pdf_path,
-                out_dir=tmp,
-                options=options,
-                limits=ExtractLimits(
-                    max_pages=settings.max_pages,
-                    max_file_bytes=settings.max_file_bytes,
-                    max_inflated_bytes=settings.max_inflated_bytes,
-                    tessdata=settings.tessdata_dir,
-                    range_part=True,
-                ),
+        async with shared_source(ctx, key, bucket) as pdf_path:
+            return await _run_range(ctx, job, first, last, options, pdf_path, tmp)
+
+
+async def _run_range(
+    ctx: Context,
+    job: Job,
+    first: int,
+    last: int,
+    options: ExtractOptions,
+    pdf_path: str,
+    tmp: str,
+) -> RangePart:
+    assert ctx.pool is not None
+    settings = ctx.settings
+    await raise_if_requested(ctx, job)
+    out = await ctx.pool.run(
+        WorkRequest(
+            pdf_path=pdf_path,
+            out_dir=tmp,
+            options=options,
+            limits=ExtractLimits(
+                max_pages=settings.max_pages,
+                max_file_bytes=settings.max_file_bytes,
+                max_inflated_bytes=settings.max_inflated_bytes,
+                tessdata=settings.tessdata_dir,
+                range_part=True,
             ),
-            lambda done, total: None,
-            job_id=job.job_id,
-            background=True,  # whole jobs waiting for a worker go first
-        )
-        raw = await asyncio.to_thread(Path(out.result_path).read_bytes)
-        state = next((a.path for a in out.artifacts if a.name == MARKDOWN_STATE), None)
-        markdown = await asyncio.to_thread(Path(state).read_bytes) if state else None
+        ),
+        lambda done, total: None,
+        job_id=job.job_id,
+        background=True,  # whole jobs waiting for a worker go first
+    )
+    state = next((a.path for a in out.artifacts if a.name == MARKDOWN_STATE), None)
+    # Reading and parsing the part in a thread: not on the event loop.
+    return await asyncio.to_thread(
+        _read_part, first, last, out.pages_extracted, out.result_path, state
+    )
+
+
+def _read_part(
+    first: int, last: int, processed: int, result_path: str, state_path: str | None
+) -> RangePart:
+    raw = Path(result_path).read_bytes()
+    markdown = Path(state_path).read_bytes() if state_path else None
     return RangePart(
         first=first,
         last=last,
-        pages_processed=out.pages_extracted,
+        pages_processed=processed,
         result=ExtractionResult.model_validate_json(raw),
         markdown_state=json.loads(markdown) if markdown else None,
     )
@@ -247,12 +311,11 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
 async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -> None:
     """End the job with `outcome` unless it has ended already (then only announce it)."""
     job = await ctx.jobs.get(task.job_id)
-    if not job.status.terminal:
-        job = outcome(job)
-        await ctx.jobs.save(job)
-        ctx.metrics.job_ended(job.status, job.door, job.error.code if job.error else None)
-        log.info("job %s %s (range %s-%s)", job.job_id, job.status.value, task.first, task.last)
-    await announce_terminal(ctx, job, task.webhook)
+    if job.status.terminal:
+        await lifecycle.announce_again(ctx, job, task.webhook)
+        return
+    note = f" (range {task.first}-{task.last})"
+    await lifecycle.end(ctx, outcome(job), task.webhook, first=False, note=note)
 
 
 def _merged_markdown(parts: list[RangePart]) -> str | None:
@@ -317,26 +380,31 @@ def merge_parts(parts: list[RangePart], layout: LayoutOutputs | None = None) -> 
     )
 
 
+def _parse_parts(raws: list[bytes]) -> list[RangePart]:
+    return [RangePart.model_validate_json(raw) for raw in raws]
+
+
 async def handle_merge(task: ExtractTask, ctx: Context) -> None:
     """Merge a job's parts into its result and complete it; a repeated merge only announces."""
     job = await ctx.jobs.get(task.job_id)
     if job.status.terminal:
-        await announce_terminal(ctx, job, task.webhook)
+        await lifecycle.announce_again(ctx, job, task.webhook)
         return
     keys = sorted(await ctx.storage.list_keys(parts_prefix(job.job_id)))
-    parts = [RangePart.model_validate_json(await ctx.storage.get_bytes(k)) for k in keys]
+    raws = [await ctx.storage.get_bytes(k) for k in keys]
+    # CPU work, all of it off the event loop: parsing the parts, rendering (by the same pure
+    # function as a one-pass run), merging and dumping.
+    parts = await asyncio.to_thread(_parse_parts, raws)
     states = builder_states(parts)
-    # CPU work: rendered off the event loop, by the same pure function as a one-pass run
     layout = await asyncio.to_thread(merged_outputs, states, job.options) if states else None
-    result = merge_parts(parts, layout)
+    result = await asyncio.to_thread(merge_parts, parts, layout)
     files = layout.files if layout else []
     if layout is None and result.markdown is not None:
         files = [LayoutFile(MARKDOWN_ARTIFACT, result.markdown.encode(), MARKDOWN_TYPE)]
     if "markdown" not in job.options.outputs:
         result.markdown = None  # only document.md, which the blocks/chunks spans point into
-    await ctx.storage.put_bytes(
-        result_key(job.job_id), result.model_dump_json(by_alias=True).encode(), "application/json"
-    )
+    dumped = await asyncio.to_thread(result.model_dump_json, by_alias=True)
+    await ctx.storage.put_bytes(result_key(job.job_id), dumped.encode(), "application/json")
     artifacts: list[Artifact] = []
     for file in files:
         data = file.data
@@ -356,17 +424,11 @@ async def handle_merge(task: ExtractTask, ctx: Context) -> None:
         artifacts=tuple(artifacts),
         warnings=tuple(result.warnings),
     )
-    job = job.model_copy(
-        update={
-            "status": JobStatus.COMPLETED,
-            "result": summary,
-            "finished_at": utcnow(),
-            "progress": Progress(pages_done=processed, pages_total=processed),
-        }
-    )
-    await ctx.jobs.save(job)
-    ctx.metrics.job_ended(job.status, job.door, None)
-    log.info("job %s completed from %d ranges", job.job_id, len(parts))
-    for key in keys:  # a repeated merge stops at the terminal check: the parts are done with
-        await ctx.storage.delete(key)
-    await announce_terminal(ctx, job, task.webhook)
+
+    async def drop_parts() -> None:
+        for key in keys:  # a repeated merge stops at the terminal check: they are done with
+            await ctx.storage.delete(key)
+
+    job = lifecycle.completed(job, summary, processed)
+    note = f" from {len(parts)} ranges"
+    await lifecycle.end(ctx, job, task.webhook, first=False, note=note, stored=drop_parts)

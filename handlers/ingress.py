@@ -24,9 +24,8 @@ from shared.errors import (
     TransientError,
     http_status,
 )
-from shared.extraction.ocr import ocr_languages
 from shared.http_server import IngressRunner
-from shared.jobs import artifact_key, result_key
+from shared.jobs import artifact_key, public_view, result_key
 from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
 from shared.openapi import ROUTES as DOCS_ROUTES
@@ -36,6 +35,7 @@ from shared.settings import Settings
 from shared.ssrf import SsrfPolicy, check_url_syntax
 from shared.storage import ObjectNotFound
 from shared.submit import Submission, Submitter
+from shared.tessdata import ocr_languages
 from shared.tracing import server_middleware
 from shared.uploads import Spooled, spool
 from shared.watch import JobWatcher
@@ -289,19 +289,24 @@ async def create_job(request: web.Request) -> web.Response:
                 filename=filename,
                 idempotency_key=idem,
             )
-            job, _ = await request.app[SUBMITTER].submit(ctx, sub)
+            job, created = await request.app[SUBMITTER].submit(ctx, sub)
         finally:
             if spooled is not None:
                 os.unlink(spooled.path)
     elif ctype == "application/json":
         sub = await _json_submission(request, tenant, idem)
-        job, _ = await request.app[SUBMITTER].submit(ctx, sub)
+        job, created = await request.app[SUBMITTER].submit(ctx, sub)
     else:
         raise PermanentError(
             "send multipart/form-data with a 'file' part, or application/json with a 'source'",
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         )
-    body = await ctx.jobs.view(job, ctx.settings.base_url)
+    # A job just created has no webhook state to read yet.
+    body = (
+        public_view(job, None, ctx.settings.base_url)
+        if created
+        else await ctx.jobs.view(job, ctx.settings.base_url)
+    )
     return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.job_id}"})
 
 

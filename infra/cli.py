@@ -17,11 +17,11 @@ from infra.s3server import embedded_s3
 from shared.dispatch import dispatcher_secrets
 from shared.errors import StartupError
 from shared.extraction.document import ChunkModel, DocumentModel
-from shared.extraction.ocr import ocr_languages
 from shared.logs import configure_logging, resolve_format
 from shared.models import ExtractRequest
 from shared.settings import Settings
 from shared.signing import generate_secret
+from shared.tessdata import ocr_languages
 
 
 def _settings() -> Settings:

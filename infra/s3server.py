@@ -11,7 +11,9 @@ per request: a third of moto's CPU per request, on the same cores as everything 
 from __future__ import annotations
 
 import argparse
+import json
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +34,46 @@ def _serving() -> tuple[Any, Any]:
             """Not a line per request (errors are still logged)."""
 
     return create_backend_app("s3"), QuietHandler
+
+
+COUNTS_PATH = "/__counts__"
+
+
+class CountingApp:
+    """A WSGI middleware counting the S3 requests it passes on, by method and key prefix.
+
+    `GET /__counts__` answers the counts so far as JSON (`total`, `by_method`, `requests`:
+    "METHOD /bucket/key" lines); `DELETE /__counts__` sets them back to zero. A test aid
+    (tests/integration/test_job_io.py), enabled by `--count`.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._requests: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = str(environ.get("PATH_INFO", ""))
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        if path == COUNTS_PATH:
+            with self._lock:
+                if method == "DELETE":
+                    self._requests.clear()
+                body = json.dumps(
+                    {
+                        "total": len(self._requests),
+                        "by_method": Counter(r.split(" ", 1)[0] for r in self._requests),
+                        "requests": self._requests,
+                    }
+                ).encode()
+            start_response(
+                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+        query = str(environ.get("QUERY_STRING", ""))
+        with self._lock:
+            self._requests.append(f"{method} {path}{'?' + query if query else ''}")
+        return self._app(environ, start_response)
 
 
 @contextmanager
@@ -61,8 +103,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infra.s3server", description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
+    parser.add_argument(
+        "--count", action="store_true", help=f"count requests; GET {COUNTS_PATH} tells them"
+    )
     args = parser.parse_args(argv)
     app, handler = _serving()
+    if args.count:
+        app = CountingApp(app)
     print(f"S3 at http://{args.host}:{args.port} (PDFRELAY_S3_ENDPOINT)", flush=True)
     run_simple(args.host, args.port, app, threaded=True, request_handler=handler)
 

@@ -219,10 +219,18 @@ def _summary(entry: CacheManifest) -> JobResultSummary:
 
 
 async def remember(
-    ctx: Context, key: str, job_id: str, summary: JobResultSummary, result_path: str
+    ctx: Context,
+    key: str,
+    job_id: str,
+    summary: JobResultSummary,
+    result_path: str,
+    digest_of_result: tuple[int, str] | None = None,
 ) -> None:
-    """Record a finished extraction's stored result under `key` (replacing any older entry)."""
-    size, digest = await asyncio.to_thread(file_digest, result_path)
+    """Record a finished extraction's stored result under `key` (replacing any older entry);
+    `digest_of_result`: its (size, sha256) when the worker computed them already."""
+    if digest_of_result is None:
+        digest_of_result = await asyncio.to_thread(file_digest, result_path)
+    size, digest = digest_of_result
     entry = CacheManifest(
         job_id=job_id,
         result_key=result_key(job_id),

@@ -4,9 +4,11 @@
 queued job at once (record, `job.cancelled` event; the webhook follows when the extract handler
 meets the job's task, which is where its token travels), and tells every extract process on the
 fanout exchange `pdfrelay.control`. `listen` (extract process) kills the worker of a job it is
-running, or keeps it from starting (`WorkerPool.cancel`). The extract handler checks the marker
-before it extracts, so a job whose process missed the message (a redelivery after a crash, or
-a handler that picked the job up just as it was cancelled) is cancelled all the same.
+running, or keeps it from starting (`WorkerPool.cancel`), and remembers the job
+(`ctx.cancels`). Before it extracts, the extract handler asks that memory; only when the process
+may have missed the message (it was not listening yet when the job was created, or a
+redelivery) does it read the marker, so a job is cancelled all the same, and a job this
+process heard nothing about costs no request.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Literal
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ConfigDict, Field, ValidationError
 
+from shared import lifecycle
 from shared.broker import NotRoutable, publish
 from shared.context import Context
-from shared.models import JOB_ID_RE, Frozen, Job, JobStatus, utcnow
-from shared.outcome import announce_terminal
-from shared.pool import JobCancelled
+from shared.errors import JobCancelled
+from shared.models import JOB_ID_RE, Frozen, Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,6 @@ class CancelRequest(Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-def cancelled(job: Job) -> Job:
-    return job.model_copy(update={"status": JobStatus.CANCELLED, "finished_at": utcnow()})
-
-
 async def request_cancel(ctx: Context, job: Job) -> Job:
     """Cancel a job that has not ended; returns it as it is now (cancelled when it was queued).
 
@@ -51,10 +49,7 @@ async def request_cancel(ctx: Context, job: Job) -> Job:
     await ctx.jobs.request_cancel(job.job_id)
     job = await ctx.jobs.get(job.job_id)  # after the marker: a handler starting now sees one
     if job.status is JobStatus.QUEUED:
-        job = cancelled(job)
-        await ctx.jobs.save(job)
-        ctx.metrics.job_ended(job.status, job.door)
-        await announce_terminal(ctx, job, None)
+        job = await lifecycle.cancel_queued(ctx, job)
     try:
         await publish(ctx.channel, ctx.topology.control, "", CancelRequest(job_id=job.job_id))
     except NotRoutable:
@@ -63,9 +58,17 @@ async def request_cancel(ctx: Context, job: Job) -> Job:
     return job
 
 
-async def raise_if_requested(ctx: Context, job_id: str) -> None:
-    """Raises JobCancelled when a cancel of `job_id` has been recorded."""
-    if await ctx.jobs.cancel_requested(job_id):
+def may_have_missed(ctx: Context, job: Job, redelivered: bool = False) -> bool:
+    """True when a cancel of `job` may have been requested without this process hearing it."""
+    return redelivered or not ctx.cancels.covers(job.created_at)
+
+
+async def raise_if_requested(ctx: Context, job: Job, redelivered: bool = False) -> None:
+    """Raises JobCancelled when a cancel of `job` has been requested (heard here, or recorded
+    by a marker when this process may have missed the message)."""
+    if ctx.cancels.heard(job.job_id):
+        raise JobCancelled("the job was cancelled")
+    if may_have_missed(ctx, job, redelivered) and await ctx.jobs.cancel_requested(job.job_id):
         raise JobCancelled("the job was cancelled")
 
 
@@ -74,6 +77,10 @@ async def listen(ctx: Context, stop: asyncio.Event) -> None:
     pool = ctx.pool
     assert pool is not None
     channel = await ctx.connection.channel()
+    # A robust channel re-declares and re-binds its queue after a reconnect; in between,
+    # cancels may pass unheard (then the marker is read again).
+    channel.close_callbacks.add(lambda *_: ctx.cancels.deaf())
+    channel.reopen_callbacks.add(lambda *_: ctx.cancels.listening())
     try:
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(ctx.topology.control)
@@ -84,10 +91,13 @@ async def listen(ctx: Context, stop: asyncio.Event) -> None:
             except ValidationError:
                 log.warning("ignoring an invalid message on the control exchange")
                 return
+            ctx.cancels.add(req.job_id)
             if pool.cancel(req.job_id):
                 log.info("job %s: cancelled, its worker is stopped", req.job_id)
 
         await queue.consume(on_message, no_ack=True)
+        ctx.cancels.listening()
         await stop.wait()
     finally:
+        ctx.cancels.deaf()
         await channel.close()

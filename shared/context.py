@@ -6,17 +6,21 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from infra.topology import Topology, declare, topology_for
+from shared.cancel_registry import CancelRegistry
 from shared.jobs import JobStore
 from shared.metrics import Metrics
-from shared.pool import WorkerPool
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.tracing import configure_tracing
+
+if TYPE_CHECKING:  # the pool (and MuPDF with it) is imported only where workers run
+    from shared.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ class Context:
     pool: WorkerPool | None
     metrics: Metrics = field(default_factory=Metrics)
     """This process's Prometheus metrics (shared/metrics.py)."""
+    cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    """Cancel requests heard on the control exchange (extract processes)."""
 
 
 @asynccontextmanager
@@ -58,12 +64,15 @@ async def open_context(
 
         pool = None
         if with_pool:
+            from shared.pool import WorkerPool
+
             pool = WorkerPool(
                 settings.extract_workers,
                 timeout_s=settings.job_timeout_s,
                 memory_mb=settings.worker_memory_mb,
                 trace_dir=settings.extract_trace_dir,
                 max_jobs=settings.worker_max_jobs,
+                nice=settings.worker_nice,
             )
             stack.callback(pool.kill_all)
             await pool.start()

@@ -71,6 +71,12 @@ class QueueFullError(TransientError):
     code = ErrorCode.QUEUE_FULL
 
 
+class JobCancelled(PdfRelayError):
+    """The job was cancelled: its worker was stopped, or never started."""
+
+    code = ErrorCode.CANCELLED
+
+
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_A_PDF: 415,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,

@@ -238,6 +238,9 @@ class ExtractTask(Frozen):
     last: Annotated[int, Field(ge=1)] | None = None
     parts: Annotated[int, Field(ge=1)] | None = None
     """How many range tasks the job was split into (range and merge tasks)."""
+    job: Job | None = None
+    """The job's record as it was accepted: the extract handler starts from it instead of
+    reading the record (None in tasks of older versions and range/merge tasks: it reads)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from shared.broker import NotRoutable, publish
 from shared.context import Context
 from shared.errors import TransientError
+from shared.jobs import public_view
 from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
 from shared.outbox import write_outbox
 from shared.seed_payloads import webhook_body as seed_webhook_body
@@ -29,8 +31,12 @@ def event_id(job_id: str, event_type: str) -> str:
     return f"msg_{job_id}_{event_type.replace('.', '_')}"
 
 
-async def publish_event(ctx: Context, job: Job, event_type: str) -> None:
-    view = await ctx.jobs.view(job, ctx.settings.base_url)
+async def publish_event(
+    ctx: Context, job: Job, event_type: str, view: dict[str, Any] | None = None
+) -> None:
+    """Publish the event with the job's view (`view`: built already, else read here)."""
+    if view is None:
+        view = await ctx.jobs.view(job, ctx.settings.base_url)
     await publish(
         ctx.channel,
         ctx.topology.events,
@@ -41,23 +47,35 @@ async def publish_event(ctx: Context, job: Job, event_type: str) -> None:
     )
 
 
-async def announce_terminal(ctx: Context, job: Job, webhook: WebhookSpec | None) -> None:
-    """Publish the terminal event and queue the webhook; safe to repeat (same event id)."""
+async def announce_terminal(
+    ctx: Context, job: Job, webhook: WebhookSpec | None, *, first: bool = False
+) -> None:
+    """Publish the terminal event and queue the webhook; safe to repeat (same event id).
+
+    The job's view is built once for all of them. `first`: the ending was stored just now
+    and no webhook of the job can have been delivered before (none asked for progress), so
+    its webhook state is not read.
+    """
     event_type = TERMINAL_EVENTS[job.status]
     if job.door == "object-drop":
         await write_outbox(ctx.storage, job)
-    await publish_event(ctx, job, event_type)
+    unsent = first and (webhook is None or not webhook.progress)
+    view = (
+        public_view(job, None, ctx.settings.base_url)
+        if unsent
+        else await ctx.jobs.view(job, ctx.settings.base_url)
+    )
+    await publish_event(ctx, job, event_type, view)
     if job.reply_to is not None:
-        await _reply(ctx, job, event_type)
+        await _reply(ctx, job, event_type, view)
     if webhook is None:
         return
-    await queue_webhook(ctx, job, webhook, event_type, event_id(job.job_id, event_type))
+    await queue_webhook(ctx, job, webhook, event_type, event_id(job.job_id, event_type), view)
 
 
-async def _reply(ctx: Context, job: Job, event_type: str) -> None:
+async def _reply(ctx: Context, job: Job, event_type: str, view: dict[str, Any]) -> None:
     """Answer a broker request on its `reply_to` queue, with its `correlation_id`."""
     assert job.reply_to is not None
-    view = await ctx.jobs.view(job, ctx.settings.base_url)
     try:
         await publish(
             ctx.channel,
@@ -74,14 +92,20 @@ async def _reply(ctx: Context, job: Job, event_type: str) -> None:
 
 
 async def queue_webhook(
-    ctx: Context, job: Job, webhook: WebhookSpec, event_type: str, delivery_id: str
+    ctx: Context,
+    job: Job,
+    webhook: WebhookSpec,
+    event_type: str,
+    delivery_id: str,
+    view: dict[str, Any] | None = None,
 ) -> None:
     """Put one webhook event on the dispatch queue; the webhooks handler signs and sends it."""
     if job.door == "seed" and event_type != "job.progress":
         # The Secretary's clients get the payload they were written against (seed_payloads).
         body = await seed_webhook_body(ctx, job)
     else:
-        view = await ctx.jobs.view(job, ctx.settings.base_url)
+        if view is None:
+            view = await ctx.jobs.view(job, ctx.settings.base_url)
         body = json.dumps(
             {"type": event_type, "timestamp": utcnow().isoformat(), "data": view},
             separators=(",", ":"),

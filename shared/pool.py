@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import hashlib
 import json
 import multiprocessing
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import pymupdf
 
-from shared.errors import ErrorCode, PdfRelayError, PermanentError
+from shared.errors import ErrorCode, JobCancelled, PdfRelayError, PermanentError
 from shared.extraction import ArtifactFile, ExtractLimits, extract_document
 from shared.models import ExtractOptions
 
@@ -46,12 +47,6 @@ class WorkerCrashed(PdfRelayError):
     """The worker process died without an answer (killed, segfault, out of memory)."""
 
     code = ErrorCode.EXTRACTION_CRASHED
-
-
-class JobCancelled(PdfRelayError):
-    """The job was cancelled: its worker was stopped, or never started."""
-
-    code = ErrorCode.CANCELLED
 
 
 @dataclass
@@ -72,6 +67,8 @@ class WorkOutput:
     pages_extracted: int
     warnings: tuple[str, ...]
     artifacts: tuple[ArtifactFile, ...]
+    digests: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """(size, sha256 hex) by path, of the result and every artifact, computed by the worker."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +81,12 @@ class WorkRequest:
 
 
 def _serve(
-    conn: Connection, memory_mb: int, trace_dir: str | None
+    conn: Connection, memory_mb: int, trace_dir: str | None, nice: int = 0
 ) -> None:  # pragma: no cover - runs in the worker process
     """A worker's life: one WorkRequest after another from `conn`, until it is closed."""
+    if nice:
+        # Below the ingress and the handlers on the same host (PDFRELAY_WORKER_NICE).
+        os.nice(nice)
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # The ~100,000 objects of the preloaded application and PyMuPDF live as long as the process:
@@ -101,6 +101,16 @@ def _serve(
         if req is None:
             return
         _one(conn, req, trace_dir)
+
+
+def _file_digest(path: str) -> tuple[int, str]:  # pragma: no cover - in the worker process
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 def _one(
@@ -121,7 +131,12 @@ def _one(
         out = extract_document(req.pdf_path, req.options, req.limits, req.out_dir, progress)
         out.result.job_id = req.job_id
         path = os.path.join(req.out_dir, RESULT_FILE)
-        Path(path).write_text(out.result.model_dump_json(by_alias=True))
+        data = out.result.model_dump_json(by_alias=True).encode()
+        Path(path).write_bytes(data)
+        # Digests once, here, where the bytes are: the handler and the cache reuse them.
+        digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
+        for art in out.artifacts:
+            digests[art.path] = _file_digest(art.path)
         reply = (
             "ok",
             path,
@@ -129,6 +144,7 @@ def _one(
             out.pages_processed,
             tuple(out.result.warnings),
             tuple(out.artifacts),
+            digests,
         )
         del out
     except PermanentError as exc:
@@ -224,8 +240,10 @@ class WorkerPool:
         memory_mb: int,
         trace_dir: str | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
+        nice: int = 0,
     ) -> None:
         self.workers = workers
+        self.nice = nice
         self._timeout_s = timeout_s
         self._memory_mb = memory_mb
         self._trace_dir = trace_dir
@@ -261,7 +279,7 @@ class WorkerPool:
         parent, child = self._mp.Pipe()
         proc = self._mp.Process(
             target=_serve,
-            args=(child, self._memory_mb, self._trace_dir),
+            args=(child, self._memory_mb, self._trace_dir, self.nice),
             daemon=True,
             name="pdfrelay-extract",
         )

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
 
     extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     """Concurrent extractions (worker processes); consumer prefetch is this + 1."""
+    progress_after_s: float = Field(default=2.0, ge=0)
+    """A job's record says `processing` (and `job.progress` events start) only once it has run
+    this long: a short job costs no record write and no event between queued and its end."""
+    worker_nice: int = Field(default=10, ge=0, le=19)
+    """CPU niceness added to extraction worker processes (0-19), so the ingress and the handlers
+    on the same host stay responsive while every worker is busy; 0: same priority."""
     extract_delivery_limit: int = Field(default=3, ge=1, le=100)
     """Attempts before a crashing task is dead-lettered."""
     max_queue_length: int = Field(default=10_000, ge=1)

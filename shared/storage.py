@@ -144,7 +144,19 @@ class Storage:
         return json.loads(await self.get_bytes(key))
 
     async def download(self, key: str, path: str, bucket: str | None = None) -> None:
-        await self._run(self.client.fget_object, bucket or self.bucket, key, path)
+        """`key` into the file `path`: one GET, streamed (no HEAD first, unlike fget_object)."""
+
+        def fetch(bucket_name: str, object_key: str) -> None:
+            resp = self.client.get_object(bucket_name, object_key)
+            try:
+                with open(path, "wb") as fh:
+                    for chunk in resp.stream(1 << 20):
+                        fh.write(chunk)
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        await self._run(fetch, bucket or self.bucket, key)
 
     async def stat(self, key: str, bucket: str | None = None) -> ObjectInfo:
         st = await self._run(self.client.stat_object, bucket or self.bucket, key)

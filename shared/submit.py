@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
+from shared import lifecycle
 from shared.broker import publish
 from shared.context import Context
 from shared.errors import ErrorCode, PermanentError, TransientError
@@ -16,7 +17,6 @@ from shared.fetch import check_source_url
 from shared.jobs import JobNotFound, inflight_key, upload_key
 from shared.logs import job_context
 from shared.models import ExtractOptions, ExtractTask, Job, WebhookSpec, new_job_id
-from shared.outcome import publish_event
 from shared.quota import release, reserve
 from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
@@ -145,8 +145,8 @@ async def _create_job(
         traceparent=current_traceparent(),
         pages_reserved=pages_reserved,
     )
-    await ctx.jobs.create(job)
-    task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook)
+    await lifecycle.accept(ctx, job)
+    task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook, job=job)
     try:
         await publish(
             ctx.channel, ctx.topology.tasks, ctx.topology.TASK_KEY, task, message_id=job_id
@@ -156,10 +156,8 @@ async def _create_job(
         with contextlib.suppress(TransientError):
             await ctx.jobs.discard(job)
         raise
-    ctx.metrics.job_state("accepted", job.door)
-    log.info("job %s accepted (door %s)", job_id, job.door)
     try:
-        await publish_event(ctx, job, "job.accepted")
+        await lifecycle.announce_accepted(ctx, job)
     except TransientError:
         # The job is safely queued; only this notice is lost, and the terminal event still comes.
         log.warning("job %s accepted but the job.accepted event was not confirmed", job_id)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 import re
 from pathlib import Path
 
@@ -13,47 +11,15 @@ import pymupdf
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction.base import ExtractLimits
 from shared.extraction.hostile import check_render, is_out_of_memory, short_error
-
-TESSDATA_GLOBS = (
-    "/usr/share/tesseract-ocr/*/tessdata",
-    "/usr/share/tesseract-ocr/tessdata",
-    "/usr/share/tessdata",
-    "/usr/local/share/tessdata",
-    "/opt/homebrew/share/tessdata",
-)
+from shared.tessdata import TESSDATA_GLOBS as TESSDATA_GLOBS
+from shared.tessdata import find_tessdata as find_tessdata
+from shared.tessdata import ocr_languages as ocr_languages
 
 MIN_TEXT_CHARS = 50
 """Fewer non-blank characters than this and the text layer is not usable on an image page."""
 MIN_IMAGE_COVER = 0.3
 """Fraction of the page an image must cover for a page without text to count as a scan."""
 MIN_OCR_DPI = 72
-
-
-def find_tessdata(explicit: str | None = None) -> str | None:
-    """The Tesseract language data folder, or None.
-
-    Order: `explicit` (from settings; no fallback when given), $TESSDATA_PREFIX, then the places
-    Debian, Ubuntu and Homebrew install it. MuPDF has Tesseract built in, so the data files are
-    all it needs; no `tesseract` executable is run.
-    """
-    if explicit is not None:
-        return explicit if Path(explicit).is_dir() else None
-    env = os.environ.get("TESSDATA_PREFIX")
-    if env and Path(env).is_dir():
-        return env
-    for pattern in TESSDATA_GLOBS:
-        found = sorted(p for p in glob.glob(pattern) if Path(p, "eng.traineddata").is_file())
-        if found:
-            return found[-1]
-    return None
-
-
-def ocr_languages(explicit: str | None = None) -> list[str]:
-    """The languages OCR can read on this machine ([] when Tesseract's data is missing)."""
-    folder = find_tessdata(explicit)
-    if folder is None:
-        return []
-    return sorted(p.name.removesuffix(".traineddata") for p in Path(folder).glob("*.traineddata"))
 
 
 def require_tessdata(language: str, explicit: str | None = None) -> str:

@@ -137,7 +137,8 @@ async def test_cancel_of_a_queued_job_skips_its_extraction(make_settings: Any) -
 
 
 async def test_cancel_of_a_running_job_stops_its_worker(make_settings: Any) -> None:
-    settings = make_settings(webhook_allowed_networks="127.0.0.0/8")
+    # progress_after_s=0: the record says processing as soon as the worker has the job.
+    settings = make_settings(webhook_allowed_networks="127.0.0.0/8", progress_after_s=0)
     async with running_stack(settings) as stack:
         pool = stack.ctx.pool
         assert pool is not None
@@ -169,7 +170,7 @@ async def test_cancel_of_a_running_job_stops_its_worker(make_settings: Any) -> N
 
 
 async def test_status_shows_queue_position_and_eta(make_settings: Any) -> None:
-    async with running_stack(make_settings(extract_workers=2)) as stack:
+    async with running_stack(make_settings(extract_workers=2, progress_after_s=0)) as stack:
         assert stack.ctx.pool is not None
         first = await upload(stack, make_pdf(["one", "two"]))
         await wait_done(stack, first["job_id"])  # the ingress has measured one job
@@ -283,7 +284,7 @@ async def read_events(resp: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
 
 
 async def test_event_stream_delivers_progress_and_the_end(make_settings: Any) -> None:
-    async with running_stack(make_settings(), extract_running=False) as stack:
+    async with running_stack(make_settings(progress_after_s=0), extract_running=False) as stack:
         job = await upload(stack, make_pdf(["one", "two", "three"]))
         resp = await stack.client.get(f"/v1/jobs/{job['job_id']}/events")
         assert resp.status == 200

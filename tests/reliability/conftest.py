@@ -38,6 +38,9 @@ def fault_settings(make_settings: Any) -> Any:
             "http_port": _free_port(),
             "metrics_port": 0,
             "retention_days": 0,
+            # Faults are injected mid-extraction, found by the job's progress events: from the
+            # start (by default they begin after PDFRELAY_PROGRESS_AFTER_S).
+            "progress_after_s": 0,
         }
         values.update(overrides)
         return make_settings(**values)
