@@ -72,9 +72,10 @@ async def reserve(
 ) -> int | None:
     """Take the job's hold on the tenant's quota; returns its pages (None: no quota is set).
 
-    A document is counted from its spooled upload (shared/pagecount.py; unknown: `max_pages`);
-    one the service fetches itself (S3 object, URL) counts as one page, its size being unknown
-    until a worker opens it.
+    A document is counted from its spooled upload (shared/pagecount.py). One whose count is
+    unknown is charged as `max_pages`, the largest the service accepts: a count that failed, and
+    a document the service fetches itself (S3 object, URL), whose pages nobody has seen yet —
+    charging it as one page would let any tenant pass its quota by naming a source instead.
 
     Raises:
         QuotaExceeded: the door enforces the quota and the tenant is over it; nothing is held.
@@ -82,11 +83,10 @@ async def reserve(
     quota = settings.tenant_page_quota
     if quota is None:
         return None
-    pages = 1
+    counted = None
     if spool_path is not None:
-        # A document whose count is unknown is charged as the largest one the service accepts.
         counted = await count_pages(spool_path, settings.pagecount_timeout_s)
-        pages = settings.max_pages if counted is None else counted
+    pages = settings.max_pages if counted is None else counted
     key = inflight_key(tenant, job_id, pages)
     await storage.put_bytes(key, b"", "application/octet-stream")
     if door not in ENFORCED_DOORS:

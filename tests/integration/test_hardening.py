@@ -179,6 +179,22 @@ async def test_the_quota_counts_crafted_page_trees_at_their_true_size(make_setti
         unknown = raw_pdf([b"<< /Type /Catalog >>"])
         resp = await stack.client.post("/v1/jobs", data=form(unknown))
         assert await error_of(resp) == (429, "QUOTA_EXCEEDED")
+        # So is a document the service fetches itself: nobody has counted its pages yet.
+        await storage.put_bytes("in/one.pdf", make_pdf(["a"]))
+        resp = await stack.client.post("/v1/jobs", json={"source": {"s3": {"key": "in/one.pdf"}}})
+        assert await error_of(resp) == (429, "QUOTA_EXCEEDED")
+
+
+async def test_a_fetched_source_holds_max_pages_of_the_quota(make_settings: Any) -> None:
+    settings = make_settings(tenant_page_quota=2000, max_pages=1500)
+    async with running_stack(settings, extract_running=False) as stack:
+        await stack.ctx.storage.put_bytes("in/one.pdf", make_pdf(["a"]))
+        resp = await stack.client.post("/v1/jobs", json={"source": {"s3": {"key": "in/one.pdf"}}})
+        assert resp.status == 202, await resp.text()
+        assert await pages_in_flight(stack.ctx.storage, "default") == 1500
+        stack.start_extract()
+        assert (await wait_done(stack, (await resp.json())["job_id"]))["status"] == "completed"
+        assert await pages_in_flight(stack.ctx.storage, "default") == 0
 
 
 # 5, 8 ---------------------------------------------------------------------------------------
