@@ -278,7 +278,9 @@ async def _run_range(
             limits=ExtractLimits(
                 max_pages=settings.max_pages,
                 max_file_bytes=settings.max_file_bytes,
-                max_inflated_bytes=settings.max_inflated_bytes,
+                # Every range opens the whole document: its streams are inflated and counted
+                # once, by the first range (a bomb fails the job there), not once per range.
+                max_inflated_bytes=settings.max_inflated_bytes if first == 1 else None,
                 tessdata=settings.tessdata_dir,
                 range_part=True,
             ),

@@ -23,6 +23,7 @@ from tests.factories import make_pdf
 from tests.integration.test_core import upload, wait_done
 from tests.integration.test_job_control import freezer
 from tests.integration.test_worker_faults import kill_first_worker
+from tests.unit import pdfgen
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +230,21 @@ async def test_cancel_stops_the_running_range_and_skips_the_rest(make_settings: 
         assert (await resp.json())["status"] == "cancelled"
         with pytest.raises(ObjectNotFound):
             await stack.ctx.storage.stat(result_key(job["job_id"]))
+
+
+async def test_a_fanned_out_bomb_fails_with_decompression_limit(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    """The first range inflates the whole document's streams (the others do not repeat it)."""
+    bomb = pdfgen.bomb_pdf(tmp_path / "bomb.pdf", side=20_000).read_bytes()  # ~50 MB inflated
+    doc = pymupdf.open(stream=_manual(10), filetype="pdf")
+    doc.insert_pdf(pymupdf.open(stream=bomb, filetype="pdf"))
+    pdf: bytes = doc.tobytes()
+    doc.close()
+    settings = make_settings(**FANOUT, max_inflated_bytes=16 * 1024 * 1024)
+    async with running_stack(settings) as stack:
+        job = await upload(stack, pdf, options=OPTIONS)
+        done = await wait_done(stack, job["job_id"])
+        assert done["status"] == "failed", done
+        assert done["error"]["code"] == "DECOMPRESSION_LIMIT"
+        assert done["progress"]["pages_total"] == 11  # planned as ranges, not extracted whole
