@@ -20,6 +20,7 @@ from aiohttp import web
 
 from handlers import jobs_api
 from shared import cancel_registry, retention
+from shared.jobs import record_key
 from tests.conftest import Stack, _free_port, _wait_for_port, running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import form
@@ -234,5 +235,5 @@ async def test_a_fanned_out_job_reads_its_source_once_per_process(
         source = f"GET /{settings.s3_bucket}/uploads/{job_id}.pdf"
         # Was 1 + 4 (the planner's, then one per range); ranges in flight together share one.
         assert s3["requests"].count(source) <= 3, report
-        record = f"PUT /{settings.s3_bucket}/jobs/{job_id}/record.json"
+        record = f"PUT /{settings.s3_bucket}/" + record_key("default", job_id)
         assert s3["requests"].count(record) == 3, report  # accepted, split, completed
