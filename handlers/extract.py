@@ -46,7 +46,7 @@ async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessa
         # do tasks of older versions, which carry none).
         job = task.job
     else:
-        job = await ctx.jobs.get(task.job_id)
+        job = await ctx.jobs.get(task.job_id, task.tenant)
     # The job's trace (from the message, else the record), down to its webhook.
     with job_span("extract", job.job_id, job.traceparent):
         await _handle(task, ctx, job, redelivered)
@@ -88,7 +88,7 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job, redelivered: bool =
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
         )
     if ctx.cancels.heard(job.job_id) or may_have_missed(ctx, job, redelivered):
-        stored = await ctx.jobs.get(job.job_id)
+        stored = await ctx.jobs.get(job.job_id, job.tenant)
         if stored.status.terminal:
             # Cancelled at the ingress while its record still said queued (this task waited
             # for a worker slot, a cache hit, or a short job whose record is written only at
@@ -288,11 +288,11 @@ class _ProgressReporter:
 
 async def handle_dead(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
     """A task the extract queue gave up on (delivery limit): its job fails, and everyone hears."""
-    await lifecycle.dead_letter(ctx, await ctx.jobs.get(task.job_id), task.webhook)
+    await lifecycle.dead_letter(ctx, await ctx.jobs.get(task.job_id, task.tenant), task.webhook)
 
 
 async def handle_merge(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
-    job = await ctx.jobs.get(task.job_id)
+    job = await ctx.jobs.get(task.job_id, task.tenant)
     with job_span("merge", job.job_id, job.traceparent):
         await fanout.handle_merge(task, ctx)
 

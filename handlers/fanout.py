@@ -312,7 +312,7 @@ def _read_part(
 
 async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -> None:
     """End the job with `outcome` unless it has ended already (then only announce it)."""
-    job = await ctx.jobs.get(task.job_id)
+    job = await ctx.jobs.get(task.job_id, task.tenant)
     if job.status.terminal:
         await lifecycle.announce_again(ctx, job, task.webhook)
         return
@@ -388,7 +388,7 @@ def _parse_parts(raws: list[bytes]) -> list[RangePart]:
 
 async def handle_merge(task: ExtractTask, ctx: Context) -> None:
     """Merge a job's parts into its result and complete it; a repeated merge only announces."""
-    job = await ctx.jobs.get(task.job_id)
+    job = await ctx.jobs.get(task.job_id, task.tenant)
     if job.status.terminal:
         await lifecycle.announce_again(ctx, job, task.webhook)
         return

@@ -387,15 +387,15 @@ async def _wait_for_end(request: web.Request, job: Job, wait: float) -> Job:
     ctx = request.app[CTX]
     async with request.app[WATCHER].listen(job.job_id) as events:
         # Re-read after subscribing, so an end that happened in between is not missed.
-        job = await ctx.jobs.get(job.job_id)
+        job = await ctx.jobs.get(job.job_id, job.tenant)
         try:
             async with asyncio.timeout(wait):
                 while not job.status.terminal:
                     event = await events.get()
                     if event["type"] != "job.progress":
-                        job = await ctx.jobs.get(job.job_id)
+                        job = await ctx.jobs.get(job.job_id, job.tenant)
         except TimeoutError:
-            job = await ctx.jobs.get(job.job_id)
+            job = await ctx.jobs.get(job.job_id, job.tenant)
     return job
 
 

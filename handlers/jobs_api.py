@@ -174,9 +174,9 @@ async def _wait_for_end(ctx: Context, job: Job, events: EventQueue, wait: float)
         async with asyncio.timeout(wait):
             while not job.status.terminal:
                 if (await events.get())["type"] != "job.progress":
-                    job = await ctx.jobs.get(job.job_id)
+                    job = await ctx.jobs.get(job.job_id, job.tenant)
     except TimeoutError:
-        job = await ctx.jobs.get(job.job_id)
+        job = await ctx.jobs.get(job.job_id, job.tenant)
     return job
 
 
@@ -206,7 +206,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     async with api.watcher.listen(job.job_id) as events:
         api.streams.add(events)
         try:
-            job = await ctx.jobs.get(job.job_id)  # after subscribing: no change falls between
+            # After subscribing: no change falls between.
+            job = await ctx.jobs.get(job.job_id, job.tenant)
             await resp.prepare(request)
             await resp.write(b"retry: 3000\n\n")
             view = await ctx.jobs.view(job, ctx.settings.base_url)
@@ -214,7 +215,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 await resp.write(_terminal(job, view))
             else:
                 await resp.write(sse("job.state", view))
-                await _follow(api, resp, job.job_id, events)
+                await _follow(api, resp, job, events)
             await resp.write_eof()
         except ConnectionResetError:
             log.debug("event stream of job %s: the client went away", job.job_id)
@@ -231,14 +232,15 @@ def _terminal(job: Job, view: dict[str, Any]) -> bytes:
     return sse(kind, view, event_id(job.job_id, kind))
 
 
-async def _follow(api: JobsApi, resp: web.StreamResponse, job_id: str, events: EventQueue) -> None:
+async def _follow(api: JobsApi, resp: web.StreamResponse, job: Job, events: EventQueue) -> None:
+    job_id, tenant = job.job_id, job.tenant
     while True:
         try:
             async with asyncio.timeout(KEEPALIVE_S):
                 event = await events.get()
         except TimeoutError:
             # Quiet: keep proxies from closing the stream, and make up for a lost event.
-            job = await api.ctx.jobs.get(job_id)
+            job = await api.ctx.jobs.get(job_id, tenant)
             if job.status.terminal:
                 await resp.write(
                     _terminal(job, await api.ctx.jobs.view(job, api.ctx.settings.base_url))

@@ -47,7 +47,8 @@ async def request_cancel(ctx: Context, job: Job) -> Job:
         TransientError: storage or broker away; the cancel may or may not have been recorded.
     """
     await ctx.jobs.request_cancel(job.job_id)
-    job = await ctx.jobs.get(job.job_id)  # after the marker: a handler starting now sees one
+    # After the marker: a handler starting now sees one.
+    job = await ctx.jobs.get(job.job_id, job.tenant)
     if job.status is JobStatus.QUEUED:
         job = await lifecycle.cancel_queued(ctx, job)
     try:

@@ -1,7 +1,8 @@
 """Listing a tenant's jobs, newest first, with filters and cursor paging, from its S3 index.
 
-Every job has an empty object `index/{tenant}/{inverted created ms}-{job_id}` (written with
-its record), so S3's ascending key order is newest first and a page is a LIST with
+Every job's record is stored at `index/{tenant}/{inverted created ms}-{job_id}.json` (jobs of
+the previous layout: an empty object of that name without `.json` beside a record under
+`jobs/`), so S3's ascending key order is newest first and a page is a LIST with
 `start-after` = the cursor, under the tenant's own prefix: no request can reach another
 tenant's entries. Status, door and client_ref are read from the records of the listed entries;
 `created_after` stops the scan where the entries get older. A page with filters may hold fewer

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from shared.errors import ErrorCode, PermanentError, TransientError
-from shared.models import JOB_ID_RE, Job, WebhookState
+from shared.models import JOB_ID_RE, Job, WebhookState, id_created_at
 from shared.storage import ObjectNotFound, Storage
 
 log = logging.getLogger(__name__)
@@ -23,15 +23,35 @@ INDEX_PREFIX = "index/"
 INFLIGHT_PREFIX = "inflight/"
 _INVERT_MS = 10**13 - 1
 """Index names hold `_INVERT_MS - created_ms`, so S3's ascending key order is newest first."""
-INDEX_NAME_RE = re.compile(r"^(\d{13})-([0-9a-f]{32})$")
+INDEX_NAME_RE = re.compile(r"^(\d{13})-([0-9a-f]{32})(\.json)?$")
+"""A name in a tenant's index: `{inverted ms}-{job_id}.json` is the job's record itself;
+without `.json` it is an empty entry of a job of the previous layout (record at
+`jobs/{job_id}/record.json`)."""
 
 
 def upload_key(job_id: str) -> str:
     return f"uploads/{job_id}.pdf"
 
 
-def record_key(job_id: str) -> str:
+def id_time_ms(job_id: str) -> int | None:
+    """The creation time (ms) a job id of `new_job_id` carries; None for an id of the
+    previous layout (uuid4: a `4` where the new ids have their `7`)."""
+    return None if id_created_at(job_id) is None else int(job_id[:12], 16)
+
+
+def legacy_record_key(job_id: str) -> str:
+    """Where the previous version stored a record (with an empty index entry beside it)."""
     return f"jobs/{job_id}/record.json"
+
+
+def record_key(tenant: str, job_id: str) -> str:
+    """The job's record, which is also its entry in the tenant's index (GET /v1/jobs):
+    `index/{tenant}/{inverted ms of the id's time}-{job_id}.json`, newest first by key.
+    A job id of the previous layout keeps its record at `legacy_record_key`."""
+    ms = id_time_ms(job_id)
+    if ms is None:
+        return legacy_record_key(job_id)
+    return f"{index_prefix(tenant)}{_INVERT_MS - ms:013d}-{job_id}.json"
 
 
 def webhook_state_key(job_id: str) -> str:
@@ -69,7 +89,8 @@ def index_name(created_at: datetime, job_id: str) -> str:
 
 
 def parse_index_name(name: str) -> tuple[datetime, str] | None:
-    """(created_at to the millisecond, job_id) of an index entry's name, None if malformed."""
+    """(created_at to the millisecond, job_id) of an index name (a record or an entry of the
+    previous layout), None if malformed."""
     m = INDEX_NAME_RE.match(name)
     if m is None:
         return None
@@ -78,7 +99,8 @@ def parse_index_name(name: str) -> tuple[datetime, str] | None:
 
 
 def index_key(tenant: str, created_at: datetime, job_id: str) -> str:
-    """The job's entry in its tenant's index: an empty object, newest first by key."""
+    """A job's entry in its tenant's index in the previous layout: an empty object (only jobs
+    whose ids carry no time, `id_time_ms` None, still get one)."""
     return index_prefix(tenant) + index_name(created_at, job_id)
 
 
@@ -109,7 +131,7 @@ class JobStore:
     async def save(self, job: Job) -> None:
         """Store the record; a job that has ended gives back its hold on the page quota."""
         await self.storage.put_bytes(
-            record_key(job.job_id), job.model_dump_json(by_alias=True).encode()
+            record_key(job.tenant, job.job_id), job.model_dump_json(by_alias=True).encode()
         )
         if job.status.terminal and job.pages_reserved is not None:
             try:
@@ -119,21 +141,26 @@ class JobStore:
                 log.warning("job %s: quota hold not released: %s", job.job_id, exc.message)
 
     async def create(self, job: Job) -> None:
-        """Store a new job's record and its entry in the tenant's index (GET /v1/jobs)."""
+        """Store a new job's record, which is its entry in the tenant's index (GET /v1/jobs);
+        an id without a time (previous layout) gets an empty entry beside the record."""
         await self.save(job)
+        if id_time_ms(job.job_id) is not None:
+            return
         try:
             await self.storage.put_bytes(
                 index_key(job.tenant, job.created_at, job.job_id), b"", "application/octet-stream"
             )
         except TransientError:
             with contextlib.suppress(TransientError):
-                await self.storage.delete(record_key(job.job_id))
+                await self.storage.delete(record_key(job.tenant, job.job_id))
             raise
 
     async def discard(self, job: Job) -> None:
         """Take back what `create` (and a quota hold) wrote, for a job that was not accepted,
         and the copy of its upload: a refused upload must not stay in the bucket."""
-        keys = [index_key(job.tenant, job.created_at, job.job_id), record_key(job.job_id)]
+        keys = [record_key(job.tenant, job.job_id)]
+        if id_time_ms(job.job_id) is None:
+            keys.append(index_key(job.tenant, job.created_at, job.job_id))
         if job.pages_reserved is not None:
             keys.append(inflight_key(job.tenant, job.job_id, job.pages_reserved))
         if job.source_key == upload_key(job.job_id):
@@ -153,16 +180,19 @@ class JobStore:
             return False
         return True
 
-    async def get(self, job_id: str, tenant: str | None = None) -> Job:
-        """The job, or JobNotFound, also when it belongs to another tenant."""
+    async def get(self, job_id: str, tenant: str) -> Job:
+        """The tenant's job, or JobNotFound (also when it belongs to another tenant).
+
+        One GET at the key the id and tenant give; a record of the previous layout is read
+        at its old key (`legacy_record_key`)."""
         if not JOB_ID_RE.match(job_id):
             raise JobNotFound(f"no job {job_id!r}")
         try:
-            raw = await self.storage.get_bytes(record_key(job_id))
+            raw = await self.storage.get_bytes(record_key(tenant, job_id))
         except ObjectNotFound as exc:
             raise JobNotFound(f"no job {job_id!r}") from exc
         job = Job.model_validate_json(raw)
-        if tenant is not None and job.tenant != tenant:
+        if job.tenant != tenant:
             raise JobNotFound(f"no job {job_id!r}")
         return job
 

@@ -33,8 +33,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_job_id() -> str:
-    return uuid.uuid4().hex
+def new_job_id(at: datetime | None = None) -> str:
+    """32 hex digits, UUIDv7-like: the creation time `at` (default now) in milliseconds (12
+    digits), then `7`, then 19 random digits. The time makes the record's own key its tenant's
+    list index (shared/jobs.py `record_key`); `id_created_at` reads it back."""
+    ms = int((at or datetime.now(UTC)).timestamp() * 1000) & (1 << 48) - 1
+    return f"{ms:012x}7{uuid.uuid4().hex[:19]}"
+
+
+def id_created_at(job_id: str) -> datetime | None:
+    """The creation time a `new_job_id` id carries (to the ms); None for an id without one
+    (the uuid4 ids of the previous layout have a `4` where these have their `7`)."""
+    if len(job_id) != 32 or job_id[12] != "7":
+        return None
+    return datetime.fromtimestamp(int(job_id[:12], 16) / 1000, UTC)
 
 
 class Frozen(BaseModel):

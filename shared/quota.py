@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote
 
 from shared.errors import ErrorCode, TransientError
 from shared.jobs import INFLIGHT_PREFIX, JobNotFound, JobStore, inflight_key, inflight_prefix
@@ -132,9 +133,10 @@ async def sweep_holds(jobs: JobStore, now: datetime | None = None) -> int:
     now = now or datetime.now(UTC)
     removed = 0
     for info in await jobs.storage.list_objects(INFLIGHT_PREFIX):
-        job_id = info.key.rsplit("/", 1)[-1].split(".", 1)[0]
+        segment, _, name = info.key.removeprefix(INFLIGHT_PREFIX).rpartition("/")
+        job_id = name.split(".", 1)[0]
         try:
-            job = await jobs.get(job_id)
+            job = await jobs.get(job_id, unquote(segment))
         except JobNotFound:
             if info.last_modified is None or now - info.last_modified < STALE_HOLD:
                 continue

@@ -5,9 +5,9 @@ Two mechanisms, because S3 servers differ:
   (MinIO and AWS S3 do it; moto stores the rules but never applies them). Lifecycle counts from
   each object's last write, so it is the backstop, a day late at most;
 - `sweep`, run periodically by every ingress (and by `pdfrelay sweep`), deletes exactly the jobs
-  that ended before the cutoff: record, webhook state, cancel marker, upload, results, index
-  entry. It finds them in the per-tenant indexes, whose names sort by creation time, so one
-  LIST per tenant starting at the cutoff yields exactly the jobs created before it.
+  that ended before the cutoff: record (which is its index entry), webhook state, cancel marker,
+  upload, results. It finds them in the per-tenant indexes, whose names sort by creation time, so
+  one LIST per tenant starting at the cutoff yields exactly the jobs created before it.
 
 Never deleted: jobs that have not ended, sources that were not uploaded to pdfrelay (an S3 key
 or URL the client named, `inbox/` objects) and the object-drop `outbox/`.
@@ -19,6 +19,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote
 
 from minio.commonconfig import ENABLED, Filter
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
@@ -89,7 +90,8 @@ async def sweep(jobs: JobStore, retention: timedelta, now: datetime | None = Non
         after = prefix + start_name
         while keys := await jobs.storage.list_after(prefix, after, BATCH):
             for key in keys:
-                outcome = await _expire(jobs, key, key.removeprefix(prefix), cutoff)
+                name = key.removeprefix(prefix)
+                outcome = await _expire(jobs, tenant_of_prefix(prefix), key, name, cutoff)
                 deleted += outcome == "deleted"
                 kept += outcome == "running"
             after = keys[-1]
@@ -105,13 +107,19 @@ async def sweep(jobs: JobStore, retention: timedelta, now: datetime | None = Non
     return report
 
 
-async def _expire(jobs: JobStore, key: str, name: str, cutoff: datetime) -> str:
+def tenant_of_prefix(prefix: str) -> str:
+    """The tenant of an index prefix `index/{tenant segment}/`."""
+    return unquote(prefix.removeprefix(INDEX_PREFIX).rstrip("/"))
+
+
+async def _expire(jobs: JobStore, tenant: str, key: str, name: str, cutoff: datetime) -> str:
+    """`key`: the job's record (`….json`) or an index entry of the previous layout."""
     parsed = parse_index_name(name)
     if parsed is None:
         return "skipped"
     _, job_id = parsed
     try:
-        job = await jobs.get(job_id)
+        job = await jobs.get(job_id, tenant)
     except JobNotFound:
         await delete_job_keys(jobs, job_id)
         await jobs.storage.delete(key)
@@ -125,13 +133,15 @@ async def _expire(jobs: JobStore, key: str, name: str, cutoff: datetime) -> str:
     await delete_job_keys(jobs, job_id, uploaded=uploaded)
     if job.pages_reserved is not None:
         await jobs.storage.delete(inflight_key(job.tenant, job_id, job.pages_reserved))
-    # The index entry goes last: an interrupted sweep finds the job again next time.
+    # The index entry (the record itself, in the current layout) goes last: an interrupted
+    # sweep finds the job again next time.
     await jobs.storage.delete(key)
     return "deleted"
 
 
 async def delete_job_keys(jobs: JobStore, job_id: str, *, uploaded: bool = True) -> None:
-    """Everything pdfrelay stored for the job but its index entry (the record last)."""
+    """Everything pdfrelay stored for the job but its index entry, which is its record in the
+    current layout (a record of the previous layout, under `jobs/`, last)."""
     storage = jobs.storage
     for key in await storage.list_keys(f"results/{job_id}/"):
         await storage.delete(key)

@@ -16,7 +16,15 @@ from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.fetch import check_source_url
 from shared.jobs import JobNotFound, inflight_key, upload_key
 from shared.logs import job_context
-from shared.models import ExtractOptions, ExtractTask, Job, WebhookSpec, new_job_id
+from shared.models import (
+    ExtractOptions,
+    ExtractTask,
+    Job,
+    WebhookSpec,
+    id_created_at,
+    new_job_id,
+    utcnow,
+)
 from shared.quota import release, reserve
 from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
@@ -129,6 +137,8 @@ async def _create_job(
     source_key, source_bucket = await _store_source(ctx, sub, job_id)
     job = Job(
         job_id=job_id,
+        # The time in the id, exactly: the record's key (its place in the index) holds it.
+        created_at=id_created_at(job_id) or utcnow(),
         tenant=sub.tenant,
         door=sub.door,
         filename=sub.filename,

@@ -167,7 +167,7 @@ async def test_a_redelivered_job_finds_its_own_entry(stack: Stack) -> None:
     """The outcome was stored but not acked: the job's own entry answers it, without a copy
     (S3 refuses to copy an object onto itself)."""
     first = await run_job(stack, make_pdf(["redelivered"]))
-    job = await stack.ctx.jobs.get(first["job_id"])
+    job = await stack.ctx.jobs.get(first["job_id"], "default")
 
     async def no_fetch() -> None:
         raise AssertionError("the source should not be fetched")

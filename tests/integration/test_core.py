@@ -168,7 +168,7 @@ async def test_full_queue_answers_503_with_retry_after(make_settings: Any) -> No
         assert resp.headers["Retry-After"]
         assert (await resp.json())["error"]["code"] == "QUEUE_FULL"
         # The refused job left no record behind.
-        assert len(await stack.ctx.storage.list_keys("jobs/")) == 2
+        assert len(await stack.ctx.storage.list_keys("index/")) == 2
         # Once the workers drain the queue, uploads are accepted again.
         stack.start_extract()
         job = await upload_when_accepted(stack, pdf)

@@ -13,6 +13,7 @@ from aiohttp import web
 from handlers import object_drop, requests
 from shared.broker import publish
 from shared.consumer import REASON_HEADER
+from shared.jobs import record_key
 from shared.submit import Submitter
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
@@ -125,8 +126,8 @@ async def test_object_drop_writes_the_outbox_once_per_object(stack: Stack) -> No
     second = await anext(events)
     assert second["client_ref"] == "inbox/big.pdf"
     await events.aclose()
-    records = await stack.ctx.storage.list_keys("jobs/")
-    assert len([k for k in records if k.endswith("record.json")]) == 2
+    records = await stack.ctx.storage.list_keys("index/")
+    assert len([k for k in records if k.endswith(".json")]) == 2
 
     # One job model: the dropped file's job is visible through the HTTP API.
     resp = await stack.client.get(f"/v1/jobs/{done['job_id']}")
@@ -159,7 +160,7 @@ async def test_polling_finds_dropped_files_once(stack: Stack) -> None:
     assert (
         "polled" in (await stack.ctx.storage.get_json("outbox/polled.pdf.json"))["pages"][0]["text"]
     )
-    records = [k for k in await stack.ctx.storage.list_keys("jobs/") if k.endswith("record.json")]
+    records = [k for k in await stack.ctx.storage.list_keys("index/") if k.endswith(".json")]
     assert len(records) == 1
 
 
@@ -197,8 +198,8 @@ async def test_broker_request_replies_with_the_correlation_id(stack: Stack) -> N
     job_id = body["data"]["job_id"]
     resp = await stack.client.get(f"/v1/jobs/{job_id}/result")
     assert "over the broker" in (await resp.json())["pages"][0]["text"]
-    records = [k for k in await stack.ctx.storage.list_keys("jobs/") if k.endswith("record.json")]
-    assert records == [f"jobs/{job_id}/record.json"]
+    records = [k for k in await stack.ctx.storage.list_keys("index/") if k.endswith(".json")]
+    assert records == [record_key("default", job_id)]
     await channel.close()
 
 

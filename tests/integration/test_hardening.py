@@ -17,7 +17,7 @@ from aiohttp import web
 
 from handlers import ingress, requests
 from shared.consumer import REASON_HEADER
-from shared.jobs import result_key
+from shared.jobs import record_key, result_key
 from shared.quota import pages_in_flight
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
@@ -104,7 +104,7 @@ async def test_a_tenant_cannot_read_another_tenants_upload_nor_probe_keys(
         probes = [
             {"key": f"uploads/{alice['job_id']}.pdf"},  # exists
             {"key": "uploads/00000000000000000000000000000000.pdf"},  # does not
-            {"key": f"jobs/{alice['job_id']}/record.json"},  # the oracle
+            {"key": record_key("alice", alice["job_id"])},  # the oracle
             {"key": "jobs/nothing/record.json"},
             {"key": "index/x"},
             {"key": "inflight/alice/x"},
@@ -344,6 +344,7 @@ async def test_broker_requests_are_validated_like_http_ones(
     finally:
         await channel.close()
     assert await stack.ctx.storage.list_keys("jobs/") == []
+    assert await stack.ctx.storage.list_keys("index/") == []
 
 
 @contextlib.asynccontextmanager

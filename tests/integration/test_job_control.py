@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,8 +23,8 @@ from aio_pika.abc import AbstractQueue
 
 from handlers import jobs_api
 from infra.client import sse_events
-from shared.jobs import index_name, inflight_prefix
-from shared.models import Job, WebhookDelivery, new_job_id, utcnow
+from shared.jobs import index_key, index_name, index_prefix, inflight_prefix, legacy_record_key
+from shared.models import Job, JobStatus, WebhookDelivery, new_job_id, utcnow
 from shared.quota import pages_in_flight
 from shared.retention import RULE_ID_PREFIX, apply_lifecycle, sweep
 from shared.throughput import ThroughputMeter
@@ -328,7 +329,8 @@ async def test_retention_deletes_ended_jobs_and_keeps_running_ones(make_settings
         await wait_done(stack, old["job_id"])
         old_id = old["job_id"]
         # A job created long ago that has not ended (its task lost in some other way).
-        stuck = Job(job_id=new_job_id(), created_at=utcnow() - timedelta(days=5))
+        long_ago = utcnow() - timedelta(days=5)
+        stuck = Job(job_id=new_job_id(long_ago), created_at=long_ago)
         await ctx.jobs.create(stuck)
 
         retention = timedelta(days=1)
@@ -356,6 +358,67 @@ async def test_retention_deletes_ended_jobs_and_keeps_running_ones(make_settings
         ours = {r.rule_id: r.expiration.days if r.expiration else None for r in config.rules}
         assert ours[f"{RULE_ID_PREFIX}jobs"] == 1
         assert ours[f"{RULE_ID_PREFIX}results"] == 1
+
+
+async def test_records_of_the_previous_layout_stay_readable_listed_and_swept(
+    make_settings: Any,
+) -> None:
+    """A job the previous version stored (uuid4 id, record at `jobs/{id}/record.json`, an
+    empty index entry beside it) is found by its id, listed among new jobs in order,
+    cancelled, and deleted by retention like the others."""
+    settings = make_settings(api_keys="a:ka,b:kb", retention_days=1)
+    async with running_stack(settings, extract_running=False) as stack:
+        ctx = stack.ctx
+        a = auth("ka")
+        first = await upload(stack, make_pdf(["new, before"]), headers=a)
+        old_created = utcnow()
+        done = Job(
+            job_id=uuid.uuid4().hex,
+            tenant="a",
+            status=JobStatus.COMPLETED,
+            created_at=old_created,
+            finished_at=old_created,
+        )
+        queued = Job(job_id=uuid.uuid4().hex, tenant="a", created_at=old_created)
+        for old in (done, queued):
+            await ctx.storage.put_bytes(
+                legacy_record_key(old.job_id), old.model_dump_json(by_alias=True).encode()
+            )
+            await ctx.storage.put_bytes(
+                index_key("a", old.created_at, old.job_id), b"", "application/octet-stream"
+            )
+        second = await upload(stack, make_pdf(["new, after"]), headers=a)
+
+        resp = await stack.client.get(f"/v1/jobs/{done.job_id}", headers=a)
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["status"] == "completed"
+        assert (await stack.client.get(f"/v1/jobs/{done.job_id}", headers=auth("kb"))).status == 404
+        listed = await (await stack.client.get("/v1/jobs", headers=a)).json()
+        ids = [j["job_id"] for j in listed["jobs"]]
+        assert set(ids[1:3]) == {done.job_id, queued.job_id}
+        assert (ids[0], ids[3]) == (second["job_id"], first["job_id"])
+        paged = await (await stack.client.get("/v1/jobs", params={"limit": "2"}, headers=a)).json()
+        rest = await (
+            await stack.client.get(
+                "/v1/jobs", params={"limit": "2", "cursor": paged["next_cursor"]}, headers=a
+            )
+        ).json()
+        assert [j["job_id"] for j in paged["jobs"] + rest["jobs"]] == ids
+
+        # A cancel of the old queued job is stored where its record lives.
+        resp = await stack.client.delete(f"/v1/jobs/{queued.job_id}", headers=a)
+        assert resp.status in (200, 202), await resp.text()
+        stored = Job.model_validate_json(
+            await ctx.storage.get_bytes(legacy_record_key(queued.job_id))
+        )
+        assert stored.status is JobStatus.CANCELLED
+        assert len(await ctx.storage.list_keys(index_prefix("a"))) == 4  # no second entry
+
+        report = await sweep(ctx.jobs, timedelta(days=1), now=utcnow() + timedelta(days=2))
+        assert report.jobs_deleted == 2  # the old ones; the new ones are still queued
+        for old in (done, queued):
+            assert [k for k in await ctx.storage.list_keys("") if old.job_id in k] == []
+            assert (await stack.client.get(f"/v1/jobs/{old.job_id}", headers=a)).status == 404
 
 
 # --- page quota ----------------------------------------------------------------------------------

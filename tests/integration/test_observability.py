@@ -269,7 +269,7 @@ async def test_traceparent_travels_from_upload_to_webhook(make_settings: Any) ->
         span_id = headers["traceparent"].split("-")[2]
         assert span_id != client_span  # the same trace, a span of our own
 
-        record = await stack.ctx.jobs.get(traced["job_id"])
+        record = await stack.ctx.jobs.get(traced["job_id"], "default")
         assert trace_id_of(record.traceparent) == trace_id
 
         async with asyncio.timeout(30):
@@ -281,7 +281,7 @@ async def test_traceparent_travels_from_upload_to_webhook(make_settings: Any) ->
 
         # Without one, the ingress starts a trace, and it reaches the webhook all the same.
         other = await rec.wait_for(untraced["job_id"])
-        started = (await stack.ctx.jobs.get(untraced["job_id"])).traceparent
+        started = (await stack.ctx.jobs.get(untraced["job_id"], "default")).traceparent
         assert trace_id_of(started) is not None
         assert trace_id_of(other["traceparent"]) == trace_id_of(started) != trace_id
         await channel.close()

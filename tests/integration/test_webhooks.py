@@ -404,6 +404,7 @@ async def test_private_and_loopback_targets_are_refused_at_submit(
         assert resp.status == 422
         assert (await resp.json())["error"]["code"] == "WEBHOOK_URL_REFUSED"
         assert await stack.ctx.storage.list_keys("jobs/") == []
+        assert await stack.ctx.storage.list_keys("index/") == []
 
 
 async def test_loopback_is_accepted_when_allowed_and_private_refused_at_delivery(

@@ -82,7 +82,7 @@ async def test_flood_is_refused_past_the_limit_in_flat_memory_then_accepted(
             )
             # Refused uploads leave nothing behind: no record, no stored PDF.
             assert len(await svc.ctx.storage.list_keys("uploads/")) == LIMIT
-            assert len(await svc.ctx.storage.list_keys("jobs/")) == LIMIT
+            assert len(await svc.ctx.storage.list_keys("index/")) == LIMIT
 
             # Once the workers drain the queue, uploads are accepted again.
             svc.run_inproc("extract")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from shared.jobs import parse_index_name
 from tests.reliability.harness import document, open_service
 from tests.reliability.ledger import Ledger
 
@@ -84,9 +85,9 @@ async def run_fuzzing(fault_settings: Any, tmp_path: Path, scenario: str, exampl
                 unhandled_errors_logged=dev.text.count("unhandled error"),
             )
             # Whatever the fuzzer got accepted must end too, and the service still works.
-            for key in await svc.ctx.storage.list_keys("jobs/"):
-                if key.endswith("/record.json"):
-                    ledger.adopt(key.split("/")[1])
+            for key in await svc.ctx.storage.list_keys("index/"):
+                if parsed := parse_index_name(key.rsplit("/", 1)[-1]):
+                    ledger.adopt(parsed[1])
             ledger.figures["jobs_the_fuzzer_created"] = ledger.counts.acknowledged
             for i in range(3):
                 pdf, words = document(i)

@@ -47,7 +47,7 @@ STORED = [
     re.compile(rf"^jobs/(?P<id>{_ID})/[a-z_]+\.json$"),
     re.compile(rf"^results/(?P<id>{_ID})/result\.json$"),
     re.compile(rf"^results/(?P<id>{_ID})/artifacts/[A-Za-z0-9_.-]+$"),
-    re.compile(rf"^index/(?:acme|globex)/\d{{13}}-(?P<id>{_ID})$"),
+    re.compile(rf"^index/(?:acme|globex)/\d{{13}}-(?P<id>{_ID})\.json$"),
     re.compile(rf"^inflight/(?:acme|globex)/(?P<id>{_ID})\.\d+$"),
     re.compile(r"^idempotency/[0-9a-f]{64}\.json$"),
     re.compile(r"^cache/[0-9a-f]{64}\.json$"),
