@@ -120,6 +120,8 @@ class _PageParas:
     paras: list[Para]
     size: tuple[float, float] = (0.0, 0.0)
     """Width and height of the (unrotated) text page, in points."""
+    figures: list[tuple[int, list[float]]] = field(default_factory=list)
+    """Figures (for `blocks`) as (index of the paragraph they come before, bbox)."""
 
 
 @dataclass(slots=True)
@@ -745,6 +747,7 @@ class MarkdownBuilder:
         tables: Sequence[tuple[Rect, str]] = (),
         *,
         ocr: bool = False,
+        figures: Sequence[Rect] = (),
     ) -> None:
         """Add one page (1-based `number`) from its structured text.
 
@@ -757,6 +760,8 @@ class MarkdownBuilder:
             tables: tables found on the page as (bbox, markdown); their text is replaced by
                 the table.
             ocr: the text comes from OCR, whose one font says nothing about code or emphasis.
+            figures: figure candidates (`figures.textpage_with_figures`), kept when the
+                builder keeps boxes; they never change the paragraphs or the Markdown.
         """
         blocks = text_blocks(textpage)
         if ocr:
@@ -780,7 +785,13 @@ class MarkdownBuilder:
         collector = _ParaCollector(top, bottom, text_width, paras, self._sizes)
         collector.blocks = blocks
         collector.boxes = self.boxes
+        placed_figures: list[tuple[int, list[float]]] = []
+        before: dict[int, list[list[float]]] = {}
+        if figures and self.boxes:
+            before = _figure_places(figures, blocks, ordered, tables)
         for block in ordered:
+            if before and id(block) in before:
+                placed_figures += [(len(paras), box) for box in before.pop(id(block))]
             if block.table is not None:
                 collector.finish()
                 table = Para("table", block.table)
@@ -790,7 +801,9 @@ class MarkdownBuilder:
             else:
                 collector.block(block)
         collector.finish()
-        self._pages.append(_PageParas(number, paras, (width, height)))
+        for rest in before.values():
+            placed_figures += [(len(paras), box) for box in rest]
+        self._pages.append(_PageParas(number, paras, (width, height), placed_figures))
 
     def state(self) -> dict[str, Any]:
         """What `render` needs, as JSON-able data: pages added in several processes (the ranges
@@ -803,6 +816,7 @@ class MarkdownBuilder:
                     "size": list(page.size),
                     "paras": [asdict(para) for para in page.paras],
                 }
+                | ({"figures": [[i, box] for i, box in page.figures]} if page.figures else {})
                 for page in self._pages
             ],
         }
@@ -819,6 +833,7 @@ class MarkdownBuilder:
                     page["number"],
                     [Para(**para) for para in page["paras"]],
                     tuple(page.get("size") or (0.0, 0.0)),
+                    [(int(i), [float(v) for v in box]) for i, box in page.get("figures", ())],
                 )
                 for page in state["pages"]
             ]
@@ -851,7 +866,16 @@ class MarkdownBuilder:
         prev_kind = ""
         pos = 0
         for page in self._pages:
-            for para in page.paras:
+            figures = page.figures if placed is not None else ()
+            fig = 0
+            for n, para in enumerate(page.paras):
+                while fig < len(figures) and figures[fig][0] <= n:
+                    assert placed is not None
+                    box = figures[fig][1]
+                    placed.append(
+                        Placed(page.number, Para("figure", "", bbox=box), 0, False, pos, pos)
+                    )
+                    fig += 1
                 if para.margin_key is not None and (
                     para.margin_key in drop or _PAGE_NUMBER.match(para.text)
                 ):
@@ -886,6 +910,9 @@ class MarkdownBuilder:
                     end = pos + len(piece.rstrip("\n"))
                     placed.append(Placed(page.number, para, level, False, pos, end))
                     pos += len(piece)
+            for _, box in figures[fig:]:
+                assert placed is not None
+                placed.append(Placed(page.number, Para("figure", "", bbox=box), 0, False, pos, pos))
         return "".join(out).rstrip("\n") + "\n" if out else ""
 
 
@@ -990,6 +1017,46 @@ def _heading_level(para: Para, body: float, levels: list[float], bold_level: int
     ):
         return bold_level
     return 0
+
+
+FIGURE_TEXT_SHARE = 0.3
+"""A drawing whose box is this much covered by text lines is a ruled table or a shaded listing,
+not a figure."""
+
+
+def _figure_places(
+    figures: Sequence[Rect],
+    blocks: Sequence[Block],
+    ordered: Sequence[Block],
+    tables: Sequence[tuple[Rect, str]],
+) -> dict[int, list[list[float]]]:
+    """The figures worth keeping, by the block (id) they come before in reading order: the first
+    block below the figure's top that overlaps it horizontally (absent: the page's end, -1)."""
+    out: dict[int, list[list[float]]] = {}
+    for fx0, fy0, fx1, fy1 in figures:
+        area = (fx1 - fx0) * (fy1 - fy0)
+        if any(
+            t[0] <= fx0 + 2 and t[1] <= fy0 + 2 and fx1 - 2 <= t[2] and fy1 - 2 <= t[3]
+            for t, _ in tables
+        ):
+            continue  # a table's rules
+        covered = 0.0
+        for block in blocks:
+            if block.x1 < fx0 or block.x0 > fx1 or block.y1 < fy0 or block.y0 > fy1:
+                continue
+            for line in block.lines:
+                cx = (line.x0 + line.x1) / 2
+                cy = (line.y0 + line.y1) / 2
+                if fx0 <= cx <= fx1 and fy0 <= cy <= fy1:
+                    covered += (line.x1 - line.x0) * (line.y1 - line.y0)
+        if covered > FIGURE_TEXT_SHARE * area:
+            continue
+        at = next(
+            (id(b) for b in ordered if b.y0 >= fy0 - 1.0 and b.x0 < fx1 and fx0 < b.x1),
+            -1,
+        )
+        out.setdefault(at, []).append([fx0, fy0, fx1, fy1])
+    return out
 
 
 def _place_tables(blocks: list[Block], tables: Sequence[tuple[Rect, str]]) -> list[Block]:
