@@ -178,22 +178,31 @@ def _title_key(text: str) -> str:
     return _NUMBER_LEAD.sub("", text, count=1) if text[:1].isalnum() else text
 
 
-def _outline_titles(outline: Sequence[OutlineItem]) -> dict[int, dict[str, int]]:
-    """page: {title key: level} of the outline entries that point at a page."""
+_Titles = dict[int, tuple[int, dict[str, int]]]
+"""page: (length of its longest title key, {title key: level})."""
+
+
+def _outline_titles(outline: Sequence[OutlineItem]) -> _Titles:
+    """The outline entries that point at a page, by page."""
     found: dict[int, dict[str, int]] = {}
     for level, title, page in outline:
         key = _title_key(title)
         if page >= 1 and key and len(key) <= 200:
             found.setdefault(page, {}).setdefault(key, max(1, min(int(level), 6)))
-    return found
+    return {page: (max(map(len, keys)), keys) for page, keys in found.items()}
 
 
-def _outline_level(para: Any, page: int, titles: dict[int, dict[str, int]]) -> int:
+def _outline_level(para: Any, page: int, titles: _Titles) -> int:
     """The outline level of a paragraph that is an outline entry's title on its page, or 0."""
     on_page = titles.get(page)
-    if not on_page or para.lines > 3 or len(para.text) > 200:
+    if on_page is None or para.lines > 3:
         return 0
-    return on_page.get(_title_key(plain_text(para.text)), 0)
+    longest, keys = on_page
+    text = para.text
+    # a leading number and Markdown escapes are all the key can lose: longer is no title
+    if len(text) > longest + 24:
+        return 0
+    return keys.get(_title_key(plain_text(text)), 0)
 
 
 def _link_captions(items: Sequence[dict[str, Any]]) -> None:
