@@ -356,9 +356,28 @@ def _apply_links(
                     break
 
 
+_RTL_LETTER = re.compile(r"[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
+RTL_SAMPLE = 4000
+"""Characters of a page looked at for its dominant script."""
+
+
+def _right_to_left(blocks: Sequence[Block]) -> bool:
+    """Whether most letters of the page (a sample) are of a right-to-left script."""
+    rtl = letters = 0
+    for block in blocks:
+        for line in block.lines:
+            text = line.text
+            letters += len(_LETTER.findall(text))
+            rtl += len(_RTL_LETTER.findall(text))
+            if letters >= RTL_SAMPLE:
+                return rtl * 2 > letters
+    return rtl * 2 > letters
+
+
 def _reading_order(blocks: list[Block], width: float, height: float) -> list[Block]:
     """MuPDF's order, except on two-column pages: each column top to bottom, with full-width
-    blocks (titles, figures across both columns) cutting the page into bands."""
+    blocks (titles, figures across both columns) cutting the page into bands; the right column
+    first when the page's text is mostly of a right-to-left script (Hebrew, Arabic, Persian)."""
     if len(blocks) < 4 or width <= 0:
         return blocks
     mid = width / 2
@@ -372,6 +391,8 @@ def _reading_order(blocks: list[Block], width: float, height: float) -> list[Blo
         wide = sum(b.x1 - b.x0 for b in column) / len(column)
         if tall < 0.3 * height or wide < 0.3 * width:
             return blocks
+    if _right_to_left(blocks):
+        left, right = right, left
     in_columns = {id(b) for b in left} | {id(b) for b in right}
     full = sorted((b for b in blocks if id(b) not in in_columns), key=lambda b: b.y0)
     left.sort(key=lambda b: b.y0)

@@ -606,3 +606,25 @@ def figures_pdf(path: Path) -> Path:
     draw_table(page, 72, 180, TABLE)
     doc.set_toc([[1, "1 Figures", 1], [2, PLAIN_TITLE, 2]])
     return _save(doc, path)
+
+
+RTL_MARKS = ("A1", "A2", "B1", "B2")
+"""The paragraphs of `rtl_columns_pdf` in reading order: right column, then left."""
+
+
+def rtl_columns_pdf(path: Path) -> Path:
+    """One page in two right-to-left (Hebrew) columns of two paragraphs each; each paragraph
+    starts with its RTL_MARKS mark (A: the right column, read first). The left column is
+    written first, as a producer thinking left to right would: MuPDF's order is left first."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    boxes = {
+        "B1": (50, 110, 285, 390),
+        "B2": (50, 420, 285, 700),
+        "A1": (310, 110, 545, 390),
+        "A2": (310, 420, 545, 700),
+    }
+    for mark, box in boxes.items():
+        text = " ".join([HEBREW] * 18)
+        page.insert_htmlbox(box, f'<p dir="rtl" style="font-size:11px">{mark} {text}</p>')
+    return _save(doc, path)

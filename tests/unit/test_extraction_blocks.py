@@ -25,10 +25,12 @@ from tests.unit.pdfgen import (
     HEBREW,
     IMAGE_BOX,
     PLAIN_TITLE,
+    RTL_MARKS,
     RUNNING_HEAD,
     STRUCTURE_HEADINGS,
     figures_pdf,
     long_table_pdf,
+    rtl_columns_pdf,
     structured_pdf,
     table_across_pages_pdf,
 )
@@ -454,3 +456,11 @@ def test_the_text_page_with_figures_is_the_plain_text_page(tmp_path: Path) -> No
         assert any(near(list(box), IMAGE_BOX) for box in found)  # unrotated, like the text
     finally:
         doc.close()
+
+
+def test_a_right_to_left_two_column_page_reads_its_right_column_first(tmp_path: Path) -> None:
+    out = run(rtl_columns_pdf(tmp_path / "rtl.pdf"), tmp_path / "out", outputs=("blocks",))
+    marks = [b["text"][:2] for b in blocks(out) if b["text"][:2] in RTL_MARKS]
+    assert marks == list(RTL_MARKS)
+    at = [out["md"].index(f"{mark} ") for mark in RTL_MARKS]
+    assert at == sorted(at)  # the Markdown too
