@@ -13,15 +13,17 @@ code listing) is a figure.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pymupdf
 
 from shared.extraction.markdown import Rect
 
 mupdf = pymupdf.mupdf
 
-MAX_PATHS = 3000
-"""Paths noted per page; drawings beyond (a map, a plot of a million points) add nothing to the
-figure's box that the first ones did not give."""
+MAX_MARKS = 800
+"""Marks (images, shadings, paths) noted per page: joining them is quadratic at worst, and the
+marks beyond (a map, a plot of a million points) rarely widen the figures the first ones give."""
 JOIN_GAP = 6.0
 """Marks closer than this (points) are one figure."""
 MIN_SIDE = 36.0
@@ -35,8 +37,8 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
 
     def __init__(self) -> None:
         super().__init__()
-        self.marks: list[Rect] = []
-        self.paths = 0
+        self.marks: list[float] = []
+        """x0, y0, x1, y1 of each mark, flat (floats are not tracked by the cyclic collector)."""
         self.use_virtual_fill_image()
         self.use_virtual_fill_image_mask()
         self.use_virtual_fill_shade()
@@ -44,8 +46,10 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         self.use_virtual_stroke_path()
 
     def _image(self, ctm: object) -> None:
+        if len(self.marks) >= 4 * MAX_MARKS:
+            return
         r = mupdf.fz_transform_rect(mupdf.FzRect(0, 0, 1, 1), mupdf.FzMatrix(ctm))
-        self.marks.append((r.x0, r.y0, r.x1, r.y1))
+        self.marks += (r.x0, r.y0, r.x1, r.y1)
 
     def fill_image(self, ctx: object, image: object, ctm: object, alpha: float, cp: object) -> None:
         self._image(ctm)
@@ -63,8 +67,10 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         self._image(ctm)
 
     def fill_shade(self, ctx: object, shade: object, ctm: object, alpha: float, cp: object) -> None:
+        if len(self.marks) >= 4 * MAX_MARKS:
+            return
         r = mupdf.ll_fz_bound_shade(shade, ctm)
-        self.marks.append((r.x0, r.y0, r.x1, r.y1))
+        self.marks += (r.x0, r.y0, r.x1, r.y1)
 
     def fill_path(
         self,
@@ -77,10 +83,9 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         alpha: float,
         cp: object,
     ) -> None:
-        if self.paths < MAX_PATHS:
-            self.paths += 1
+        if len(self.marks) < 4 * MAX_MARKS:
             r = mupdf.ll_fz_bound_path(path, None, ctm)
-            self.marks.append((r.x0, r.y0, r.x1, r.y1))
+            self.marks += (r.x0, r.y0, r.x1, r.y1)
 
     def stroke_path(
         self,
@@ -93,11 +98,10 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         alpha: float,
         cp: object,
     ) -> None:
-        if self.paths < MAX_PATHS:
-            self.paths += 1
+        if len(self.marks) < 4 * MAX_MARKS:
             # the path itself: with the stroke, MuPDF adds the miter limit's worst case
             r = mupdf.ll_fz_bound_path(path, None, ctm)
-            self.marks.append((r.x0, r.y0, r.x1, r.y1))
+            self.marks += (r.x0, r.y0, r.x1, r.y1)
 
 
 def textpage_with_figures(page: pymupdf.Page, flags: int) -> tuple[pymupdf.TextPage, list[Rect]]:
@@ -126,14 +130,15 @@ def textpage_with_figures(page: pymupdf.Page, flags: int) -> tuple[pymupdf.TextP
     return textpage, clusters(marks.marks, (bounds.x0, bounds.y0, bounds.x1, bounds.y1))
 
 
-def clusters(marks: list[Rect], page: Rect) -> list[Rect]:
-    """Marks joined where they touch (within JOIN_GAP), clipped to the page; only clusters of
-    figure size, without the page's background, in top-to-bottom order."""
+def clusters(marks: Sequence[float], page: Rect) -> list[Rect]:
+    """Marks (x0, y0, x1, y1, flat) joined where they touch (within JOIN_GAP), clipped to the
+    page; only clusters of figure size, without the page's background, top to bottom."""
     px0, py0, px1, py1 = page
     width = px1 - px0
     height = py1 - py0
     boxes: list[list[float]] = []
-    for x0, y0, x1, y1 in marks:
+    for i in range(0, len(marks) - 3, 4):
+        x0, y0, x1, y1 = marks[i : i + 4]
         x0, y0, x1, y1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
         if x1 < x0 or y1 < y0:
             continue

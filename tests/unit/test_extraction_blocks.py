@@ -441,7 +441,8 @@ def test_figure_marks_are_joined_and_filtered() -> None:
         (153.0, 120.0, 200.0, 160.0),  # touches the previous one: one figure
         (100.0, 500.0, 700.0, 501.0),  # a rule, clipped to the page, too thin
     ]
-    assert clusters(marks, page) == [(100.0, 100.0, 200.0, 160.0)]
+    flat = [v for mark in marks for v in mark]
+    assert clusters(flat, page) == [(100.0, 100.0, 200.0, 160.0)]
 
 
 def test_the_text_page_with_figures_is_the_plain_text_page(tmp_path: Path) -> None:
