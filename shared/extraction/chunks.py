@@ -13,7 +13,10 @@ where each block's Markdown is. Rules, in order:
   columns; cut there, the continuation carries the first part's header rows); a table larger
   than the budget is cut between rows, and the pieces after the first carry the table's header
   rows in `table_header`;
-* `overlap` repeats the end of the previous chunk of the same section (from a word start).
+* `overlap` repeats the end of the previous chunk of the same section (from a word start);
+* a figure, which has no Markdown, rides with the chunk of its caption (before it), else with
+  that of the block before it in its section (after it), else with the block after it: its id
+  and box are among that chunk's parts.
 
 Token budgets use `approx_tokens`, a counter that needs no network and no vocabulary file:
 every run of up to four letters or digits is one token, every CJK character and every other
@@ -92,6 +95,8 @@ class _Chunker:
         self.out: list[dict[str, Any]] = []
         self.continued: dict[str, str] = {}
         """Tables going on from the previous page's (block id: that table's header rows)."""
+        self.riders: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        """Figures going with a block's chunk (block id: figures before it, after it)."""
 
     def size(self, start: int, end: int) -> int:
         return approx_tokens(self.md[start:end]) if self.tokens else end - start
@@ -294,14 +299,17 @@ class _Chunker:
             parts: list[dict[str, Any]] = []
             ids: list[str] = []
             pages: list[int] = []
+            riders = self.riders
             for atom in chunk.atoms:
                 block = atom.block
-                if ids and ids[-1] == block["id"]:
+                if ids and (ids[-1] == block["id"] or block["id"] in ids):
                     continue
-                ids.append(block["id"])
-                parts.append({"block": block["id"], "page": block["page"], "bbox": block["bbox"]})
-                if block["page"] not in pages:
-                    pages.append(block["page"])
+                ride = riders.get(block["id"]) if riders else None
+                for part in (*ride[0], block, *ride[1]) if ride else (block,):
+                    ids.append(part["id"])
+                    parts.append({"block": part["id"], "page": part["page"], "bbox": part["bbox"]})
+                    if part["page"] not in pages:
+                        pages.append(part["page"])
             first = chunk.atoms[0]
             header = first.header if chunk.table else None
             text = md[start : chunk.end]
@@ -329,16 +337,35 @@ def build_chunks(
     """The chunks of a document: `blocks` as `document.json` has them, `markdown` its
     `document.md`."""
     groups: list[tuple[int, list[dict[str, Any]]]] = [(0, [])]
+    riders: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    waiting: list[dict[str, Any]] = []
+    """Figures that go with the next block (none before them in their section)."""
     for block in blocks:
         span = block["md"]
+        if block["kind"] == "figure":
+            if block.get("caption"):
+                riders.setdefault(block["caption"], ([], []))[0].append(block)
+            elif groups[-1][1] and not waiting:
+                riders.setdefault(groups[-1][1][-1]["id"], ([], []))[1].append(block)
+            else:
+                waiting.append(block)
+            continue
         if span is None or span[1] <= span[0]:
             continue
+        if waiting:
+            riders.setdefault(block["id"], ([], []))[0].extend(waiting)
+            waiting = []
         if block["kind"] == "heading":
             groups.append((block["level"], [block]))
         else:
             groups[-1][1].append(block)
+    if waiting:
+        last = next((b for g in reversed(groups) for b in reversed(g[1])), None)
+        if last is not None:
+            riders.setdefault(last["id"], ([], []))[1].extend(waiting)
     chunker = _Chunker(markdown, options)
     chunker.continued = _continued_tables(blocks)
+    chunker.riders = riders
     chunker.pack([g for g in groups if g[1]])
     return chunker.out
 

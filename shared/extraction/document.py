@@ -70,7 +70,15 @@ class DocBlock(_Model):
     )
     md: list[int] | None = Field(
         description="[start, end) character offsets (code points) of the block's Markdown in "
-        "document.md; null for what the Markdown leaves out (page headers and footers)"
+        "document.md; null for what the Markdown leaves out (page headers and footers, figures)"
+    )
+    caption: str | None = Field(
+        default=None,
+        description="Figures only (and only when found): the id of the caption block right "
+        "below or above the figure",
+    )
+    figure: str | None = Field(
+        default=None, description="Captions of a figure only: the id of that figure block"
     )
 
 
@@ -139,6 +147,8 @@ def _kind(place: Placed, height: float, body: float) -> BlockKind:
     kind = para.kind
     if kind == "table":
         return BlockKind.TABLE
+    if kind == "figure":
+        return BlockKind.FIGURE
     if kind == "code":
         return BlockKind.CODE
     text = para.text
@@ -154,11 +164,85 @@ def _kind(place: Placed, height: float, body: float) -> BlockKind:
     return BlockKind.LIST_ITEM if kind == "li" else BlockKind.PARAGRAPH
 
 
+CAPTION_GAP = 30.0
+"""A caption starts at most this far (points) below a figure's bottom, or ends this far above
+its top."""
+
+_OUTLINE_KINDS = frozenset({BlockKind.PARAGRAPH, BlockKind.LIST_ITEM, BlockKind.CAPTION})
+_NUMBER_LEAD = re.compile(r"^(?:\d{1,3}(?:\.\d{1,3})*|[A-Z]|[IVX]{1,5})[.:)]?\s+(?=\w)")
+
+
+def _title_key(text: str) -> str:
+    """An outline title or a paragraph, compared: case, spacing and a leading number ignored."""
+    text = " ".join(text.split()).casefold()
+    return _NUMBER_LEAD.sub("", text, count=1) if text[:1].isalnum() else text
+
+
+_Titles = dict[int, tuple[int, dict[str, int]]]
+"""page: (length of its longest title key, {title key: level})."""
+
+
+def _outline_titles(outline: Sequence[OutlineItem]) -> _Titles:
+    """The outline entries that point at a page, by page."""
+    found: dict[int, dict[str, int]] = {}
+    for level, title, page in outline:
+        key = _title_key(title)
+        if page >= 1 and key and len(key) <= 200:
+            found.setdefault(page, {}).setdefault(key, max(1, min(int(level), 6)))
+    return {page: (max(map(len, keys)), keys) for page, keys in found.items()}
+
+
+def _outline_level(para: Any, page: int, titles: _Titles) -> int:
+    """The outline level of a paragraph that is an outline entry's title on its page, or 0."""
+    on_page = titles.get(page)
+    if on_page is None or para.lines > 3:
+        return 0
+    longest, keys = on_page
+    text = para.text
+    # a leading number and Markdown escapes are all the key can lose: longer is no title
+    if len(text) > longest + 24:
+        return 0
+    return keys.get(_title_key(plain_text(text)), 0)
+
+
+def _link_captions(items: Sequence[dict[str, Any]]) -> None:
+    """Each figure with the nearest caption right below (else above) it on its page, and that
+    caption with the figure; a caption goes with one figure."""
+    taken: set[str] = set()
+    for figure in items:
+        if figure["kind"] != "figure":
+            continue
+        fx0, fy0, fx1, fy1 = figure["bbox"]
+        best: tuple[int, float, dict[str, Any]] | None = None
+        for caption in items:
+            if caption["kind"] != "caption" or caption["page"] != figure["page"]:
+                continue
+            if caption["id"] in taken:
+                continue
+            cx0, cy0, cx1, cy1 = caption["bbox"]
+            if cx1 < fx0 or cx0 > fx1:
+                continue
+            if -2.0 <= cy0 - fy1 <= CAPTION_GAP:
+                rank = (0, cy0 - fy1, caption)
+            elif -2.0 <= fy0 - cy1 <= CAPTION_GAP:
+                rank = (1, fy0 - cy1, caption)
+            else:
+                continue
+            if best is None or rank[:2] < best[:2]:
+                best = rank
+        if best is not None:
+            caption = best[2]
+            taken.add(caption["id"])
+            figure["caption"] = caption["id"]
+            caption["figure"] = figure["id"]
+
+
 def build_document(
     builder: MarkdownBuilder, placed: Sequence[Placed], outline: Sequence[OutlineItem]
 ) -> dict[str, Any]:
     """The `document.json` data of the builder's pages (`placed` from its `render_placed`)."""
     body = builder.body_size()
+    titles = _outline_titles(outline)
     heights = {number: height for number, _, height in builder.page_sizes}
     pages: dict[int, dict[str, Any]] = {
         number: {"number": number, "width": w, "height": h, "blocks": []}
@@ -168,6 +252,7 @@ def build_document(
     section: list[str] = []
     """The titles of `stack`: one list shared by the blocks of a section."""
     blocks: list[dict[str, Any]] = []
+    figures_and_captions: list[dict[str, Any]] = []
     empty: list[str] = []
     page_number = -1
     index = 0
@@ -177,19 +262,24 @@ def build_document(
             page_number = place.page
             index = 0
         kind = _kind(place, heights.get(place.page, 0.0), body)
+        level = place.level
+        if titles and kind in _OUTLINE_KINDS:
+            level = _outline_level(para, place.page, titles)
+            if level:
+                kind = BlockKind.HEADING
         block_id = f"p{place.page}.b{index}"
         index += 1
         if kind is BlockKind.TABLE:
             text = para.text.strip("\n")
-        elif kind is BlockKind.CODE:
+        elif kind is BlockKind.CODE or kind is BlockKind.FIGURE:
             text = para.text
         else:
             text = plain_text(para.text)
         if kind is BlockKind.HEADING:
-            while stack and stack[-1][0] >= place.level:
+            while stack and stack[-1][0] >= level:
                 stack.pop()
             parents = [title for _, title in stack]
-            stack.append((place.level, text))
+            stack.append((level, text))
             section = [title for _, title in stack]
         else:
             parents = empty if place.margin else section
@@ -197,17 +287,23 @@ def build_document(
             {
                 "id": block_id,
                 "kind": kind.value,
-                "level": place.level or None,
+                "level": level or None,
                 "page": place.page,
                 "bbox": para.bbox or [0.0, 0.0, 0.0, 0.0],
                 "text": text,
                 "section": parents,
-                "md": None if place.margin else [place.start, place.end],
+                "md": None
+                if place.margin or kind is BlockKind.FIGURE
+                else [place.start, place.end],
             }
         )
+        if kind is BlockKind.FIGURE or kind is BlockKind.CAPTION:
+            figures_and_captions.append(blocks[-1])
         page = pages.get(place.page)
         if page is not None:
             page["blocks"].append(block_id)
+    if figures_and_captions:
+        _link_captions(figures_and_captions)
     return {
         "schema": DOCUMENT_SCHEMA,
         "pages": list(pages.values()),

@@ -23,6 +23,7 @@ from shared.extraction.base import (
     ProgressFn,
 )
 from shared.extraction.document import OutlineItem
+from shared.extraction.figures import textpage_with_figures
 from shared.extraction.hostile import (
     MuPdfError,
     PageError,
@@ -117,6 +118,9 @@ class _Extraction:
         self.result = ExtractionResult(page_count=doc.page_count)
         self.tessdata: str | None = None
         boxes = "blocks" in outputs or "chunks" in outputs
+        self.want_figures = boxes and self.want_layout
+        self.figures: list[tuple[float, float, float, float]] = []
+        """The current page's figure candidates (native text pages only)."""
         self.markdown = MarkdownBuilder(boxes=boxes) if self.want_layout else None
         self.tables: list[FoundTable] = []
         self.metadata = MetadataCollector(limits.max_links) if "metadata" in outputs else None
@@ -217,6 +221,7 @@ class _Extraction:
                 uri_links(page),
                 [(t.bbox, t.markdown()) for t in found],
                 ocr=ocr,
+                figures=() if ocr else self.figures,
             )
         if self.images is not None:
             self.images.add_page(self.doc, page)
@@ -231,7 +236,11 @@ class _Extraction:
         textpage: pymupdf.TextPage | None = None
         text = ""
         ocr = self.ocr_mode == "always"
-        if not ocr:
+        self.figures = []
+        if not ocr and self.want_figures:
+            # one run of the page for its text and its figures' boxes
+            textpage, self.figures = textpage_with_figures(page, TEXT_FLAGS)
+        elif not ocr:
             textpage = page.get_textpage(flags=TEXT_FLAGS)
             # the auto check needs the text only where an image could be a scan
             if self.want_text or (self.ocr_mode == "auto" and page.get_images()):

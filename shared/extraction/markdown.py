@@ -120,6 +120,8 @@ class _PageParas:
     paras: list[Para]
     size: tuple[float, float] = (0.0, 0.0)
     """Width and height of the (unrotated) text page, in points."""
+    figures: list[tuple[int, list[float]]] = field(default_factory=list)
+    """Figures (for `blocks`) as (index of the paragraph they come before, bbox)."""
 
 
 @dataclass(slots=True)
@@ -354,9 +356,28 @@ def _apply_links(
                     break
 
 
+_RTL_LETTER = re.compile(r"[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
+RTL_SAMPLE = 4000
+"""Characters of a page looked at for its dominant script."""
+
+
+def _right_to_left(blocks: Sequence[Block]) -> bool:
+    """Whether most letters of the page (a sample) are of a right-to-left script."""
+    rtl = letters = 0
+    for block in blocks:
+        for line in block.lines:
+            text = line.text
+            letters += len(_LETTER.findall(text))
+            rtl += len(_RTL_LETTER.findall(text))
+            if letters >= RTL_SAMPLE:
+                return rtl * 2 > letters
+    return rtl * 2 > letters
+
+
 def _reading_order(blocks: list[Block], width: float, height: float) -> list[Block]:
     """MuPDF's order, except on two-column pages: each column top to bottom, with full-width
-    blocks (titles, figures across both columns) cutting the page into bands."""
+    blocks (titles, figures across both columns) cutting the page into bands; the right column
+    first when the page's text is mostly of a right-to-left script (Hebrew, Arabic, Persian)."""
     if len(blocks) < 4 or width <= 0:
         return blocks
     mid = width / 2
@@ -370,6 +391,8 @@ def _reading_order(blocks: list[Block], width: float, height: float) -> list[Blo
         wide = sum(b.x1 - b.x0 for b in column) / len(column)
         if tall < 0.3 * height or wide < 0.3 * width:
             return blocks
+    if _right_to_left(blocks):
+        left, right = right, left
     in_columns = {id(b) for b in left} | {id(b) for b in right}
     full = sorted((b for b in blocks if id(b) not in in_columns), key=lambda b: b.y0)
     left.sort(key=lambda b: b.y0)
@@ -745,6 +768,7 @@ class MarkdownBuilder:
         tables: Sequence[tuple[Rect, str]] = (),
         *,
         ocr: bool = False,
+        figures: Sequence[Rect] = (),
     ) -> None:
         """Add one page (1-based `number`) from its structured text.
 
@@ -757,6 +781,8 @@ class MarkdownBuilder:
             tables: tables found on the page as (bbox, markdown); their text is replaced by
                 the table.
             ocr: the text comes from OCR, whose one font says nothing about code or emphasis.
+            figures: figure candidates (`figures.textpage_with_figures`), kept when the
+                builder keeps boxes; they never change the paragraphs or the Markdown.
         """
         blocks = text_blocks(textpage)
         if ocr:
@@ -780,7 +806,13 @@ class MarkdownBuilder:
         collector = _ParaCollector(top, bottom, text_width, paras, self._sizes)
         collector.blocks = blocks
         collector.boxes = self.boxes
+        placed_figures: list[tuple[int, list[float]]] = []
+        before: dict[int, list[list[float]]] = {}
+        if figures and self.boxes:
+            before = _figure_places(figures, blocks, ordered, tables)
         for block in ordered:
+            if before and id(block) in before:
+                placed_figures += [(len(paras), box) for box in before.pop(id(block))]
             if block.table is not None:
                 collector.finish()
                 table = Para("table", block.table)
@@ -790,7 +822,9 @@ class MarkdownBuilder:
             else:
                 collector.block(block)
         collector.finish()
-        self._pages.append(_PageParas(number, paras, (width, height)))
+        for rest in before.values():
+            placed_figures += [(len(paras), box) for box in rest]
+        self._pages.append(_PageParas(number, paras, (width, height), placed_figures))
 
     def state(self) -> dict[str, Any]:
         """What `render` needs, as JSON-able data: pages added in several processes (the ranges
@@ -803,6 +837,7 @@ class MarkdownBuilder:
                     "size": list(page.size),
                     "paras": [asdict(para) for para in page.paras],
                 }
+                | ({"figures": [[i, box] for i, box in page.figures]} if page.figures else {})
                 for page in self._pages
             ],
         }
@@ -819,6 +854,7 @@ class MarkdownBuilder:
                     page["number"],
                     [Para(**para) for para in page["paras"]],
                     tuple(page.get("size") or (0.0, 0.0)),
+                    [(int(i), [float(v) for v in box]) for i, box in page.get("figures", ())],
                 )
                 for page in state["pages"]
             ]
@@ -851,7 +887,16 @@ class MarkdownBuilder:
         prev_kind = ""
         pos = 0
         for page in self._pages:
-            for para in page.paras:
+            figures = page.figures if placed is not None else ()
+            fig = 0
+            for n, para in enumerate(page.paras):
+                while fig < len(figures) and figures[fig][0] <= n:
+                    assert placed is not None
+                    box = figures[fig][1]
+                    placed.append(
+                        Placed(page.number, Para("figure", "", bbox=box), 0, False, pos, pos)
+                    )
+                    fig += 1
                 if para.margin_key is not None and (
                     para.margin_key in drop or _PAGE_NUMBER.match(para.text)
                 ):
@@ -886,6 +931,9 @@ class MarkdownBuilder:
                     end = pos + len(piece.rstrip("\n"))
                     placed.append(Placed(page.number, para, level, False, pos, end))
                     pos += len(piece)
+            for _, box in figures[fig:]:
+                assert placed is not None
+                placed.append(Placed(page.number, Para("figure", "", bbox=box), 0, False, pos, pos))
         return "".join(out).rstrip("\n") + "\n" if out else ""
 
 
@@ -990,6 +1038,46 @@ def _heading_level(para: Para, body: float, levels: list[float], bold_level: int
     ):
         return bold_level
     return 0
+
+
+FIGURE_TEXT_SHARE = 0.3
+"""A drawing whose box is this much covered by text lines is a ruled table or a shaded listing,
+not a figure."""
+
+
+def _figure_places(
+    figures: Sequence[Rect],
+    blocks: Sequence[Block],
+    ordered: Sequence[Block],
+    tables: Sequence[tuple[Rect, str]],
+) -> dict[int, list[list[float]]]:
+    """The figures worth keeping, by the block (id) they come before in reading order: the first
+    block below the figure's top that overlaps it horizontally (absent: the page's end, -1)."""
+    out: dict[int, list[list[float]]] = {}
+    for fx0, fy0, fx1, fy1 in figures:
+        area = (fx1 - fx0) * (fy1 - fy0)
+        if any(
+            t[0] <= fx0 + 2 and t[1] <= fy0 + 2 and fx1 - 2 <= t[2] and fy1 - 2 <= t[3]
+            for t, _ in tables
+        ):
+            continue  # a table's rules
+        covered = 0.0
+        for block in blocks:
+            if block.x1 < fx0 or block.x0 > fx1 or block.y1 < fy0 or block.y0 > fy1:
+                continue
+            for line in block.lines:
+                cx = (line.x0 + line.x1) / 2
+                cy = (line.y0 + line.y1) / 2
+                if fx0 <= cx <= fx1 and fy0 <= cy <= fy1:
+                    covered += (line.x1 - line.x0) * (line.y1 - line.y0)
+        if covered > FIGURE_TEXT_SHARE * area:
+            continue
+        at = next(
+            (id(b) for b in ordered if b.y0 >= fy0 - 1.0 and b.x0 < fx1 and fx0 < b.x1),
+            -1,
+        )
+        out.setdefault(at, []).append([fx0, fy0, fx1, fy1])
+    return out
 
 
 def _place_tables(blocks: list[Block], tables: Sequence[tuple[Rect, str]]) -> list[Block]:

@@ -17,7 +17,7 @@ from shared.models import ExtractOptions
 from tests.conftest import Stack, running_stack
 from tests.integration.test_core import form, upload, wait_done
 from tests.integration.test_doors import minio_notification, next_event
-from tests.unit.pdfgen import structured_pdf
+from tests.unit.pdfgen import figures_pdf, structured_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,27 @@ async def test_a_fanned_out_document_is_byte_for_byte_one_pass(
             assert await artifact(stack, job["job_id"], name) == (whole / name).read_bytes()
         result = await (await stack.client.get(f"/v1/jobs/{job['job_id']}/result")).json()
         assert result["markdown"] == (whole / "document.md").read_text(encoding="utf-8")
+
+
+async def test_figures_and_outline_headings_fan_out_as_one_pass(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    pdf = figures_pdf(tmp_path / "figures.pdf")  # 2 pages: 2 ranges of 1
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    options = ExtractOptions.model_validate(OPTIONS)
+    extract_document(str(pdf), options, ExtractLimits(), str(whole), lambda d, t: None)
+    document = json.loads((whole / "document.json").read_text(encoding="utf-8"))
+    assert [b["kind"] for b in document["blocks"]].count("figure") == 2
+    settings = make_settings(fanout_min_pages=1, fanout_range_pages=1)
+    async with running_stack(settings) as stack:
+        assert stack.ctx.pool is not None
+        job = await upload(stack, pdf.read_bytes(), options=json.dumps(OPTIONS))
+        done = await wait_done(stack, job["job_id"])
+        assert done["status"] == "completed", done
+        assert stack.ctx.pool.started == 2
+        for name in FILES:
+            assert await artifact(stack, job["job_id"], name) == (whole / name).read_bytes()
 
 
 async def test_object_drop_writes_chunks_and_blocks_to_the_outbox(

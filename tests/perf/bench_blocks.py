@@ -9,6 +9,7 @@ For every PDF of the corpus that opens (all pages by default, `ocr: never`):
                  1.3x `md s` — the issue's limit — over the whole corpus and per document);
   * `recall`     outline recall of the `heading` blocks (the same measure as bench_markdown:
                  share of the PDF's outline titles pointing into those pages found among them);
+  * `figs`, `capt` figure blocks, and those linked to a caption;
   * chunks: count, size in characters (median, p90, max), the share over the budget, and the
     share crossing a section (a heading other than its first block: tiny sections joined).
 
@@ -46,6 +47,8 @@ class Row:
     blocks_s: float
     recall: float
     headings: int
+    figures: int
+    captioned: int
     chunks: int
     median: float
     p90: float
@@ -121,6 +124,8 @@ def bench(path: Path, sample: int | None, repeat: int, max_chars: int) -> Row | 
         blocks_s=blocks_s,
         recall=recall(titles, heads),
         headings=len(heads),
+        figures=sum(1 for b in blocks if b["kind"] == "figure"),
+        captioned=sum(1 for b in blocks if b["kind"] == "figure" and b.get("caption")),
         chunks=len(chunks),
         median=statistics.median(sizes),
         p90=sizes[int(0.9 * (len(sizes) - 1))],
@@ -134,7 +139,7 @@ def print_table(rows: Sequence[Row], max_chars: int) -> bool:
     print(f"chunks: max_chars {max_chars}; CPU limit {LIMIT}x the Markdown output")
     print(
         f"{'document':<34}{'pages':>6}{'toc':>5}{'md s':>8}{'blk+chk s':>10}{'ratio':>7}"
-        f"{'recall':>8}{'heads':>6}{'chunks':>7}{'med':>6}{'p90':>6}{'max':>6}"
+        f"{'recall':>8}{'heads':>6}{'figs':>6}{'capt':>5}{'chunks':>7}{'med':>6}{'p90':>6}{'max':>6}"
         f"{'over':>6}{'cross':>7}"
     )
     for r in rows:
@@ -142,7 +147,7 @@ def print_table(rows: Sequence[Row], max_chars: int) -> bool:
         ratio = r.blocks_s / r.md_s if r.md_s > 0 else float("nan")
         print(
             f"{r.name:<34}{r.pages:>6}{r.toc:>5}{r.md_s:>8.3f}{r.blocks_s:>10.3f}{ratio:>7.2f}"
-            f"{rec:>8}{r.headings:>6}{r.chunks:>7}{r.median:>6.0f}{r.p90:>6}{r.biggest:>6}"
+            f"{rec:>8}{r.headings:>6}{r.figures:>6}{r.captioned:>5}{r.chunks:>7}{r.median:>6.0f}{r.p90:>6}{r.biggest:>6}"
             f"{r.over:>6.2f}{r.crossing:>7.2f}"
         )
     md = sum(r.md_s for r in rows)

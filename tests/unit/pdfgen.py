@@ -569,3 +569,62 @@ def table_across_pages_pdf(path: Path) -> Path:
     page.insert_text((72, 260), "Counted by hand in December.", fontsize=11)
     page.insert_text((290, 815), "2", fontsize=9)
     return _save(doc, path)
+
+
+FIGURE_CAPTIONS = ("Figure 1: A known image", "Figure 2: A vector drawing")
+PLAIN_TITLE = "Background of the work"
+"""A title in body-size regular type: only the outline says it is a heading."""
+IMAGE_BOX = (72.0, 130.0, 272.0, 280.0)
+DRAWING_BOX = (72.0, 420.0, 322.0, 560.0)
+
+
+def figures_pdf(path: Path) -> Path:
+    """Page 1: a heading, a paragraph, an image with its caption below, a caption above a
+    vector drawing (boxes and a line), a paragraph; page 2: PLAIN_TITLE in 11 pt regular, a
+    paragraph, and a ruled table (text in a drawing: not a figure). The outline names "1 Figures"
+    (level 1) on page 1 and PLAIN_TITLE (level 2) on page 2."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    page.insert_text((72, 80), "1 Figures", fontsize=20, fontname="hebo")
+    page.insert_textbox((72, 92, 523, 125), BODY, fontsize=11)
+    page.insert_image(pymupdf.Rect(IMAGE_BOX), pixmap=known_pixmap())
+    page.insert_text((72, 298), FIGURE_CAPTIONS[0], fontsize=10)
+    page.insert_textbox((72, 320, 523, 380), BODY.replace("fox", "cat"), fontsize=11)
+    page.insert_text((72, 410), FIGURE_CAPTIONS[1], fontsize=10)
+    shape = page.new_shape()
+    x0, y0, x1, y1 = DRAWING_BOX
+    shape.draw_rect(pymupdf.Rect(x0, y0, x0 + 100, y0 + 60))
+    shape.draw_rect(pymupdf.Rect(x1 - 100, y1 - 60, x1, y1))
+    shape.draw_line((x0 + 100, y0 + 30), (x1 - 100, y1 - 30))
+    shape.finish(color=(0, 0, 0), fill=(0.8, 0.9, 1.0), width=1)
+    shape.commit()
+    page.insert_text((x0 + 10, y0 + 30), "input", fontsize=9)
+    page.insert_textbox((72, 590, 523, 650), BODY.replace("dog", "owl"), fontsize=11)
+    page = doc.new_page(width=A4[0], height=A4[1])
+    page.insert_text((72, 80), PLAIN_TITLE, fontsize=11)
+    page.insert_textbox((72, 95, 523, 155), BODY.replace("fox", "hen"), fontsize=11)
+    draw_table(page, 72, 180, TABLE)
+    doc.set_toc([[1, "1 Figures", 1], [2, PLAIN_TITLE, 2]])
+    return _save(doc, path)
+
+
+RTL_MARKS = ("A1", "A2", "B1", "B2")
+"""The paragraphs of `rtl_columns_pdf` in reading order: right column, then left."""
+
+
+def rtl_columns_pdf(path: Path) -> Path:
+    """One page in two right-to-left (Hebrew) columns of two paragraphs each; each paragraph
+    starts with its RTL_MARKS mark (A: the right column, read first). The left column is
+    written first, as a producer thinking left to right would: MuPDF's order is left first."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    boxes = {
+        "B1": (50, 110, 285, 390),
+        "B2": (50, 420, 285, 700),
+        "A1": (310, 110, 545, 390),
+        "A2": (310, 420, 545, 700),
+    }
+    for mark, box in boxes.items():
+        text = " ".join([HEBREW] * 18)
+        page.insert_htmlbox(box, f'<p dir="rtl" style="font-size:11px">{mark} {text}</p>')
+    return _save(doc, path)

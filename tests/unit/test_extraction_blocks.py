@@ -15,14 +15,22 @@ from shared.extraction import ExtractLimits, extract_document
 from shared.extraction.chunks import approx_tokens
 from shared.extraction.document import ChunkModel, DocumentModel
 from shared.extraction.engine import MARKDOWN_STATE
+from shared.extraction.figures import clusters, textpage_with_figures
 from shared.extraction.layout import merged_outputs
 from shared.models import ChunkOptions, ExtractOptions
 from tests.unit.pdfgen import (
+    DRAWING_BOX,
+    FIGURE_CAPTIONS,
     FOOTNOTE,
     HEBREW,
+    IMAGE_BOX,
+    PLAIN_TITLE,
+    RTL_MARKS,
     RUNNING_HEAD,
     STRUCTURE_HEADINGS,
+    figures_pdf,
     long_table_pdf,
+    rtl_columns_pdf,
     structured_pdf,
     table_across_pages_pdf,
 )
@@ -345,3 +353,115 @@ def test_a_table_over_a_page_break_is_one_table_chunk(tmp_path: Path) -> None:
     parts = [c for c in cut["chunks"] if c["kind"] == "table"]
     assert [c["pages"] for c in parts] == [[1], [2]]
     assert parts[1]["table_header"] == "| Part | Count | Price |\n|---|---|---|"
+
+
+# --- figures and the outline as a heading signal
+
+
+@pytest.fixture(scope="module")
+def figs(tmp_path_factory: pytest.TempPathFactory) -> Out:
+    path = figures_pdf(tmp_path_factory.mktemp("figures") / "figures.pdf")
+    found = run(path, path.parent / "one", outputs=("blocks", "chunks"))
+    found["path"] = path
+    return found
+
+
+def near(box: list[float], expected: tuple[float, ...], tol: float = 1.5) -> bool:
+    return all(abs(a - b) <= tol for a, b in zip(box, expected, strict=True))
+
+
+def test_figures_are_blocks_with_their_boxes_and_captions(figs: Out) -> None:
+    DocumentModel.model_validate_json(figs["json"])
+    image, drawing = blocks(figs, "figure")
+    assert near(image["bbox"], IMAGE_BOX)
+    assert near(drawing["bbox"], DRAWING_BOX)
+    below, above = (by_text(figs, caption) for caption in FIGURE_CAPTIONS)
+    # the caption below the image, the caption above the drawing: linked both ways
+    assert (image["caption"], below["figure"]) == (below["id"], image["id"])
+    assert (drawing["caption"], above["figure"]) == (above["id"], drawing["id"])
+    for figure in (image, drawing):
+        assert figure["md"] is None
+        assert (figure["text"], figure["page"]) == ("", 1)
+        assert figure["section"] == ["1 Figures"]
+    order = [b["id"] for b in blocks(figs)]
+    assert order.index(image["id"]) < order.index(below["id"])
+    assert order.index(above["id"]) < order.index(drawing["id"])
+    # the ruled table of page 2 is text in a drawing, not a figure
+    assert all(b["page"] == 1 for b in blocks(figs, "figure"))
+
+
+def test_a_figure_goes_with_its_captions_chunk(figs: Out) -> None:
+    for figure in blocks(figs, "figure"):
+        (chunk,) = [c for c in figs["chunks"] if figure["id"] in c["block_ids"]]
+        assert figure["caption"] in chunk["block_ids"]
+        assert {"block": figure["id"], "page": 1, "bbox": figure["bbox"]} in chunk["parts"]
+        ChunkModel.model_validate(chunk)
+
+
+def test_figures_and_the_outline_leave_the_markdown_alone(figs: Out, tmp_path: Path) -> None:
+    alone = run(figs["path"], tmp_path / "md", outputs=("markdown",))
+    assert alone["md"] == figs["md"]
+    assert "# Background of the work" not in figs["md"]
+
+
+def test_an_outline_title_in_body_type_is_a_heading_with_the_outlines_level(figs: Out) -> None:
+    title = by_text(figs, PLAIN_TITLE)
+    assert (title["kind"], title["level"], title["page"]) == ("heading", 2, 2)
+    assert title["section"] == ["1 Figures"]
+    assert by_text(figs, "The quick brown hen")["section"] == ["1 Figures", PLAIN_TITLE]
+    (chunk,) = [c for c in figs["chunks"] if title["id"] in c["block_ids"]]
+    assert chunk["block_ids"][0] == title["id"]
+    assert chunk["heading_path"] == ["1 Figures", PLAIN_TITLE]
+
+
+def test_figures_merge_byte_for_byte_as_one_pass(figs: Out, tmp_path: Path) -> None:
+    states = []
+    for pages in ("1", "2"):
+        out = tmp_path / pages
+        out.mkdir()
+        opts = ExtractOptions(outputs=("blocks", "chunks"), pages=pages)
+        extract_document(
+            str(figs["path"]), opts, ExtractLimits(range_part=True), str(out), lambda d, t: None
+        )
+        states.append(json.loads((out / MARKDOWN_STATE).read_text(encoding="utf-8")))
+    files = {
+        f.name: f.data.decode()
+        for f in merged_outputs(states, ExtractOptions(outputs=("blocks", "chunks"))).files
+    }
+    assert files["document.json"] == figs["json"]
+    assert files["chunks.jsonl"] == figs["jsonl"]
+
+
+def test_figure_marks_are_joined_and_filtered() -> None:
+    page = (0.0, 0.0, 600.0, 800.0)
+    marks = [
+        (0.0, 0.0, 600.0, 800.0),  # the page's background
+        (10.0, 10.0, 15.0, 15.0),  # a bullet
+        (100.0, 100.0, 150.0, 130.0),
+        (153.0, 120.0, 200.0, 160.0),  # touches the previous one: one figure
+        (100.0, 500.0, 700.0, 501.0),  # a rule, clipped to the page, too thin
+    ]
+    flat = [v for mark in marks for v in mark]
+    assert clusters(flat, page) == [(100.0, 100.0, 200.0, 160.0)]
+
+
+def test_the_text_page_with_figures_is_the_plain_text_page(tmp_path: Path) -> None:
+    doc = pymupdf.open(figures_pdf(tmp_path / "f.pdf"))
+    try:
+        page = doc[0]
+        page.set_rotation(90)
+        textpage, found = textpage_with_figures(page, pymupdf.TEXTFLAGS_TEXT)
+        assert page.rotation == 90
+        plain = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+        assert textpage.extractJSON() == plain.extractJSON()
+        assert any(near(list(box), IMAGE_BOX) for box in found)  # unrotated, like the text
+    finally:
+        doc.close()
+
+
+def test_a_right_to_left_two_column_page_reads_its_right_column_first(tmp_path: Path) -> None:
+    out = run(rtl_columns_pdf(tmp_path / "rtl.pdf"), tmp_path / "out", outputs=("blocks",))
+    marks = [b["text"][:2] for b in blocks(out) if b["text"][:2] in RTL_MARKS]
+    assert marks == list(RTL_MARKS)
+    at = [out["md"].index(f"{mark} ") for mark in RTL_MARKS]
+    assert at == sorted(at)  # the Markdown too
