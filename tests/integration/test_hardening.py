@@ -156,12 +156,17 @@ async def test_an_inflating_page_count_file_does_not_stall_the_loop(make_setting
         pdf = inflating_pdf(4 * 1024 * 1024)
         assert len(pdf) < 32 * 1024
 
-        async def submit() -> None:
+        async def submit(data: bytes) -> None:
             for _ in range(2):
-                resp = await stack.client.post("/v1/jobs", data=form(pdf))
+                resp = await stack.client.post("/v1/jobs", data=form(data))
                 assert resp.status in (202, 429), await resp.text()
 
-        assert await healthz_max_ms(stack, asyncio.create_task(submit())) < 50
+        # Measured against honest uploads under the same quota, in the same process: what an
+        # upload costs the shared loop anyway (the test client's own work included) is not the
+        # hostile file's stall, which was seconds before the counter left the process.
+        honest = await healthz_max_ms(stack, asyncio.create_task(submit(make_pdf(["a"]))))
+        hostile = await healthz_max_ms(stack, asyncio.create_task(submit(pdf)))
+        assert hostile - honest < 50, (hostile, honest)
 
 
 async def test_the_quota_counts_crafted_page_trees_at_their_true_size(make_settings: Any) -> None:
