@@ -17,6 +17,7 @@ from shared.cancel import listen as listen_for_cancels
 from shared.cancel import may_have_missed, raise_if_requested
 from shared.consumer import consume
 from shared.context import Context
+from shared.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
 from shared.extraction import ExtractLimits
 from shared.fetch import fetch_to_file
@@ -181,7 +182,7 @@ async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
         await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
         known = out.digests.get(art.path)
         if known is None:
-            known = await asyncio.to_thread(cache.file_digest, art.path)
+            known = await asyncio.to_thread(file_digest, art.path)
         size, digest = known
         artifacts.append(
             Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)

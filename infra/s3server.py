@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
 
 def _serving() -> tuple[Any, Any]:
@@ -37,32 +38,57 @@ def _serving() -> tuple[Any, Any]:
 
 
 COUNTS_PATH = "/__counts__"
+# Query parameters that only qualify a listing, not what kind of request it is.
+_QUALIFIERS = frozenset(
+    {
+        "prefix",
+        "max-keys",
+        "continuation-token",
+        "start-after",
+        "delimiter",
+        "encoding-type",
+        "x-id",
+    }
+)
+
+
+def request_kind(method: str, path: str, query: str) -> str:
+    """`METHOD bucket|object[?query,keys]` of a path-style S3 request ("GET bucket?list-type")."""
+    path = path.strip("/")
+    target = "object" if "/" in path and path.split("/", 1)[1] else "bucket"
+    keys = sorted({k for k, _ in parse_qsl(query, keep_blank_values=True)} - _QUALIFIERS)
+    return f"{method} {target}" + (f"?{','.join(keys)}" if keys else "")
 
 
 class CountingApp:
-    """A WSGI middleware counting the S3 requests it passes on, by method and key prefix.
+    """A WSGI middleware counting the S3 requests it passes on.
 
-    `GET /__counts__` answers the counts so far as JSON (`total`, `by_method`, `requests`:
-    "METHOD /bucket/key" lines); `DELETE /__counts__` sets them back to zero. A test aid
-    (tests/integration/test_job_io.py), enabled by `--count`.
+    `GET /__counts__` answers the counts so far as JSON (`total`, `by_method`, `by_kind` as
+    `request_kind` names them, `requests`: "METHOD /bucket/key" lines); `DELETE /__counts__` sets
+    them back to zero; neither is counted. A test and benchmark aid (tests/integration/
+    test_job_io.py, tests/perf/bench_peer.py), enabled by `--count`.
     """
 
     def __init__(self, app: Any) -> None:
         self._app = app
         self._lock = threading.Lock()
         self._requests: list[str] = []
+        self._kinds: Counter[str] = Counter()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = str(environ.get("PATH_INFO", ""))
         method = str(environ.get("REQUEST_METHOD", "GET"))
+        query = str(environ.get("QUERY_STRING", ""))
         if path == COUNTS_PATH:
             with self._lock:
                 if method == "DELETE":
                     self._requests.clear()
+                    self._kinds.clear()
                 body = json.dumps(
                     {
                         "total": len(self._requests),
                         "by_method": Counter(r.split(" ", 1)[0] for r in self._requests),
+                        "by_kind": self._kinds,
                         "requests": self._requests,
                     }
                 ).encode()
@@ -70,9 +96,9 @@ class CountingApp:
                 "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             )
             return [body]
-        query = str(environ.get("QUERY_STRING", ""))
         with self._lock:
             self._requests.append(f"{method} {path}{'?' + query if query else ''}")
+            self._kinds[request_kind(method, path, query)] += 1
         return self._app(environ, start_response)
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, ValidationError
 
 from shared.context import Context
+from shared.digests import file_digest
 from shared.errors import TransientError
 from shared.extraction.base import EXTRACTOR_VERSION
 from shared.jobs import artifact_key, result_key
@@ -121,17 +122,6 @@ def cache_key(source_sha256: str, options: ExtractOptions, tenant: str) -> str:
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def file_digest(path: str) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read in 1 MiB chunks; blocking: run it in a thread."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 @dataclass(frozen=True)

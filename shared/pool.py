@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pymupdf
 
+from shared.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PdfRelayError, PermanentError
 from shared.extraction import ArtifactFile, ExtractLimits, extract_document
 from shared.models import ExtractOptions
@@ -103,16 +104,6 @@ def _serve(
         _one(conn, req, trace_dir)
 
 
-def _file_digest(path: str) -> tuple[int, str]:  # pragma: no cover - in the worker process
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 def _one(
     conn: Connection, req: WorkRequest, trace_dir: str | None
 ) -> None:  # pragma: no cover - runs in the worker process
@@ -136,7 +127,7 @@ def _one(
         # Digests once, here, where the bytes are: the handler and the cache reuse them.
         digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
         for art in out.artifacts:
-            digests[art.path] = _file_digest(art.path)
+            digests[art.path] = file_digest(art.path)
         reply = (
             "ok",
             path,

@@ -102,11 +102,17 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             cfg = minio.get_config()
             yield f"http://{cfg['endpoint']}"
         return
+    with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
+def s3_server(log: Path, *args: str) -> Iterator[str]:
+    """`python -m infra.s3server` (with `args`, e.g. `--count`) on a free port, until the end."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("s3") / "moto.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "infra.s3server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "infra.s3server", "-H", "127.0.0.1", "-p", str(port), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

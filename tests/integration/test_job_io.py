@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,7 +19,7 @@ from aiohttp import web
 from handlers import jobs_api
 from shared import cancel_registry, retention
 from shared.jobs import record_key
-from tests.conftest import Stack, _free_port, _wait_for_port, running_stack
+from tests.conftest import Stack, running_stack, s3_server
 from tests.factories import make_pdf
 from tests.integration.test_core import form
 from tests.integration.test_webhooks import hook_settings, receiver
@@ -42,20 +40,8 @@ S3_BUDGET."""
 @pytest.fixture(scope="module")
 def counting_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An S3 server of this module's own (infra/s3server.py --count)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("s3count") / "s3.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "infra.s3server", "-p", str(port), "--count"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with s3_server(tmp_path_factory.mktemp("s3count") / "s3.log", "--count") as endpoint:
+        yield endpoint
 
 
 def _counts(endpoint: str, method: str = "GET") -> dict[str, Any]:

@@ -13,7 +13,7 @@ One run, three parties, alternating so that the machine's drift affects all alik
   in S3; own vhost, own S3 server. Done = seen by polling `ListObjectsV2` on its S3 every 0.1 s.
 
 Both S3 servers are the product's (moto's S3 app, `infra/s3server.py`) wrapped in a request
-counter (tests/perf/s3counting.py, `GET /__counts__`). Broker publishes are counted with
+counter (`python -m infra.s3server --count`, `GET /__counts__`). Broker publishes are counted with
 RabbitMQ's firehose tracer (`rabbitmqctl trace_on -p VHOST`, core RabbitMQ, no management
 plugin: every publish in the vhost is copied to `amq.rabbitmq.trace` as `publish.<exchange>`),
 turned on for the per-job counts only. Broker CPU is the beam.smp process's, which serves every
@@ -56,6 +56,7 @@ import boto3  # type: ignore[import-untyped]
 import pymupdf
 from aiohttp import web
 
+from infra.s3server import COUNTS_PATH
 from infra.topology import topology_for
 from shared.settings import Settings
 from tests.perf.bench_core import (
@@ -131,8 +132,8 @@ class CountingS3:
     proc: subprocess.Popen[bytes]
 
     async def counts(self, session: aiohttp.ClientSession) -> Counter[str]:
-        async with session.get(f"{self.endpoint}/__counts__") as resp:
-            return Counter(await resp.json())
+        async with session.get(f"{self.endpoint}{COUNTS_PATH}") as resp:
+            return Counter((await resp.json())["by_kind"])
 
 
 @contextlib.contextmanager
@@ -140,7 +141,7 @@ def counting_s3(log_dir: Path, label: str) -> Iterator[CountingS3]:
     port = free_port()
     with open(log_dir / f"s3-{label}.log", "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.perf.s3counting", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "infra.s3server", "-H", "127.0.0.1", "-p", str(port), "--count"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -1,4 +1,4 @@
-"""The benchmarks' S3 request counter (tests/perf/s3counting.py), without a broker or server."""
+"""The S3 server's request counter (infra/s3server.py `--count`), without a broker or server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from werkzeug.test import Client
 
-from tests.perf.s3counting import COUNTS_PATH, CountingMiddleware, request_kind
+from infra.s3server import COUNTS_PATH, CountingApp, request_kind
 
 
 def _ok(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -17,19 +17,18 @@ def _ok(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 def test_request_kinds() -> None:
-    def kind(method: str, path: str, query: str = "") -> str:
-        return request_kind({"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query})
-
-    assert kind("PUT", "/bucket/jobs/a/record.json") == "PUT object"
-    assert kind("HEAD", "/bucket/x") == "HEAD object"
-    assert kind("PUT", "/bucket") == "PUT bucket"
-    assert kind("GET", "/bucket/", "list-type=2&prefix=jobs/&max-keys=10") == "GET bucket?list-type"
-    assert kind("POST", "/bucket/big", "uploads") == "POST object?uploads"
-    assert kind("PUT", "/bucket/big", "partNumber=1&uploadId=u") == "PUT object?partNumber,uploadId"
+    assert request_kind("PUT", "/bucket/jobs/a/record.json", "") == "PUT object"
+    assert request_kind("HEAD", "/bucket/x", "") == "HEAD object"
+    assert request_kind("PUT", "/bucket", "") == "PUT bucket"
+    listing = request_kind("GET", "/bucket/", "list-type=2&prefix=jobs/&max-keys=10")
+    assert listing == "GET bucket?list-type"
+    assert request_kind("POST", "/bucket/big", "uploads") == "POST object?uploads"
+    parts = request_kind("PUT", "/bucket/big", "partNumber=1&uploadId=u")
+    assert parts == "PUT object?partNumber,uploadId"
 
 
 def test_counts_requests_and_answers_them() -> None:
-    client = Client(CountingMiddleware(_ok))
+    client = Client(CountingApp(_ok))
     assert client.put("/b/k1").status_code == 200
     client.put("/b/k2")
     client.get("/b/k1")
@@ -37,6 +36,9 @@ def test_counts_requests_and_answers_them() -> None:
     response = client.get(COUNTS_PATH)
     assert response.status_code == 200
     counts = json.loads(response.get_data())
-    assert counts == {"PUT object": 2, "GET object": 1, "GET bucket?list-type": 1}
-    # Reading the counts is not counted.
+    assert counts["total"] == 4
+    assert counts["by_kind"] == {"PUT object": 2, "GET object": 1, "GET bucket?list-type": 1}
+    assert counts["requests"][0] == "PUT /b/k1"
+    # Reading the counts is not counted; DELETE sets them back to zero.
     assert json.loads(client.get(COUNTS_PATH).get_data()) == counts
+    assert json.loads(client.delete(COUNTS_PATH).get_data())["total"] == 0
