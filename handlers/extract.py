@@ -19,7 +19,6 @@ from shared.consumer import consume
 from shared.context import Context
 from shared.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
-from shared.extraction import ExtractLimits
 from shared.fetch import fetch_to_file
 from shared.jobs import artifact_key, result_key
 from shared.models import (
@@ -32,7 +31,7 @@ from shared.models import (
     utcnow,
 )
 from shared.outcome import ProgressWebhooks, publish_event
-from shared.pool import WorkOutput, WorkRequest
+from shared.pool import WorkOutput, WorkRequest, extract_limits
 from shared.ssrf import SsrfPolicy
 from shared.storage import ObjectNotFound
 from shared.tracing import job_span
@@ -135,12 +134,7 @@ async def _extract(
                         pdf_path=pdf_path,
                         out_dir=tmp,
                         options=job.options,
-                        limits=ExtractLimits(
-                            max_pages=settings.max_pages,
-                            max_file_bytes=settings.max_file_bytes,
-                            max_inflated_bytes=settings.max_inflated_bytes,
-                            tessdata=settings.tessdata_dir,
-                        ),
+                        limits=extract_limits(settings),
                     ),
                     progress.update,
                     job_id=job.job_id,

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from shared.models import (
 )
 from shared.outcome import publish_event
 from shared.pagecount import count_pages
-from shared.pool import WorkRequest
+from shared.pool import WorkRequest, extract_limits
 
 log = logging.getLogger(__name__)
 
@@ -275,14 +276,11 @@ async def _run_range(
             pdf_path=pdf_path,
             out_dir=tmp,
             options=options,
-            limits=ExtractLimits(
-                max_pages=settings.max_pages,
-                max_file_bytes=settings.max_file_bytes,
-                # Every range opens the whole document: its streams are inflated and counted
-                # once, by the first range (a bomb fails the job there), not once per range.
+            # Every range opens the whole document: its streams are inflated and counted once,
+            # by the first range (a bomb fails the job there), not once per range.
+            limits=replace(
+                extract_limits(settings, range_part=True),
                 max_inflated_bytes=settings.max_inflated_bytes if first == 1 else None,
-                tessdata=settings.tessdata_dir,
-                range_part=True,
             ),
         ),
         lambda done, total: None,

@@ -35,6 +35,7 @@ from shared.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PdfRelayError, PermanentError
 from shared.extraction import ArtifactFile, ExtractLimits, extract_document
 from shared.models import ExtractOptions
+from shared.settings import Settings
 
 RESULT_FILE = "result.json"
 PROGRESS_INTERVAL_S = 0.25
@@ -70,6 +71,18 @@ class WorkOutput:
     artifacts: tuple[ArtifactFile, ...]
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)
     """(size, sha256 hex) by path, of the result and every artifact, computed by the worker."""
+
+
+def extract_limits(settings: Settings, *, range_part: bool = False) -> ExtractLimits:
+    """The bounds of one document's extraction, as the settings give them (a page range of a
+    fanned-out document: `range_part`)."""
+    return ExtractLimits(
+        max_pages=settings.max_pages,
+        max_file_bytes=settings.max_file_bytes,
+        max_inflated_bytes=settings.max_inflated_bytes,
+        tessdata=settings.tessdata_dir,
+        range_part=range_part,
+    )
 
 
 @dataclass(frozen=True)

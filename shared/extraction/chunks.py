@@ -167,6 +167,12 @@ class _Chunker:
         header = md[rows[0][0] : rows[head - 1][1]] if head else None
         head_size = self.size(rows[0][0], rows[head - 1][1]) if head else 0
         atoms: list[_Atom] = []
+
+        def emit(first: int, end: int) -> None:
+            atoms.append(
+                _Atom(first, end, block, self.size(first, end), True, header if atoms else None)
+            )
+
         group_start = start
         group_end = rows[head - 1][1] if head else start
         for row_start, row_end in rows[head:]:
@@ -174,29 +180,11 @@ class _Chunker:
             if group_end > group_start and (
                 self.size(group_start, row_end) + with_header > self.budget
             ):
-                atoms.append(
-                    _Atom(
-                        group_start,
-                        group_end,
-                        block,
-                        self.size(group_start, group_end),
-                        True,
-                        header if atoms else None,
-                    )
-                )
+                emit(group_start, group_end)
                 group_start = row_start
             group_end = row_end
         if group_end > group_start:
-            atoms.append(
-                _Atom(
-                    group_start,
-                    group_end,
-                    block,
-                    self.size(group_start, group_end),
-                    True,
-                    header if atoms else None,
-                )
-            )
+            emit(group_start, group_end)
         for atom in atoms:
             if atom.size > self.budget:  # one row larger than the budget: cut it like text
                 pieces = self._cut(atom.start, atom.end, atom.size)

@@ -14,6 +14,7 @@ code listing) is a figure.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pymupdf
 
@@ -45,11 +46,15 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         self.use_virtual_fill_path()
         self.use_virtual_stroke_path()
 
-    def _image(self, ctm: object) -> None:
-        if len(self.marks) >= 4 * MAX_MARKS:
-            return
-        r = mupdf.fz_transform_rect(mupdf.FzRect(0, 0, 1, 1), mupdf.FzMatrix(ctm))
+    def _full(self) -> bool:
+        return len(self.marks) >= 4 * MAX_MARKS
+
+    def _mark(self, r: Any) -> None:
         self.marks += (r.x0, r.y0, r.x1, r.y1)
+
+    def _image(self, ctm: object) -> None:
+        if not self._full():
+            self._mark(mupdf.fz_transform_rect(mupdf.FzRect(0, 0, 1, 1), mupdf.FzMatrix(ctm)))
 
     def fill_image(self, ctx: object, image: object, ctm: object, alpha: float, cp: object) -> None:
         self._image(ctm)
@@ -67,10 +72,8 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         self._image(ctm)
 
     def fill_shade(self, ctx: object, shade: object, ctm: object, alpha: float, cp: object) -> None:
-        if len(self.marks) >= 4 * MAX_MARKS:
-            return
-        r = mupdf.ll_fz_bound_shade(shade, ctm)
-        self.marks += (r.x0, r.y0, r.x1, r.y1)
+        if not self._full():
+            self._mark(mupdf.ll_fz_bound_shade(shade, ctm))
 
     def fill_path(
         self,
@@ -83,9 +86,8 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         alpha: float,
         cp: object,
     ) -> None:
-        if len(self.marks) < 4 * MAX_MARKS:
-            r = mupdf.ll_fz_bound_path(path, None, ctm)
-            self.marks += (r.x0, r.y0, r.x1, r.y1)
+        if not self._full():
+            self._mark(mupdf.ll_fz_bound_path(path, None, ctm))
 
     def stroke_path(
         self,
@@ -98,10 +100,9 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         alpha: float,
         cp: object,
     ) -> None:
-        if len(self.marks) < 4 * MAX_MARKS:
+        if not self._full():
             # the path itself: with the stroke, MuPDF adds the miter limit's worst case
-            r = mupdf.ll_fz_bound_path(path, None, ctm)
-            self.marks += (r.x0, r.y0, r.x1, r.y1)
+            self._mark(mupdf.ll_fz_bound_path(path, None, ctm))
 
 
 def textpage_with_figures(page: pymupdf.Page, flags: int) -> tuple[pymupdf.TextPage, list[Rect]]:
