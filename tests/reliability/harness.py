@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -259,15 +260,22 @@ class HandlerProcess:
 
 
 class FaultProxy:
-    """Forwards TCP to a target; `cut()` resets every connection and refuses new ones."""
+    """Forwards TCP to a target; `cut()` resets every connection and refuses new ones.
+
+    It listens on a socket of its own, accepting in a reader callback, not on an `asyncio.Server`:
+    on Python 3.11 a connection the server had accepted but not yet wrapped when `Server.close()`
+    ran fails an assertion in `Server._attach`, and its half-built transport is left to the garbage
+    collector ("ResourceWarning: unclosed transport", the storage-outage scenario's flake); and an
+    accept loop stopped by cancelling `sock_accept` can lose a socket accepted in the same turn.
+    Here every accepted socket is the proxy's from `accept()` on, and `close()` closes them all."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.port = _free_port()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepted: set[socket.socket] = set()  # not yet wrapped in a stream
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting: set[asyncio.Task[object]] = set()
         self.connections = 0
 
     @property
@@ -276,47 +284,50 @@ class FaultProxy:
 
     @property
     def is_cut(self) -> bool:
-        return self._server is None
+        return self._listener is None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, reuse_address=True
-        )
+        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
+        listener.setblocking(False)
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+        self._listener = listener
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        # Tracked, so `close()` ends a connection still connecting upstream too (an untracked one
-        # was left to the garbage collector: "ResourceWarning: unclosed transport").
-        accepting = asyncio.current_task()
-        assert accepting is not None
-        self._accepting.add(accepting)
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            conn.setblocking(False)
+            self.connections += 1
+            self._accepted.add(conn)
+            task = asyncio.create_task(self._forward(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _forward(self, conn: socket.socket) -> None:
+        ends: list[asyncio.StreamWriter] = []
         try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+            self._accepted.discard(conn)  # the stream owns it now
+            ends.append(writer)
             up_reader, up_writer = await asyncio.open_connection(*self.target)
+            ends.append(up_writer)
+            if self.is_cut:  # cut while connecting upstream: reset like the others
+                return
+            self._writers.update(ends)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         except OSError:
-            writer.transport.abort()
-            return
-        except asyncio.CancelledError:
-            writer.transport.abort()
-            raise
+            return  # the target refused: the client's connection is reset (finally)
         finally:
-            self._accepting.discard(accepting)
-        if self.is_cut:  # cut while this one was connecting upstream: it is reset like the others
-            for w in (writer, up_writer):
-                w.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-        pipes = [
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
-        ]
-        self._tasks.update(pipes)
-        try:
-            await asyncio.gather(*pipes, return_exceptions=True)
-        finally:
-            self._tasks.difference_update(pipes)
-            self._writers.difference_update((writer, up_writer))
-            for w in (writer, up_writer):
-                w.transport.abort()
+            if conn in self._accepted:  # never wrapped
+                self._accepted.discard(conn)
+                conn.close()
+            for end in ends:
+                self._writers.discard(end)
+                end.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
@@ -328,23 +339,26 @@ class FaultProxy:
 
     async def cut(self) -> None:
         """Refuse new connections and reset the open ones."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         for writer in list(self._writers):
             writer.transport.abort()
 
     async def restore(self) -> None:
-        if self._server is None:
+        if self._listener is None:
             await self.start()
 
     async def close(self) -> None:
         await self.cut()
-        tasks = [*self._accepting, *self._tasks]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in self._accepted:  # accepted, but its task was cancelled before it began
+            conn.close()
+        self._accepted.clear()
 
 
 @asynccontextmanager
