@@ -11,16 +11,17 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from handlers import fanout
-from shared import cache, lifecycle
-from shared.cancel import listen as listen_for_cancels
-from shared.cancel import may_have_missed, raise_if_requested
-from shared.consumer import consume
-from shared.context import Context
-from shared.digests import file_digest
+from shared.adapters.digests import file_digest
+from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
-from shared.fetch import fetch_to_file
-from shared.jobs import artifact_key, result_key
+from shared.extraction import fanout
+from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
+from shared.intake.fetch import fetch_to_file
+from shared.jobs import cache, lifecycle
+from shared.jobs.cancel import listen as listen_for_cancels
+from shared.jobs.cancel import may_have_missed, raise_if_requested
+from shared.jobs.outcome import ProgressWebhooks, publish_event
+from shared.jobs.records import artifact_key, result_key
 from shared.models import (
     Artifact,
     ExtractTask,
@@ -30,11 +31,10 @@ from shared.models import (
     WebhookSpec,
     utcnow,
 )
-from shared.outcome import ProgressWebhooks, publish_event
-from shared.pool import WorkOutput, WorkRequest, extract_limits
-from shared.ssrf import SsrfPolicy
-from shared.storage import ObjectNotFound
-from shared.tracing import job_span
+from shared.obs.tracing import job_span
+from shared.runtime.consumer import consume
+from shared.runtime.context import Context
+from shared.webhooks.ssrf import SsrfPolicy
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ async def _extract(
     started: Callable[[], Job] | None = None,
     redelivered: bool = False,
 ) -> JobResultSummary | None:
-    """The job's result summary; None when it was split into page ranges (handlers/fanout.py)."""
+    """The job's result summary; None when it was split into page ranges
+    (shared/extraction/fanout.py)."""
     assert ctx.pool is not None
     settings = ctx.settings
     with (

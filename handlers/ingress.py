@@ -13,9 +13,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from handlers import jobs_api
-from shared import limits
-from shared.broker import publish
-from shared.context import Context
+from shared.adapters.broker import publish
+from shared.adapters.storage import ObjectNotFound
+from shared.adapters.tessdata import ocr_languages
+from shared.api.openapi import ROUTES as DOCS_ROUTES
+from shared.api.server import IngressRunner
+from shared.doors.seed_payloads import error_body
 from shared.errors import (
     ErrorCode,
     PdfRelayError,
@@ -24,21 +27,18 @@ from shared.errors import (
     TransientError,
     http_status,
 )
-from shared.http_server import IngressRunner
-from shared.jobs import artifact_key, public_view, result_key
-from shared.metrics import CONTENT_TYPE_LATEST
+from shared.intake import limits
+from shared.intake.submit import Submission, Submitter
+from shared.intake.uploads import Spooled, spool
+from shared.jobs.quota import QuotaExceeded
+from shared.jobs.records import artifact_key, public_view, result_key
+from shared.jobs.watch import JobWatcher
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
-from shared.openapi import ROUTES as DOCS_ROUTES
-from shared.quota import QuotaExceeded
-from shared.seed_payloads import error_body
+from shared.obs.metrics import CONTENT_TYPE_LATEST
+from shared.obs.tracing import server_middleware
+from shared.runtime.context import Context
 from shared.settings import Settings
-from shared.ssrf import SsrfPolicy, check_url_syntax
-from shared.storage import ObjectNotFound
-from shared.submit import Submission, Submitter
-from shared.tessdata import ocr_languages
-from shared.tracing import server_middleware
-from shared.uploads import Spooled, spool
-from shared.watch import JobWatcher
+from shared.webhooks.ssrf import SsrfPolicy, check_url_syntax
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics of this process (shared/metrics.py)."""
+    """Prometheus metrics of this process (shared/obs/metrics.py)."""
     body = await request.app[CTX].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

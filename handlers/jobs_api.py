@@ -16,17 +16,17 @@ from typing import Any, get_args
 
 from aiohttp import web
 
-from shared.cancel import request_cancel
-from shared.context import Context
 from shared.errors import ErrorCode, PermanentError, TransientError
-from shared.joblist import MAX_LIMIT, InvalidCursor, JobFilter, list_jobs
+from shared.intake.submit import Door
+from shared.jobs.cancel import request_cancel
+from shared.jobs.listing import MAX_LIMIT, InvalidCursor, JobFilter, list_jobs
+from shared.jobs.outcome import TERMINAL_EVENTS, event_id
+from shared.jobs.quota import QuotaExceeded, retry_after_s
+from shared.jobs.retention import apply_lifecycle, sweep
+from shared.jobs.throughput import QueueState, ThroughputMeter, estimate
+from shared.jobs.watch import JobWatcher
 from shared.models import Job, JobStatus, utcnow
-from shared.outcome import TERMINAL_EVENTS, event_id
-from shared.quota import QuotaExceeded, retry_after_s
-from shared.retention import apply_lifecycle, sweep
-from shared.submit import Door
-from shared.throughput import QueueState, ThroughputMeter, estimate
-from shared.watch import JobWatcher
+from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ async def _extract_queue(ctx: Context) -> QueueState | None:
 
 async def with_estimate(request: web.Request, job: Job, view: dict[str, Any]) -> dict[str, Any]:
     """`view` plus `queue_position` and `eta_s` (null when ended or unknown); see
-    shared/throughput.py for how rough they are."""
+    shared/jobs/throughput.py for how rough they are."""
     api = request.app.get(API)
     if api is None:
         return view

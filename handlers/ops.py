@@ -14,8 +14,8 @@ import logging
 from aiohttp import web
 
 from handlers.ingress import CTX, healthz, metrics, readyz
-from shared.context import Context
 from shared.errors import StartupError
+from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
 

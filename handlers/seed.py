@@ -27,10 +27,7 @@ from handlers.ingress import (
     _webhook,
     tenant_of,
 )
-from shared.errors import ErrorCode, PdfRelayError, PermanentError, http_status
-from shared.jobs import artifact_key
-from shared.models import Job, JobStatus
-from shared.seed_payloads import (
+from shared.doors.seed_payloads import (
     acknowledgement,
     archive_name,
     client_job_id,
@@ -42,8 +39,11 @@ from shared.seed_payloads import (
     url_filename,
     wait_seconds,
 )
-from shared.submit import Submission
-from shared.uploads import Spooled
+from shared.errors import ErrorCode, PdfRelayError, PermanentError, http_status
+from shared.intake.submit import Submission
+from shared.intake.uploads import Spooled
+from shared.jobs.records import artifact_key
+from shared.models import Job, JobStatus
 
 SEED_KEY_PREFIX = "seed\0"
 """Idempotency namespace of `jobId`s: a header cannot carry NUL, so no /v1 key collides."""

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import extract, ingress, object_drop, ops, requests, webhooks
-from shared.context import Context, open_context
-from shared.logs import protect, settings_secrets
+from shared.obs.logs import protect, settings_secrets
+from shared.runtime.context import Context, open_context
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

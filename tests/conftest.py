@@ -21,8 +21,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from handlers import extract, ingress, webhooks
-from infra.topology import delete, topology_for
-from shared.context import Context, open_context
+from shared.adapters.topology import delete, topology_for
+from shared.runtime.context import Context, open_context
 from shared.settings import Settings
 from tests.vhosts import local_vhost
 

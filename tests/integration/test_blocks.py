@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from handlers import object_drop
-from shared.broker import publish
+from shared.adapters.broker import publish
 from shared.extraction import ExtractLimits, extract_document
 from shared.models import ExtractOptions
 from tests.conftest import Stack, running_stack

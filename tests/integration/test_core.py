@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared.broker import publish
+from shared.adapters.broker import publish
 from shared.models import ExtractTask
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf

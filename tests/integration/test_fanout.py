@@ -13,11 +13,11 @@ from typing import Any
 import pymupdf
 import pytest
 
-from handlers.fanout import parts_prefix
+from shared.adapters.storage import ObjectNotFound
 from shared.extraction import ExtractLimits, extract_document
-from shared.jobs import result_key
+from shared.extraction.fanout import parts_prefix
+from shared.jobs.records import result_key
 from shared.models import ExtractOptions
-from shared.storage import ObjectNotFound
 from tests.conftest import running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import upload, wait_done

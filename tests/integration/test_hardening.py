@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 
 from handlers import ingress, requests
-from shared.consumer import REASON_HEADER
-from shared.jobs import record_key, result_key
-from shared.quota import pages_in_flight
+from shared.jobs.quota import pages_in_flight
+from shared.jobs.records import record_key, result_key
+from shared.runtime.consumer import REASON_HEADER
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import form, upload, wait_done

@@ -27,12 +27,12 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import ops
-from shared.api_models import ErrorBody, JobView
-from shared.logs import job_context, make_handler, settings_secrets
-from shared.openapi import app_routes, route_key
+from shared.api.models import ErrorBody, JobView
+from shared.api.openapi import app_routes, route_key
+from shared.obs.logs import job_context, make_handler, settings_secrets
+from shared.obs.tracing import trace_id_of
 from shared.settings import Settings
-from shared.signing import generate_secret
-from shared.tracing import trace_id_of
+from shared.webhooks.signing import generate_secret
 from tests.conftest import Stack, _free_port, running_stack, wait_for_output
 from tests.factories import make_pdf
 from tests.integration.test_core import upload, wait_done
@@ -411,7 +411,7 @@ async def test_openapi_validates_and_covers_every_route(stack: Stack) -> None:
     assert app is not None
     served = set(app_routes(app.router))
     documented = _spec_routes(spec)
-    assert served - documented == set(), "routes missing from shared/openapi.py OPERATIONS"
+    assert served - documented == set(), "routes missing from shared/api/openapi.py OPERATIONS"
     assert documented - served == set(), "documented routes the app does not serve"
     for key in [
         ("post", "/v1/jobs"),

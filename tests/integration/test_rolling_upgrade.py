@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.broker import publish
-from shared.jobs import upload_key
+from shared.adapters.broker import publish
+from shared.jobs.records import upload_key
 from shared.models import ExtractTask, Job
 from tests.conftest import running_stack
 from tests.factories import make_pdf

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from handlers import ingress
 from infra.app import HANDLERS
-from shared.context import Context, open_context
+from shared.runtime.context import Context, open_context
 from shared.settings import Settings
 from tests.conftest import _cleanup, _free_port
 from tests.factories import make_pdf

@@ -11,8 +11,8 @@ import pytest
 
 from shared.errors import PermanentError
 from shared.extraction import ExtractLimits
+from shared.extraction.pool import WorkerCrashed, WorkerPool, WorkRequest, _Slots
 from shared.models import ExtractOptions
-from shared.pool import WorkerCrashed, WorkerPool, WorkRequest, _Slots
 from tests.factories import make_pdf
 
 
