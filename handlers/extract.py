@@ -14,10 +14,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from shared.adapters.digests import file_digest
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
-from shared.extraction import fanout
 from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
 from shared.intake.fetch import fetch_to_file
-from shared.jobs import cache, lifecycle
+from shared.jobs import cache, fanout, lifecycle
 from shared.jobs.cancel import listen as listen_for_cancels
 from shared.jobs.cancel import may_have_missed, raise_if_requested
 from shared.jobs.outcome import ProgressWebhooks, publish_event
@@ -107,7 +106,7 @@ async def _extract(
     redelivered: bool = False,
 ) -> JobResultSummary | None:
     """The job's result summary; None when it was split into page ranges
-    (shared/extraction/fanout.py)."""
+    (shared/jobs/fanout.py)."""
     assert ctx.pool is not None
     settings = ctx.settings
     with (

@@ -7,13 +7,9 @@ from aio_pika.abc import AbstractChannel, HeadersType
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from pydantic import BaseModel
 
-from shared.errors import QueueFullError, TransientError
+from shared.errors import NotRoutable, QueueFullError, TransientError
 
 PUBLISH_TIMEOUT_S = 10.0
-
-
-class NotRoutable(TransientError):
-    """No queue is bound for the message (a vanished reply queue, or missing topology)."""
 
 
 async def publish(

@@ -1,10 +1,10 @@
 """The OpenAPI 3.1 document of the HTTP API, and the offline docs page that shows it.
 
-`OPERATIONS` is the route table: every HTTP route with its parameters and its request and
-response models. The document is generated from it and from the pydantic models
-(`shared/api/models.py`, `shared/models.py`), and only for the routes the application really
-registered, so it can drift neither way: a test fails when the app has a route the table lacks,
-and a route the table knows but the app does not serve is left out.
+An `Operation` describes one HTTP route: its parameters and its request and response models.
+The route table (handlers/http/routes.py) pairs each with its view; the application is built
+from that table and this document generated from the same entries and the pydantic models
+(`shared/api/models.py`, `shared/models.py`), so the two cannot drift: a test proves every
+served route is documented and nothing else.
 
 `GET /docs` is Swagger UI from the `openapi-ui-bundles` package, served by us from the package
 files (no CDN, no external validator badge, no inline script).
@@ -26,21 +26,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from shared.api.models import (
     ErrorBody,
-    Health,
-    JobList,
-    JobSubmission,
-    JobView,
-    Readiness,
-    SeedAcknowledgement,
-    SeedEnvelope,
-    SeedError,
-    SeedOutcome,
-    SeedPending,
-    SeedUploadForm,
-    SeedUrlForm,
-    UploadForm,
 )
-from shared.models import ExtractionResult
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -120,7 +106,7 @@ TRACEPARENT = Param(
 )
 
 
-def _errors(*statuses: int, model: type[BaseModel] = ErrorBody) -> tuple[Resp, ...]:
+def errors(*statuses: int, model: type[BaseModel] = ErrorBody) -> tuple[Resp, ...]:
     text = {
         400: "The request is malformed.",
         401: "A valid API key is required (`Authorization: Bearer <key>`).",
@@ -153,248 +139,6 @@ SEED_400 = Resp(
 )
 
 
-OPERATIONS: tuple[Operation, ...] = (
-    # --- /v1 jobs ----------------------------------------------------------------------------
-    Operation(
-        "post",
-        "/v1/jobs",
-        "createJob",
-        "Submit a PDF for extraction",
-        "jobs",
-        description=(
-            "Upload the PDF (multipart) or name it (JSON: an S3 object or a URL). Answers 202 "
-            "once the PDF is stored and the job is durably queued."
-        ),
-        params=(IDEMPOTENCY, TRACEPARENT),
-        body=((MULTIPART, UploadForm), (JSON, JobSubmission)),
-        responses=(
-            Resp(202, "Accepted: the job is queued.", JobView, headers=("Location",)),
-            *_errors(400, 401, 403, 408, 409, 413, 415, 422, 429, 503),
-        ),
-        auth=True,
-    ),
-    Operation(
-        "get",
-        "/v1/jobs",
-        "listJobs",
-        "List the tenant's jobs",
-        "jobs",
-        params=(
-            Param("status", "query", "Only jobs in these states (comma-separated)."),
-            Param(
-                "door",
-                "query",
-                "Only jobs that came in by this door.",
-                {"enum": ["http", "broker", "object-drop", "seed"]},
-            ),
-            Param("client_ref", "query", "Only jobs with this `client_ref`."),
-            Param(
-                "created_after",
-                "query",
-                "Only jobs created after this time (ISO 8601).",
-                {"type": "string", "format": "date-time"},
-            ),
-            Param(
-                "limit",
-                "query",
-                "Page size (default 20).",
-                {"type": "integer", "minimum": 1, "maximum": 100},
-            ),
-            Param("cursor", "query", "`next_cursor` of the previous page."),
-        ),
-        responses=(Resp(200, "A page of jobs.", JobList), *_errors(400, 401)),
-        auth=True,
-    ),
-    Operation(
-        "get",
-        "/v1/jobs/{job_id}",
-        "getJob",
-        "A job's status, progress, result summary and webhook state",
-        "jobs",
-        params=(
-            Param(
-                "wait",
-                "query",
-                "Long-poll up to this many seconds for the job to end (capped).",
-                {"type": "number", "minimum": 0},
-            ),
-        ),
-        responses=(Resp(200, "The job.", JobView), *_errors(400, 401, 404)),
-        auth=True,
-    ),
-    Operation(
-        "delete",
-        "/v1/jobs/{job_id}",
-        "cancelJob",
-        "Cancel a queued or running job",
-        "jobs",
-        responses=(
-            Resp(200, "The job, cancelled (also when it already was).", JobView),
-            Resp(202, "Cancellation requested; its worker is being stopped.", JobView),
-            *_errors(401, 404, 409),
-        ),
-        auth=True,
-    ),
-    Operation(
-        "get",
-        "/v1/jobs/{job_id}/result",
-        "getJobResult",
-        "The extraction result (pages, Markdown, metadata)",
-        "jobs",
-        responses=(Resp(200, "The result.", ExtractionResult), *_errors(401, 404)),
-        auth=True,
-    ),
-    Operation(
-        "get",
-        "/v1/jobs/{job_id}/artifacts/{name}",
-        "getJobArtifact",
-        "One artifact of a completed job (Markdown, image archive, …)",
-        "jobs",
-        responses=(
-            Resp(200, "The artifact.", content_type="application/octet-stream", schema=BINARY),
-            *_errors(401, 404),
-        ),
-        auth=True,
-    ),
-    Operation(
-        "get",
-        "/v1/jobs/{job_id}/events",
-        "streamJobEvents",
-        "Server-Sent Events: progress and the terminal event",
-        "jobs",
-        responses=(
-            Resp(
-                200,
-                "`job.progress` events, then `job.completed`, `job.failed` or `job.cancelled`.",
-                content_type="text/event-stream",
-                schema=SSE_EVENT,
-            ),
-            *_errors(401, 404),
-        ),
-        auth=True,
-    ),
-    Operation(
-        "post",
-        "/v1/jobs/{job_id}/webhook/redeliver",
-        "redeliverWebhook",
-        "Send a finished job's terminal webhook again",
-        "jobs",
-        description="The same `webhook-id` and body, a fresh timestamp and signature.",
-        responses=(Resp(202, "Queued for delivery.", JobView), *_errors(401, 404, 409)),
-        auth=True,
-    ),
-    # --- seed (Secretary) compatibility ------------------------------------------------------
-    Operation(
-        "post",
-        "/api/pdf/process",
-        "seedProcessUpload",
-        "Secretary-compatible upload",
-        "seed",
-        body=((MULTIPART, SeedUploadForm),),
-        responses=(
-            Resp(202, "Accepted.", SeedAcknowledgement, headers=("Location",)),
-            Resp(200, "`wait_ms` saw the job complete: its result.", SeedOutcome),
-            SEED_400,
-            *_errors(401, 408, 409, 413, 415, 422, 429, 503, model=SeedError),
-        ),
-        auth=True,
-    ),
-    Operation(
-        "post",
-        "/api/pdf/process-url",
-        "seedProcessUrl",
-        "Secretary-compatible submission of a URL",
-        "seed",
-        body=((FORM, SeedUrlForm), (MULTIPART, SeedUrlForm)),
-        responses=(
-            Resp(202, "Accepted.", SeedAcknowledgement, headers=("Location",)),
-            Resp(200, "`wait_ms` saw the job complete: its result.", SeedOutcome),
-            SEED_400,
-            *_errors(401, 408, 409, 413, 415, 422, 429, 503, model=SeedError),
-        ),
-        auth=True,
-    ),
-    Operation(
-        "get",
-        "/api/jobs/{job_id}",
-        "seedGetJob",
-        "Secretary-compatible job status",
-        "seed",
-        responses=(Resp(200, "The job.", SeedEnvelope), *_errors(401, 404, model=SeedError)),
-        auth=True,
-    ),
-    Operation(
-        "get",
-        "/api/jobs/{job_id}/download-archive",
-        "seedDownloadArchive",
-        "Secretary-compatible image archive download",
-        "seed",
-        responses=(
-            Resp(200, "The ZIP.", content_type="application/zip", schema=BINARY),
-            Resp(202, "The job has not ended yet.", SeedPending, headers=("Retry-After",)),
-            *_errors(401, 404, model=SeedError),
-        ),
-        auth=True,
-    ),
-    # --- operations --------------------------------------------------------------------------
-    Operation(
-        "get",
-        "/healthz",
-        "healthz",
-        "Liveness",
-        "operations",
-        responses=(Resp(200, "The process is alive.", Health),),
-    ),
-    Operation(
-        "get",
-        "/readyz",
-        "readyz",
-        "Readiness: broker and storage reachable",
-        "operations",
-        responses=(
-            Resp(200, "Ready.", Readiness),
-            Resp(503, "Not ready.", Readiness, headers=("Retry-After",)),
-        ),
-    ),
-    Operation(
-        "get",
-        "/metrics",
-        "metrics",
-        "Prometheus metrics",
-        "operations",
-        responses=(
-            Resp(200, "Prometheus text exposition format.", content_type="text/plain", schema=TEXT),
-        ),
-    ),
-    Operation(
-        "get",
-        "/openapi.json",
-        "openapi",
-        "This document",
-        "operations",
-        responses=(Resp(200, "OpenAPI 3.1.", schema={"type": "object"}),),
-    ),
-    Operation(
-        "get",
-        "/docs",
-        "docs",
-        "Browsable API documentation (Swagger UI, served offline)",
-        "operations",
-        responses=(Resp(200, "The page.", content_type="text/html", schema=TEXT),),
-    ),
-    Operation(
-        "get",
-        "/docs/assets/{name}",
-        "docsAsset",
-        "A static file of the documentation page",
-        "operations",
-        responses=(
-            Resp(200, "The file.", content_type="application/octet-stream", schema=BINARY),
-            Resp(404, "No such asset.", ErrorBody),
-        ),
-    ),
-)
-
 _PARAM_RE = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
 
@@ -422,16 +166,9 @@ def _version() -> str:
         return "0"
 
 
-def build_openapi(router: web.UrlDispatcher | None = None) -> dict[str, Any]:
-    """The OpenAPI document: every operation of the table that `router` serves (all: None)."""
-    served = app_routes(router) if router is not None else None
-    ops: list[tuple[Operation, str]] = []
-    for op in OPERATIONS:
-        key = route_key(op.method, op.path)
-        if served is None:
-            ops.append((op, op.path))
-        elif key in served:
-            ops.append((op, served[key]))
+def build_openapi(operations: Iterable[Operation]) -> dict[str, Any]:
+    """The OpenAPI document of `operations` (the routes an application serves)."""
+    ops = [(op, op.path) for op in operations]
     refs, defs = _schemas(ops)
     paths: dict[str, dict[str, Any]] = {}
     for op, path in ops:
@@ -588,9 +325,13 @@ DOCS_CSP = (
 ASSET_CACHE = "public, max-age=86400"
 
 
+DOCUMENT = web.AppKey("openapi", dict[str, Any])
+"""The application's OpenAPI document, generated once from its route table."""
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json."""
-    return web.json_response(build_openapi(request.app.router))
+    return web.json_response(request.app[DOCUMENT])
 
 
 async def docs_page(request: web.Request) -> web.Response:
@@ -613,11 +354,3 @@ async def docs_asset(request: web.Request) -> web.StreamResponse:
     if path is None:
         raise web.HTTPNotFound()
     return web.FileResponse(path, headers={"Cache-Control": ASSET_CACHE})
-
-
-ROUTES = [
-    web.get("/openapi.json", openapi_json),
-    web.get("/docs", docs_page),
-    web.get("/docs/assets/{name}", docs_asset),
-]
-"""The documentation routes, for the ingress to add."""

@@ -32,7 +32,7 @@ from pathlib import Path
 import pymupdf
 
 from shared.adapters.digests import file_digest
-from shared.errors import ErrorCode, JobCancelled, PdfRelayError, PermanentError
+from shared.errors import ErrorCode, JobCancelled, PermanentError, WorkerCrashed
 from shared.extraction import ArtifactFile, ExtractLimits, extract_document
 from shared.models import ExtractOptions
 from shared.settings import Settings
@@ -43,12 +43,6 @@ EXIT_GRACE_S = 2.0
 DEFAULT_MAX_JOBS = 50
 
 ProgressCallback = Callable[[int, int], None]
-
-
-class WorkerCrashed(PdfRelayError):
-    """The worker process died without an answer (killed, segfault, out of memory)."""
-
-    code = ErrorCode.EXTRACTION_CRASHED
 
 
 @dataclass

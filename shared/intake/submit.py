@@ -11,11 +11,11 @@ from typing import Literal
 
 from shared.adapters.broker import publish
 from shared.adapters.storage import ObjectNotFound
-from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
 from shared.intake.fetch import check_source_url
 from shared.jobs import lifecycle
 from shared.jobs.quota import release, reserve
-from shared.jobs.records import JobNotFound, inflight_key, upload_key
+from shared.jobs.records import inflight_key, upload_key
 from shared.models import (
     ExtractOptions,
     ExtractTask,

@@ -8,23 +8,11 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from shared.errors import ErrorCode, PermanentError
+from shared.errors import EmptyFile, FileTooLarge, NotAPdf
 
 PDF_MAGIC = b"%PDF-"
 MAGIC_WINDOW = 1024
 """The PDF header may follow a little junk; readers accept it within the first 1 KiB."""
-
-
-class FileTooLarge(PermanentError):
-    code = ErrorCode.FILE_TOO_LARGE
-
-
-class NotAPdf(PermanentError):
-    code = ErrorCode.NOT_A_PDF
-
-
-class EmptyFile(PermanentError):
-    code = ErrorCode.EMPTY_FILE
 
 
 @dataclass(frozen=True)

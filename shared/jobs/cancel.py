@@ -20,8 +20,8 @@ from typing import Literal
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ConfigDict, Field, ValidationError
 
-from shared.adapters.broker import NotRoutable, publish
-from shared.errors import JobCancelled
+from shared.adapters.broker import publish
+from shared.errors import JobCancelled, NotRoutable
 from shared.jobs import lifecycle
 from shared.models import JOB_ID_RE, Frozen, Job, JobStatus
 from shared.runtime.context import Context

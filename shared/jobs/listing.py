@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.jobs.records import INDEX_NAME_RE, JobNotFound, JobStore, index_prefix, inverted_ms
+from shared.errors import JobNotFound
+from shared.jobs.records import INDEX_NAME_RE, JobStore, index_prefix, inverted_ms
 from shared.models import Job, JobStatus
 
 SCAN_BUDGET = 1000

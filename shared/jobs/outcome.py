@@ -7,10 +7,8 @@ import logging
 import time
 from typing import Any
 
-from shared.adapters.broker import NotRoutable, publish
-from shared.doors.outbox import write_outbox
-from shared.doors.seed_payloads import webhook_body as seed_webhook_body
-from shared.errors import TransientError
+from shared.adapters.broker import publish
+from shared.errors import NotRoutable, TransientError
 from shared.jobs.records import public_view
 from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
 from shared.runtime.context import Context
@@ -57,8 +55,9 @@ async def announce_terminal(
     its webhook state is not read.
     """
     event_type = TERMINAL_EVENTS[job.status]
-    if job.door == "object-drop":
-        await write_outbox(ctx.storage, job)
+    door = ctx.doors.get(job.door)
+    if door is not None:
+        await door.ended(ctx, job)
     unsent = first and (webhook is None or not webhook.progress)
     view = (
         public_view(job, None, ctx.settings.base_url)
@@ -100,10 +99,10 @@ async def queue_webhook(
     view: dict[str, Any] | None = None,
 ) -> None:
     """Put one webhook event on the dispatch queue; the webhooks handler signs and sends it."""
-    if job.door == "seed" and event_type != "job.progress":
-        # The Secretary's clients get the payload they were written against (seed_payloads).
-        body = await seed_webhook_body(ctx, job)
-    else:
+    door = ctx.doors.get(job.door) if event_type != "job.progress" else None
+    # A door's clients may expect a terminal payload of their own (the seed's: its payloads).
+    body = await door.webhook_body(ctx, job) if door is not None else None
+    if body is None:
         if view is None:
             view = await ctx.jobs.view(job, ctx.settings.base_url)
         body = json.dumps(

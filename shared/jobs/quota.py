@@ -25,15 +25,9 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
 from shared.adapters.storage import Storage
-from shared.errors import ErrorCode, TransientError
+from shared.errors import JobNotFound, QuotaExceeded, TransientError
 from shared.jobs.pagecount import count_pages
-from shared.jobs.records import (
-    INFLIGHT_PREFIX,
-    JobNotFound,
-    JobStore,
-    inflight_key,
-    inflight_prefix,
-)
+from shared.jobs.records import INFLIGHT_PREFIX, JobStore, inflight_key, inflight_prefix
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,16 +40,6 @@ STALE_HOLD = timedelta(hours=1)
 RETRY_AFTER_MIN_S = 1
 RETRY_AFTER_MAX_S = 3600
 RETRY_AFTER_UNMEASURED_S = 10
-
-
-class QuotaExceeded(TransientError):
-    """The tenant has too many pages in flight; `excess_pages` must end before this one fits."""
-
-    code = ErrorCode.QUOTA_EXCEEDED
-
-    def __init__(self, message: str, excess_pages: int) -> None:
-        super().__init__(message)
-        self.excess_pages = excess_pages
 
 
 def _pages_of(key: str) -> int:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from shared.adapters.storage import ObjectNotFound, Storage
-from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.errors import JobNotFound, TransientError
 from shared.models import JOB_ID_RE, Job, WebhookState, id_created_at
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,6 @@ def inflight_key(tenant: str, job_id: str, pages: int) -> str:
 def idempotency_key(tenant: str, key: str) -> str:
     digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()
     return f"idempotency/{digest}.json"
-
-
-class JobNotFound(PermanentError):
-    code = ErrorCode.NOT_FOUND
 
 
 class JobStore:

@@ -24,11 +24,10 @@ from urllib.parse import unquote
 from minio.commonconfig import ENABLED, Filter
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
-from shared.errors import TransientError
+from shared.errors import JobNotFound, TransientError
 from shared.jobs.quota import sweep_holds
 from shared.jobs.records import (
     INDEX_PREFIX,
-    JobNotFound,
     JobStore,
     inflight_key,
     inverted_ms,

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
@@ -45,8 +45,16 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from shared.extraction.pool import WorkerPool
+
+class PoolCounts(Protocol):
+    """What the metrics read of a worker pool (shared.extraction.pool.PoolCounts)."""
+
+    @property
+    def started(self) -> int: ...
+
+    @property
+    def crashed(self) -> int: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +142,7 @@ class Metrics:
         if error_code is not None:
             self.job_failures.labels(code=error_code).inc()
 
-    def watch_pool(self, pool: WorkerPool) -> None:
+    def watch_pool(self, pool: PoolCounts) -> None:
         """Report this worker pool's process starts and crashes."""
         self._pool.pool = pool
 
@@ -159,7 +167,7 @@ class Metrics:
 
 class _PoolCollector(Collector):
     def __init__(self) -> None:
-        self.pool: WorkerPool | None = None
+        self.pool: PoolCounts | None = None
 
     def collect(self) -> Iterable[Metric]:
         if self.pool is None:

@@ -1,12 +1,13 @@
-"""The one typed context of a handler process: broker, storage and worker pool."""
+"""The one typed context of a handler process: broker, storage and worker pool, and the doors'
+announcements (what a door adds to a job's ending, shared/doors/table.py)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -14,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from shared.adapters.storage import Storage
 from shared.adapters.topology import Topology, declare, topology_for
 from shared.jobs.records import JobStore
+from shared.models import Job
 from shared.obs.metrics import Metrics
 from shared.obs.tracing import configure_tracing
 from shared.runtime.cancel_registry import CancelRegistry
@@ -23,6 +25,17 @@ if TYPE_CHECKING:  # the pool (and MuPDF with it) is imported only where workers
     from shared.extraction.pool import WorkerPool
 
 log = logging.getLogger(__name__)
+
+
+class DoorAnnouncements(Protocol):
+    """What one door adds to a job's terminal announcement. The core (shared/jobs/outcome.py)
+    calls these through `Context.doors`, keyed by `Job.door`, and imports no door."""
+
+    async def ended(self, ctx: Context, job: Job) -> None:
+        """The job ended: before its event is published (the object drop writes its outbox)."""
+
+    async def webhook_body(self, ctx: Context, job: Job) -> str | None:
+        """The terminal webhook's body, when the door's clients expect their own (None: ours)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,8 @@ class Context:
     storage: Storage
     jobs: JobStore
     pool: WorkerPool | None
+    doors: Mapping[str, DoorAnnouncements]
+    """Each door's additions to a job's ending, by `Job.door` (shared/doors/table.py)."""
     metrics: Metrics = field(default_factory=Metrics)
     """This process's Prometheus metrics (shared/obs/metrics.py)."""
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
@@ -43,7 +58,12 @@ class Context:
 
 @asynccontextmanager
 async def open_context(
-    settings: Settings, s3_endpoint: str, *, name: str, with_pool: bool = False
+    settings: Settings,
+    s3_endpoint: str,
+    *,
+    name: str,
+    doors: Mapping[str, DoorAnnouncements],
+    with_pool: bool = False,
 ) -> AsyncIterator[Context]:
     """Connect to the broker and storage, declare the topology, and close all in reverse order."""
     configure_tracing(f"pdfrelay-{name}")
@@ -86,5 +106,6 @@ async def open_context(
             storage=storage,
             jobs=JobStore(storage),
             pool=pool,
+            doors=doors,
             metrics=metrics,
         )

@@ -15,7 +15,7 @@ from shared.adapters.broker import publish
 from shared.extraction import ExtractLimits, extract_document
 from shared.models import ExtractOptions
 from tests.conftest import Stack, running_stack
-from tests.integration.test_core import form, upload, wait_done
+from tests.helpers import form, upload, wait_done
 from tests.integration.test_doors import minio_notification, next_event
 from tests.unit.pdfgen import figures_pdf, structured_pdf
 

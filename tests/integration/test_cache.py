@@ -16,7 +16,7 @@ from shared.jobs.cache import CACHE_PREFIX
 from shared.jobs.records import result_key
 from tests.conftest import Stack
 from tests.factories import make_pdf
-from tests.integration.test_core import wait_done
+from tests.helpers import wait_done
 
 pytestmark = pytest.mark.integration
 

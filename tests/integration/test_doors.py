@@ -17,7 +17,7 @@ from shared.jobs.records import record_key
 from shared.runtime.consumer import REASON_HEADER
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import wait_done
+from tests.helpers import wait_done
 
 pytestmark = pytest.mark.integration
 

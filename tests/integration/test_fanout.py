@@ -20,7 +20,7 @@ from shared.jobs.records import result_key
 from shared.models import ExtractOptions
 from tests.conftest import running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import upload, wait_done
+from tests.helpers import upload, wait_done
 from tests.integration.test_job_control import freezer
 from tests.integration.test_worker_faults import kill_first_worker
 from tests.unit import pdfgen

@@ -36,8 +36,8 @@ from shared.jobs.throughput import ThroughputMeter
 from shared.models import Job, JobStatus, WebhookDelivery, new_job_id, utcnow
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
+from tests.helpers import form, upload, wait_done
 from tests.integration.test_cli import PDFRELAY, running_dev
-from tests.integration.test_core import form, upload, wait_done
 
 pytestmark = pytest.mark.integration
 

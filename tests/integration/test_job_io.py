@@ -22,7 +22,7 @@ from shared.jobs.records import record_key
 from shared.runtime import cancel_registry
 from tests.conftest import Stack, running_stack, s3_server
 from tests.factories import make_pdf
-from tests.integration.test_core import form
+from tests.helpers import form
 from tests.integration.test_webhooks import hook_settings, receiver
 
 pytestmark = pytest.mark.integration

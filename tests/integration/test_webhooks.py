@@ -31,7 +31,7 @@ from shared.webhooks.signing import generate_secret
 from shared.webhooks.statelog import StateLog
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import form
+from tests.helpers import form
 from tests.reliability.harness import fault_proxy, watch_logs
 
 pytestmark = pytest.mark.integration

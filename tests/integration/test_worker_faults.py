@@ -11,7 +11,7 @@ import pytest
 from shared.extraction.pool import WorkerPool
 from tests.conftest import running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import upload, wait_done
+from tests.helpers import upload, wait_done
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.adapters.topology import topology_for
-from shared.errors import ErrorCode, http_status
-from shared.intake.uploads import EmptyFile, FileTooLarge, NotAPdf, spool
+from shared.errors import EmptyFile, ErrorCode, FileTooLarge, NotAPdf, http_status
+from shared.intake.uploads import spool
 from shared.models import ExtractOptions
 from shared.settings import Settings
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import PermanentError
+from shared.errors import PermanentError, WorkerCrashed
 from shared.extraction import ExtractLimits
-from shared.extraction.pool import WorkerCrashed, WorkerPool, WorkRequest, _Slots
+from shared.extraction.pool import WorkerPool, WorkRequest, _Slots
 from shared.models import ExtractOptions
 from tests.factories import make_pdf
 
