@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -49,6 +49,40 @@ class ObjectInfo:
     etag: str
     metadata: dict[str, str]
     last_modified: datetime | None = None
+
+
+class ObjectStore(Protocol):
+    """The object operations the job records, listing, quota and retention need (through
+    `JobStore.storage`): `Storage` over S3, and an in-memory fake in the fast tests
+    (tests/fakes.py)."""
+
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str = ..., bucket: str | None = None
+    ) -> None: ...
+
+    async def put_json(self, key: str, obj: Any) -> None: ...
+
+    async def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
+        """The object's bytes; ObjectNotFound when there is none."""
+        ...
+
+    async def get_json(self, key: str) -> Any: ...
+
+    async def stat(self, key: str, bucket: str | None = None) -> ObjectInfo: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]: ...
+
+    async def list_keys(self, prefix: str) -> list[str]: ...
+
+    async def list_after(self, prefix: str, start_after: str | None, limit: int) -> list[str]: ...
+
+    async def list_prefixes(self, prefix: str) -> list[str]: ...
+
+    async def get_lifecycle(self) -> LifecycleConfig | None: ...
+
+    async def set_lifecycle(self, config: LifecycleConfig) -> None: ...
 
 
 class Storage:

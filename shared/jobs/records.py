@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from shared.adapters.storage import ObjectNotFound, Storage
+from shared.adapters.storage import ObjectNotFound, ObjectStore
 from shared.errors import JobNotFound, TransientError
 from shared.models import JOB_ID_RE, Job, WebhookState, id_created_at
 
@@ -121,7 +121,7 @@ def idempotency_key(tenant: str, key: str) -> str:
 class JobStore:
     """Reads and writes job records; each record has one writer at a time."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: ObjectStore) -> None:
         self.storage = storage
 
     async def save(self, job: Job) -> None:
