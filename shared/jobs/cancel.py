@@ -24,7 +24,7 @@ from shared.adapters.broker import publish
 from shared.errors import JobCancelled, NotRoutable
 from shared.jobs import lifecycle
 from shared.models import JOB_ID_RE, Frozen, Job, JobStatus
-from shared.runtime.context import Context
+from shared.runtime.context import Context, ExtractContext
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,9 @@ async def raise_if_requested(ctx: Context, job: Job, redelivered: bool = False) 
         raise JobCancelled("the job was cancelled")
 
 
-async def listen(ctx: Context, stop: asyncio.Event) -> None:
+async def listen(ctx: ExtractContext, stop: asyncio.Event) -> None:
     """Carry out cancel requests for the jobs of this process's worker pool until `stop`."""
     pool = ctx.pool
-    assert pool is not None
     channel = await ctx.connection.channel()
     # A robust channel re-declares and re-binds its queue after a reconnect; in between,
     # cancels may pass unheard (then the marker is read again).

@@ -51,7 +51,7 @@ from shared.models import (
     Progress,
     WebhookSpec,
 )
-from shared.runtime.context import Context
+from shared.runtime.context import Context, ExtractContext
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ async def plan(
     return True
 
 
-async def handle_range(task: ExtractTask, ctx: Context, job: Job) -> None:
+async def handle_range(task: ExtractTask, ctx: ExtractContext, job: Job) -> None:
     """Extract one range into its part; publish the merge when every part is there."""
     assert task.first is not None
     assert task.last is not None
@@ -211,8 +211,7 @@ async def _report_progress(ctx: Context, job: Job, part_keys: list[str]) -> None
     await publish_event(ctx, job.model_copy(update={"progress": progress}), "job.progress")
 
 
-async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> RangePart:
-    assert ctx.pool is not None
+async def _extract_range(ctx: ExtractContext, job: Job, first: int, last: int) -> RangePart:
     settings = ctx.settings
     key, bucket = (
         (upload_key(job.job_id), None)
@@ -233,7 +232,7 @@ async def _extract_range(ctx: Context, job: Job, first: int, last: int) -> Range
 
 
 async def _run_range(
-    ctx: Context,
+    ctx: ExtractContext,
     job: Job,
     first: int,
     last: int,
@@ -241,7 +240,6 @@ async def _run_range(
     pdf_path: str,
     tmp: str,
 ) -> RangePart:
-    assert ctx.pool is not None
     settings = ctx.settings
     await raise_if_requested(ctx, job)
     out = await ctx.pool.run(

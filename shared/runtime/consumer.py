@@ -29,7 +29,9 @@ from shared.runtime.context import Context
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[M, Context, AbstractIncomingMessage], Awaitable[None]]
+C = TypeVar("C", bound=Context)
+Handler = Callable[[M, C, AbstractIncomingMessage], Awaitable[None]]
+"""A handler of one message, over the context of its role (an `ExtractContext` for extract)."""
 Outcome = Literal["ack", "dead", "retry", "requeue"]
 
 TRANSIENT_BACKOFF_S = 2.0
@@ -38,10 +40,10 @@ TRANSIENT_HEADER = "x-pdfrelay-transient-attempts"
 
 
 async def consume(
-    ctx: Context,
+    ctx: C,
     queue_name: str,
     model: type[M],
-    handler: Handler[M],
+    handler: Handler[M, C],
     *,
     prefetch: int,
     stop: asyncio.Event,
@@ -90,10 +92,10 @@ async def consume(
 
 
 async def _settle(
-    ctx: Context,
+    ctx: C,
     message: AbstractIncomingMessage,
     model: type[M],
-    handler: Handler[M],
+    handler: Handler[M, C],
     dead_letter: str | None,
     backoff: str | None,
     max_body_bytes: int | None = None,

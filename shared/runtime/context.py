@@ -3,6 +3,7 @@ announcements (what a door adds to a job's ending, shared/doors/table.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from shared.adapters.storage import Storage
 from shared.adapters.topology import Topology, declare, topology_for
+from shared.errors import StartupError
 from shared.jobs.records import JobStore
 from shared.models import Job
 from shared.obs.metrics import Metrics
@@ -54,6 +56,24 @@ class Context:
     """This process's Prometheus metrics (shared/obs/metrics.py)."""
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     """Cancel requests heard on the control exchange (extract processes)."""
+
+    def for_extraction(self) -> ExtractContext:
+        """This context as the extract side's, whose pool is there.
+
+        Raises:
+            StartupError: it was opened without a worker pool (`with_pool=False`).
+        """
+        if self.pool is None:
+            raise StartupError("the extract handler needs a worker pool (open_context with_pool)")
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return ExtractContext(**{**fields, "pool": self.pool})
+
+
+@dataclass(frozen=True)
+class ExtractContext(Context):
+    """The extract side's context: the same, with its worker pool typed as there."""
+
+    pool: WorkerPool
 
 
 @asynccontextmanager
