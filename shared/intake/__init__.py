@@ -2,4 +2,4 @@
 option, request limits, submission.
 
 May import: shared.settings/errors/models, shared.obs, shared.adapters, shared.runtime,
-shared.jobs.records, shared.webhooks.ssrf. Never handlers or infra."""
+shared.jobs, shared.webhooks.ssrf. Never handlers or infra."""
