@@ -11,16 +11,16 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from handlers import fanout
-from shared import cache, lifecycle
-from shared.cancel import listen as listen_for_cancels
-from shared.cancel import may_have_missed, raise_if_requested
-from shared.consumer import consume
-from shared.context import Context
-from shared.digests import file_digest
+from shared.adapters.digests import file_digest
+from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
-from shared.fetch import fetch_to_file
-from shared.jobs import artifact_key, result_key
+from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
+from shared.intake.fetch import fetch_to_file
+from shared.jobs import cache, fanout, lifecycle
+from shared.jobs.cancel import listen as listen_for_cancels
+from shared.jobs.cancel import may_have_missed, raise_if_requested
+from shared.jobs.outcome import ProgressWebhooks, publish_event
+from shared.jobs.records import artifact_key, result_key
 from shared.models import (
     Artifact,
     ExtractTask,
@@ -30,16 +30,15 @@ from shared.models import (
     WebhookSpec,
     utcnow,
 )
-from shared.outcome import ProgressWebhooks, publish_event
-from shared.pool import WorkOutput, WorkRequest, extract_limits
-from shared.ssrf import SsrfPolicy
-from shared.storage import ObjectNotFound
-from shared.tracing import job_span
+from shared.obs.tracing import job_span
+from shared.runtime.consumer import consume
+from shared.runtime.context import Context, ExtractContext
+from shared.webhooks.ssrf import SsrfPolicy
 
 log = logging.getLogger(__name__)
 
 
-async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
+async def handle(task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage) -> None:
     redelivered = bool(message.redelivered)
     if task.job is not None and task.first is None and not redelivered:
         # The record as accepted travels in the task: no read of it (a redelivery reads it, as
@@ -52,7 +51,9 @@ async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessa
         await _handle(task, ctx, job, redelivered)
 
 
-async def _handle(task: ExtractTask, ctx: Context, job: Job, redelivered: bool = False) -> None:
+async def _handle(
+    task: ExtractTask, ctx: ExtractContext, job: Job, redelivered: bool = False
+) -> None:
     if task.first is not None:
         await fanout.handle_range(task, ctx, job)
         return
@@ -99,15 +100,15 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job, redelivered: bool =
 
 
 async def _extract(
-    ctx: Context,
+    ctx: ExtractContext,
     job: Job,
     webhook: WebhookSpec | None = None,
     begin: Callable[[], Awaitable[Job]] | None = None,
     started: Callable[[], Job] | None = None,
     redelivered: bool = False,
 ) -> JobResultSummary | None:
-    """The job's result summary; None when it was split into page ranges (handlers/fanout.py)."""
-    assert ctx.pool is not None
+    """The job's result summary; None when it was split into page ranges
+    (shared/jobs/fanout.py)."""
     settings = ctx.settings
     with (
         tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
@@ -281,19 +282,24 @@ class _ProgressReporter:
             await self._task
 
 
-async def handle_dead(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
+async def handle_dead(
+    task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage
+) -> None:
     """A task the extract queue gave up on (delivery limit): its job fails, and everyone hears."""
     await lifecycle.dead_letter(ctx, await ctx.jobs.get(task.job_id, task.tenant), task.webhook)
 
 
-async def handle_merge(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
+async def handle_merge(
+    task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage
+) -> None:
     job = await ctx.jobs.get(task.job_id, task.tenant)
     with job_span("merge", job.job_id, job.traceparent):
         await fanout.handle_merge(task, ctx)
 
 
-async def serve(ctx: Context, stop: asyncio.Event) -> None:
+async def serve(context: Context, stop: asyncio.Event) -> None:
     """Run the extract and dead-letter consumers and the cancel listener until `stop` is set."""
+    ctx = context.for_extraction()
     await asyncio.gather(
         consume(
             ctx,

@@ -1,6 +1,7 @@
 """Job control over HTTP: list, cancel, follow (Server-Sent Events), status estimates, retention.
 
-Registered on the ingress application by `setup` (called from `ingress.create_app`).
+Its state is set up on the ingress application by `setup` (called from `ingress.create_app`);
+its routes are in the table (handlers/http/routes.py).
 """
 
 from __future__ import annotations
@@ -9,24 +10,25 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 from aiohttp import web
 
-from shared.cancel import request_cancel
-from shared.context import Context
-from shared.errors import ErrorCode, PermanentError, TransientError
-from shared.joblist import MAX_LIMIT, InvalidCursor, JobFilter, list_jobs
+from handlers.http.common import tenant_of
+from shared.errors import ErrorCode, PermanentError, QuotaExceeded, TransientError
+from shared.intake.submit import Door
+from shared.jobs.cancel import request_cancel
+from shared.jobs.listing import MAX_LIMIT, InvalidCursor, JobFilter, list_jobs
+from shared.jobs.outcome import TERMINAL_EVENTS, event_id
+from shared.jobs.quota import retry_after_s
+from shared.jobs.retention import apply_lifecycle, sweep
+from shared.jobs.throughput import QueueState, ThroughputMeter, estimate
+from shared.jobs.watch import JobWatcher
 from shared.models import Job, JobStatus, utcnow
-from shared.outcome import TERMINAL_EVENTS, event_id
-from shared.quota import QuotaExceeded, retry_after_s
-from shared.retention import apply_lifecycle, sweep
-from shared.submit import Door
-from shared.throughput import QueueState, ThroughputMeter, estimate
-from shared.watch import JobWatcher
+from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ EventQueue = asyncio.Queue[dict[str, Any]]
 class JobsApi:
     ctx: Context
     watcher: JobWatcher
-    tenant_of: Callable[[web.Request], str]
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
     streams: set[EventQueue] = field(default_factory=set)
     """The event queues of open SSE streams, ended at shutdown."""
@@ -59,22 +60,15 @@ def setup(
     app: web.Application,
     ctx: Context,
     watcher: JobWatcher,
-    tenant_of: Callable[[web.Request], str],
 ) -> None:
-    """Add the job-control routes, the throughput meter and the retention sweeper to `app`."""
-    api = JobsApi(ctx=ctx, watcher=watcher, tenant_of=tenant_of)
+    """Add the job-control state, the throughput meter and the retention sweeper to `app` (the
+    routes come from the table, handlers/http/routes.py)."""
+    api = JobsApi(ctx=ctx, watcher=watcher)
     app[API] = api
     watcher.observers.append(api.meter.on_event)
     app.on_shutdown.append(_end_streams)
     if ctx.settings.retention_days > 0:
         app.cleanup_ctx.append(_sweeper)
-    app.add_routes(
-        [
-            web.get("/v1/jobs", get_jobs),
-            web.delete("/v1/jobs/{job_id}", cancel_job),
-            web.get("/v1/jobs/{job_id}/events", job_events),
-        ]
-    )
 
 
 # --- GET /v1/jobs ----------------------------------------------------------------------------
@@ -85,7 +79,7 @@ async def get_jobs(request: web.Request) -> web.Response:
     `created_after`, `limit`, `cursor`)."""
     api = request.app[API]
     ctx = api.ctx
-    tenant = api.tenant_of(request)
+    tenant = tenant_of(request)
     query = request.query
     flt = JobFilter(
         statuses=_statuses(query.get("status")),
@@ -154,7 +148,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a queued or running job: 200 cancelled, 202 still stopping, 409 it had ended."""
     api = request.app[API]
     ctx = api.ctx
-    job = await ctx.jobs.get(request.match_info["job_id"], api.tenant_of(request))
+    job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
     if not job.status.terminal:
         async with api.watcher.listen(job.job_id) as events:
             job = await request_cancel(ctx, job)
@@ -195,7 +189,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     A job that has already ended gets only its terminal event."""
     api = request.app[API]
     ctx = api.ctx
-    job = await ctx.jobs.get(request.match_info["job_id"], api.tenant_of(request))
+    job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -275,7 +269,7 @@ async def _extract_queue(ctx: Context) -> QueueState | None:
 
 async def with_estimate(request: web.Request, job: Job, view: dict[str, Any]) -> dict[str, Any]:
     """`view` plus `queue_position` and `eta_s` (null when ended or unknown); see
-    shared/throughput.py for how rough they are."""
+    shared/jobs/throughput.py for how rough they are."""
     api = request.app.get(API)
     if api is None:
         return view

@@ -8,14 +8,14 @@ import logging
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from shared.consumer import consume
-from shared.context import Context
+from shared.adapters.storage import ObjectNotFound
+from shared.doors.outbox import INBOX, outbox_key
+from shared.doors.s3events import CreatedObject, S3Notification, created_objects
 from shared.errors import ErrorCode, PermanentError
+from shared.intake.submit import Submission, Submitter
 from shared.models import ExtractOptions, WebhookSpec
-from shared.outbox import INBOX, outbox_key
-from shared.s3events import CreatedObject, S3Notification, created_objects
-from shared.storage import ObjectNotFound
-from shared.submit import Submission, Submitter
+from shared.runtime.consumer import consume
+from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
 

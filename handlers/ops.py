@@ -13,24 +13,20 @@ import logging
 
 from aiohttp import web
 
-from handlers.ingress import CTX, healthz, metrics, readyz
-from shared.context import Context
+from handlers.http.common import CTX
+from handlers.http.routes import ROUTES
 from shared.errors import StartupError
+from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
 
 
 def create_app(ctx: Context) -> web.Application:
-    """The operations application over an open context (the ingress's views, its key)."""
+    """The operations application over an open context: the route table's `ops_port` entries
+    (the ingress's views, its key)."""
     app = web.Application()
     app[CTX] = ctx
-    app.add_routes(
-        [
-            web.get("/metrics", metrics),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-        ]
-    )
+    app.add_routes(r.route() for r in ROUTES if r.ops_port)
     return app
 
 

@@ -6,17 +6,17 @@ import asyncio
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from shared.consumer import consume
-from shared.context import Context
-from shared.limits import (
+from shared.intake.limits import (
     MAX_WEBHOOK_TOKEN_CHARS,
     MAX_WEBHOOK_URL_CHARS,
     check_length,
     check_source,
     check_webhook_url,
 )
+from shared.intake.submit import Submission, Submitter
 from shared.models import ExtractRequest
-from shared.submit import Submission, Submitter
+from shared.runtime.consumer import consume
+from shared.runtime.context import Context
 
 TENANT_HEADER = "x-pdfrelay-tenant"
 

@@ -14,23 +14,19 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from handlers.ingress import (
-    CHUNK,
+from handlers.http.bodies import CHUNK, read_multipart
+from handlers.http.common import (
     CTX,
     MAX_FIELD_BYTES,
     RETRY_AFTER_S,
     SUBMITTER,
     Handler,
-    _read_multipart,
-    _send_object,
-    _wait_for_end,
-    _webhook,
+    send_object,
     tenant_of,
+    wait_for_end,
+    webhook_spec,
 )
-from shared.errors import ErrorCode, PdfRelayError, PermanentError, http_status
-from shared.jobs import artifact_key
-from shared.models import Job, JobStatus
-from shared.seed_payloads import (
+from shared.doors.seed_payloads import (
     acknowledgement,
     archive_name,
     client_job_id,
@@ -42,14 +38,17 @@ from shared.seed_payloads import (
     url_filename,
     wait_seconds,
 )
-from shared.submit import Submission
-from shared.uploads import Spooled
+from shared.errors import ErrorCode, PdfRelayError, PermanentError, http_status
+from shared.intake.submit import Submission
+from shared.intake.uploads import Spooled
+from shared.jobs.records import artifact_key
+from shared.models import Job, JobStatus
 
 SEED_KEY_PREFIX = "seed\0"
 """Idempotency namespace of `jobId`s: a header cannot carry NUL, so no /v1 key collides."""
 
 
-def _seed_errors(handler: Handler) -> Handler:
+def seed_errors(handler: Handler) -> Handler:
     """Errors in the seed's shape `{"status": "error", "error": {"code", "message"}}`."""
 
     @functools.wraps(handler)
@@ -67,6 +66,7 @@ def _seed_errors(handler: Handler) -> Handler:
     return wrapped
 
 
+@seed_errors
 async def process_upload(request: web.Request) -> web.StreamResponse:
     """POST /api/pdf/process: multipart `file` plus the seed's fields."""
     tenant = tenant_of(request)
@@ -74,7 +74,7 @@ async def process_upload(request: web.Request) -> web.StreamResponse:
         raise PermanentError(
             "send multipart/form-data with a 'file' part", ErrorCode.UNSUPPORTED_MEDIA_TYPE
         )
-    spooled, fields, filename = await _read_multipart(request, request.app[CTX])
+    spooled, fields, filename = await read_multipart(request, request.app[CTX])
     try:
         if spooled is None:
             raise PermanentError("the form has no 'file' part", ErrorCode.INVALID_REQUEST)
@@ -84,6 +84,7 @@ async def process_upload(request: web.Request) -> web.StreamResponse:
             os.unlink(spooled.path)
 
 
+@seed_errors
 async def process_url(request: web.Request) -> web.StreamResponse:
     """POST /api/pdf/process-url: form field `url` plus the seed's fields."""
     tenant = tenant_of(request)
@@ -95,7 +96,7 @@ async def process_url(request: web.Request) -> web.StreamResponse:
 
 async def _url_form(request: web.Request) -> dict[str, str]:
     if request.content_type == "multipart/form-data":
-        spooled, fields, _ = await _read_multipart(request, request.app[CTX])
+        spooled, fields, _ = await read_multipart(request, request.app[CTX])
         if spooled is not None:
             os.unlink(spooled.path)
             raise PermanentError(
@@ -134,7 +135,7 @@ async def _accept(
         sha256=spooled.sha256 if spooled else None,
         size=spooled.size if spooled else None,
         url=url,
-        webhook=await _webhook(
+        webhook=await webhook_spec(
             ctx.settings, fields.get("callback_url"), fields.get("callback_token")
         ),
         client_ref=job_ref,
@@ -145,7 +146,7 @@ async def _accept(
     )
     job, _ = await request.app[SUBMITTER].submit(ctx, sub)
     if wait_s > 0 and not job.status.terminal:
-        job = await _wait_for_end(request, job, wait_s)
+        job = await wait_for_end(request, job, wait_s)
     if wait_s > 0 and job.status.terminal:
         payload = terminal_payload(job, await load_result(ctx, job), ctx.settings.base_url)
         # The Secretary answered a failed synchronous run with 400.
@@ -166,6 +167,7 @@ async def _find(request: web.Request) -> Job:
     return await ctx.jobs.get(aliased or ident, tenant)
 
 
+@seed_errors
 async def get_job(request: web.Request) -> web.StreamResponse:
     """GET /api/jobs/{id}: `{"status": "success", "data": <job>}`; the token is never stored."""
     ctx = request.app[CTX]
@@ -175,6 +177,7 @@ async def get_job(request: web.Request) -> web.StreamResponse:
     return web.json_response(envelope(job, hook, result, ctx.settings.base_url))
 
 
+@seed_errors
 async def download_archive(request: web.Request) -> web.StreamResponse:
     """GET /api/jobs/{id}/download-archive: the images (or page images) ZIP."""
     job = await _find(request)
@@ -187,14 +190,6 @@ async def download_archive(request: web.Request) -> web.StreamResponse:
     name = archive_name(job)
     if name is None:
         raise PermanentError("the job has no image archive", ErrorCode.NOT_FOUND)
-    return await _send_object(
+    return await send_object(
         request, artifact_key(job.job_id, name), "application/zip", attachment=name
     )
-
-
-ROUTES = [
-    web.post("/api/pdf/process", _seed_errors(process_upload)),
-    web.post("/api/pdf/process-url", _seed_errors(process_url)),
-    web.get("/api/jobs/{job_id}", _seed_errors(get_job)),
-    web.get("/api/jobs/{job_id}/download-archive", _seed_errors(download_archive)),
-]

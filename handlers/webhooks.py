@@ -1,5 +1,5 @@
 """Webhooks handler: one WebhookDelivery → one signed attempt → delivered, retry later, or dead;
-and the writer that stores the delivery states behind them (shared/statelog.py)."""
+and the writer that stores the delivery states behind them (shared/webhooks/statelog.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import logging
 import aiohttp
 from aio_pika.abc import AbstractIncomingMessage
 
-from shared.consumer import consume
-from shared.context import Context
-from shared.dispatch import (
+from shared.errors import PermanentError
+from shared.models import WebhookDelivery, WebhookRedeliver, WebhookState, WebhookStateBatch
+from shared.obs.tracing import client_trace_config
+from shared.runtime.consumer import consume
+from shared.runtime.context import Context
+from shared.webhooks.dispatch import (
     PROGRESS_EVENT,
     Dispatcher,
     Ladder,
@@ -21,12 +24,9 @@ from shared.dispatch import (
     next_state,
     requeue,
 )
-from shared.errors import PermanentError
-from shared.models import WebhookDelivery, WebhookRedeliver, WebhookState, WebhookStateBatch
-from shared.sealing import Sealer
-from shared.ssrf import SsrfConnector, SsrfPolicy
-from shared.statelog import StateLog, write_states
-from shared.tracing import client_trace_config
+from shared.webhooks.sealing import Sealer
+from shared.webhooks.ssrf import SsrfConnector, SsrfPolicy
+from shared.webhooks.statelog import StateLog, write_states
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import extract, ingress, object_drop, ops, requests, webhooks
-from shared.context import Context, open_context
-from shared.logs import protect, settings_secrets
+from shared.doors.table import DOORS
+from shared.obs.logs import protect, settings_secrets
+from shared.runtime.context import Context, open_context
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ async def run_handlers(
     protect(settings_secrets(settings))
     label = "+".join(names) if len(names) < len(HANDLERS) else "dev"
     async with open_context(
-        settings, s3_endpoint, name=label, with_pool=any(s.needs_pool for s in specs)
+        settings,
+        s3_endpoint,
+        name=label,
+        doors=DOORS,
+        with_pool=any(s.needs_pool for s in specs),
     ) as ctx:
         tasks = [
             asyncio.create_task(s.serve(ctx, stop), name=n)

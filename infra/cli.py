@@ -14,14 +14,14 @@ from pydantic import BaseModel, SecretStr
 from infra import client, dlq, sweep
 from infra.app import HANDLERS, install_signal_handlers, run_handlers
 from infra.s3server import embedded_s3
-from shared.dispatch import dispatcher_secrets
+from shared.adapters.tessdata import ocr_languages
 from shared.errors import StartupError
 from shared.extraction.document import ChunkModel, DocumentModel
-from shared.logs import configure_logging, resolve_format
 from shared.models import ExtractRequest
+from shared.obs.logs import configure_logging, resolve_format
 from shared.settings import Settings
-from shared.signing import generate_secret
-from shared.tessdata import ocr_languages
+from shared.webhooks.dispatch import dispatcher_secrets
+from shared.webhooks.signing import generate_secret
 
 
 def _settings() -> Settings:

@@ -18,11 +18,11 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from infra.topology import Topology, topology_for
-from shared.broker import publish
-from shared.dispatch import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER, STATUS_HEADER
+from shared.adapters.broker import publish
+from shared.adapters.topology import Topology, topology_for
 from shared.models import WebhookDelivery
 from shared.settings import Settings
+from shared.webhooks.dispatch import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER, STATUS_HEADER
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from shared.jobs import JobStore
-from shared.retention import apply_lifecycle, sweep
+from shared.adapters.storage import Storage
+from shared.jobs.records import JobStore
+from shared.jobs.retention import apply_lifecycle, sweep
 from shared.settings import Settings
-from shared.storage import Storage
 
 
 async def _sweep(settings: Settings, endpoint: str, days: float) -> None:

@@ -104,3 +104,39 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 def http_status(code: ErrorCode) -> int:
     """The HTTP status the ingress answers for an error code (500 for anything unlisted)."""
     return HTTP_STATUS.get(code, 500)
+
+
+class JobNotFound(PermanentError):
+    code = ErrorCode.NOT_FOUND
+
+
+class QuotaExceeded(TransientError):
+    """The tenant has too many pages in flight; `excess_pages` must end before this one fits."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
+
+    def __init__(self, message: str, excess_pages: int) -> None:
+        super().__init__(message)
+        self.excess_pages = excess_pages
+
+
+class WorkerCrashed(PdfRelayError):
+    """The worker process died without an answer (killed, segfault, out of memory)."""
+
+    code = ErrorCode.EXTRACTION_CRASHED
+
+
+class FileTooLarge(PermanentError):
+    code = ErrorCode.FILE_TOO_LARGE
+
+
+class NotAPdf(PermanentError):
+    code = ErrorCode.NOT_A_PDF
+
+
+class EmptyFile(PermanentError):
+    code = ErrorCode.EMPTY_FILE
+
+
+class NotRoutable(TransientError):
+    """No queue is bound for the message (a vanished reply queue, or missing topology)."""

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.pages import parse_spec
+from shared.intake.pages import parse_spec
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -36,7 +36,7 @@ def utcnow() -> datetime:
 def new_job_id(at: datetime | None = None) -> str:
     """32 hex digits, UUIDv7-like: the creation time `at` (default now) in milliseconds (12
     digits), then `7`, then 19 random digits. The time makes the record's own key its tenant's
-    list index (shared/jobs.py `record_key`); `id_created_at` reads it back."""
+    list index (shared/jobs/records.py `record_key`); `id_created_at` reads it back."""
     ms = int((at or datetime.now(UTC)).timestamp() * 1000) & (1 << 48) - 1
     return f"{ms:012x}7{uuid.uuid4().hex[:19]}"
 
@@ -106,7 +106,7 @@ class ExtractOptions(Frozen):
     def _pages(cls, v: str | None) -> str | None:
         if v is None or v.strip() == "":
             return None
-        parse_spec(v)  # linear and bounded (shared/pages.py); raises PagesSpecError
+        parse_spec(v)  # linear and bounded (shared/intake/pages.py); raises PagesSpecError
         return v.replace(" ", "").replace("\t", "")
 
     @model_validator(mode="after")
@@ -198,7 +198,8 @@ class WebhookState(BaseModel):
     next_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
     sealed: str | None = Field(default=None, exclude=True, repr=False)
-    """The last terminal delivery, encrypted (shared/sealing.py), for redelivery; never dumped."""
+    """The last terminal delivery, encrypted (shared/webhooks/sealing.py), for redelivery;
+    never dumped."""
 
 
 class Job(BaseModel):
@@ -231,7 +232,7 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     attempts: int = 0
     pages_reserved: int | None = None
-    """Pages this job holds of its tenant's page quota (shared/quota.py) until it ends."""
+    """Pages this job holds of its tenant's page quota (shared/jobs/quota.py) until it ends."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -305,7 +306,7 @@ class WebhookStateUpdate(Frozen):
 
 
 class WebhookStateBatch(Frozen):
-    """Webhook states on `pdfrelay.webhooks.states`, oldest first (shared/statelog.py)."""
+    """Webhook states on `pdfrelay.webhooks.states`, oldest first (shared/webhooks/statelog.py)."""
 
     schema_: Literal["pdfrelay.webhook-states/1"] = Field(
         default="pdfrelay.webhook-states/1", alias="schema"

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.retry import parse_schedule
+from shared.webhooks.retry import parse_schedule
 
 METRICS_PORTS = {"extract": 9100, "webhooks": 9101, "object-drop": 9102}
 """The default metrics port of each handler without HTTP (PDFRELAY_METRICS_PORT unset)."""

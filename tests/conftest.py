@@ -21,8 +21,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from handlers import extract, ingress, webhooks
-from infra.topology import delete, topology_for
-from shared.context import Context, open_context
+from shared.adapters.topology import delete, topology_for
+from shared.doors.table import DOORS
+from shared.runtime.context import Context, open_context
 from shared.settings import Settings
 from tests.vhosts import local_vhost
 
@@ -177,7 +178,9 @@ async def running_stack(
     settings: Settings, *, extract_running: bool = True
 ) -> AsyncIterator[Stack]:
     assert settings.s3_endpoint
-    async with open_context(settings, settings.s3_endpoint, name="test", with_pool=True) as ctx:
+    async with open_context(
+        settings, settings.s3_endpoint, name="test", doors=DOORS, with_pool=True
+    ) as ctx:
         try:
             stop = asyncio.Event()
             async with TestClient(TestServer(ingress.create_app(ctx))) as client:

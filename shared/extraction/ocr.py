@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pymupdf
 
+from shared.adapters.tessdata import TESSDATA_GLOBS as TESSDATA_GLOBS
+from shared.adapters.tessdata import find_tessdata as find_tessdata
+from shared.adapters.tessdata import ocr_languages as ocr_languages
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction.base import ExtractLimits
 from shared.extraction.hostile import check_render, is_out_of_memory, short_error
-from shared.tessdata import TESSDATA_GLOBS as TESSDATA_GLOBS
-from shared.tessdata import find_tessdata as find_tessdata
-from shared.tessdata import ocr_languages as ocr_languages
 
 MIN_TEXT_CHARS = 50
 """Fewer non-blank characters than this and the text layer is not usable on an image page."""

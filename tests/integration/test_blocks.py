@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from handlers import object_drop
-from shared.broker import publish
+from shared.adapters.broker import publish
 from shared.extraction import ExtractLimits, extract_document
 from shared.models import ExtractOptions
 from tests.conftest import Stack, running_stack
-from tests.integration.test_core import form, upload, wait_done
+from tests.helpers import form, upload, wait_done
 from tests.integration.test_doors import minio_notification, next_event
 from tests.unit.pdfgen import figures_pdf, structured_pdf
 

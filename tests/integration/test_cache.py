@@ -11,12 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared import cache
-from shared.cache import CACHE_PREFIX
-from shared.jobs import result_key
+from shared.jobs import cache
+from shared.jobs.cache import CACHE_PREFIX
+from shared.jobs.records import result_key
 from tests.conftest import Stack
 from tests.factories import make_pdf
-from tests.integration.test_core import wait_done
+from tests.helpers import wait_done
 
 pytestmark = pytest.mark.integration
 

@@ -7,45 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from shared.broker import publish
+from shared.adapters.broker import publish
 from shared.models import ExtractTask
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
+from tests.helpers import form, upload, wait_done
 
 pytestmark = pytest.mark.integration
-
-
-def form(data: bytes, name: str = "doc.pdf", **fields: str) -> aiohttp.FormData:
-    fd = aiohttp.FormData()
-    fd.add_field("file", data, filename=name, content_type="application/pdf")
-    for key, value in fields.items():
-        fd.add_field(key, value)
-    return fd
-
-
-async def upload(
-    stack: Stack, data: bytes, headers: dict[str, str] | None = None, **fields: str
-) -> Any:
-    resp = await stack.client.post("/v1/jobs", data=form(data, **fields), headers=headers)
-    assert resp.status == 202, await resp.text()
-    assert resp.headers["Location"].startswith("/v1/jobs/")
-    return await resp.json()
-
-
-async def wait_done(
-    stack: Stack, job_id: str, headers: dict[str, str] | None = None, rounds: int = 4
-) -> Any:
-    """Long-poll until the job ends (each round waits up to 30 s for its terminal event)."""
-    for _ in range(rounds):
-        resp = await stack.client.get(f"/v1/jobs/{job_id}", params={"wait": "30"}, headers=headers)
-        assert resp.status == 200
-        job = await resp.json()
-        if job["status"] in ("completed", "failed"):
-            return job
-    raise AssertionError(f"job {job_id} did not end: {job}")
 
 
 async def test_upload_extracts_text_and_metadata(stack: Stack) -> None:

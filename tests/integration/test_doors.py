@@ -11,13 +11,13 @@ import pytest
 from aiohttp import web
 
 from handlers import object_drop, requests
-from shared.broker import publish
-from shared.consumer import REASON_HEADER
-from shared.jobs import record_key
-from shared.submit import Submitter
+from shared.adapters.broker import publish
+from shared.intake.submit import Submitter
+from shared.jobs.records import record_key
+from shared.runtime.consumer import REASON_HEADER
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import wait_done
+from tests.helpers import wait_done
 
 pytestmark = pytest.mark.integration
 

@@ -13,14 +13,14 @@ from typing import Any
 import pymupdf
 import pytest
 
-from handlers.fanout import parts_prefix
+from shared.adapters.storage import ObjectNotFound
 from shared.extraction import ExtractLimits, extract_document
-from shared.jobs import result_key
+from shared.extraction.fanout import parts_prefix
+from shared.jobs.records import result_key
 from shared.models import ExtractOptions
-from shared.storage import ObjectNotFound
 from tests.conftest import running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import upload, wait_done
+from tests.helpers import upload, wait_done
 from tests.integration.test_job_control import freezer
 from tests.integration.test_worker_faults import kill_first_worker
 from tests.unit import pdfgen

@@ -16,12 +16,12 @@ import pytest
 from aiohttp import web
 
 from handlers import ingress, requests
-from shared.consumer import REASON_HEADER
-from shared.jobs import record_key, result_key
-from shared.quota import pages_in_flight
+from shared.jobs.quota import pages_in_flight
+from shared.jobs.records import record_key, result_key
+from shared.runtime.consumer import REASON_HEADER
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import form, upload, wait_done
+from tests.helpers import form, upload, wait_done
 from tests.integration.test_doors import _first, request_message
 from tests.unit.pdfgen import raw_pdf
 
@@ -292,7 +292,7 @@ async def test_an_idempotency_key_reused_for_another_request_is_409(stack: Stack
         headers=key,
     )
     assert await error_of(resp) == (409, "IDEMPOTENCY_MISMATCH")
-    from handlers.ingress import SUBMITTER
+    from handlers.http.common import SUBMITTER
 
     assert len(stack.client.app[SUBMITTER]) == 0
 

@@ -23,15 +23,21 @@ from aio_pika.abc import AbstractQueue
 
 from handlers import jobs_api
 from infra.client import sse_events
-from shared.jobs import index_key, index_name, index_prefix, inflight_prefix, legacy_record_key
+from shared.jobs.quota import pages_in_flight
+from shared.jobs.records import (
+    index_key,
+    index_name,
+    index_prefix,
+    inflight_prefix,
+    legacy_record_key,
+)
+from shared.jobs.retention import RULE_ID_PREFIX, apply_lifecycle, sweep
+from shared.jobs.throughput import ThroughputMeter
 from shared.models import Job, JobStatus, WebhookDelivery, new_job_id, utcnow
-from shared.quota import pages_in_flight
-from shared.retention import RULE_ID_PREFIX, apply_lifecycle, sweep
-from shared.throughput import ThroughputMeter
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
+from tests.helpers import form, upload, wait_done
 from tests.integration.test_cli import PDFRELAY, running_dev
-from tests.integration.test_core import form, upload, wait_done
 
 pytestmark = pytest.mark.integration
 

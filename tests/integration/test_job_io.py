@@ -17,11 +17,12 @@ import pytest
 from aiohttp import web
 
 from handlers import jobs_api
-from shared import cancel_registry, retention
-from shared.jobs import record_key
+from shared.jobs import retention
+from shared.jobs.records import record_key
+from shared.runtime import cancel_registry
 from tests.conftest import Stack, running_stack, s3_server
 from tests.factories import make_pdf
-from tests.integration.test_core import form
+from tests.helpers import form
 from tests.integration.test_webhooks import hook_settings, receiver
 
 pytestmark = pytest.mark.integration
@@ -109,7 +110,7 @@ async def counted_stack(
 ) -> AsyncIterator[tuple[Stack, Publishes]]:
     """A stack past its start (one job done: the start-up's own requests are not counted)."""
     # One host, one clock: the extract side hears every cancel of a job created after it
-    # started listening, so it reads no cancel marker (shared/cancel_registry.py).
+    # started listening, so it reads no cancel marker (shared/runtime/cancel_registry.py).
     monkeypatch.setattr(cancel_registry, "CLOCK_MARGIN_S", 0.0)
     # The retention sweeper's first round (at start) lists the bucket: not this job's I/O.
     swept = asyncio.Event()

@@ -10,7 +10,7 @@ import pytest
 
 from shared.extraction.ocr import find_tessdata
 from tests.conftest import running_stack
-from tests.integration.test_core import upload, wait_done
+from tests.helpers import upload, wait_done
 from tests.unit import pdfgen
 
 pytestmark = pytest.mark.integration

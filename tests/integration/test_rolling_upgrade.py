@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from shared.broker import publish
-from shared.jobs import upload_key
+from shared.adapters.broker import publish
+from shared.jobs.records import upload_key
 from shared.models import ExtractTask, Job
 from tests.conftest import running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import wait_done
+from tests.helpers import wait_done
 
 pytestmark = pytest.mark.integration
 

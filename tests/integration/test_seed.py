@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 
-from shared.signing import generate_secret
+from shared.webhooks.signing import generate_secret
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.integration.test_webhooks import StateWatch

@@ -24,14 +24,14 @@ from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 
 from infra.dlq import list_dead, replay_dead
-from shared.broker import publish
+from shared.adapters.broker import publish
 from shared.models import WebhookDelivery, WebhookState, WebhookStateUpdate
 from shared.settings import Settings
-from shared.signing import generate_secret
-from shared.statelog import StateLog
+from shared.webhooks.signing import generate_secret
+from shared.webhooks.statelog import StateLog
 from tests.conftest import Stack, _free_port, running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import form
+from tests.helpers import form
 from tests.reliability.harness import fault_proxy, watch_logs
 
 pytestmark = pytest.mark.integration
@@ -244,7 +244,7 @@ async def test_a_storage_outage_neither_holds_up_nor_repeats_a_delivery(
             receiver(cut_then_accept) as rec,
             hook_stack(make_settings, monkeypatch, s3_endpoint=proxy.url) as (stack, watch),
         ):
-            with watch_logs("shared.consumer") as logs:
+            with watch_logs("shared.runtime.consumer") as logs:
                 job_id = await submit(stack, rec.url)
                 await rec.wait_calls(1)
                 try:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from shared.pool import WorkerPool
+from shared.extraction.pool import WorkerPool
 from tests.conftest import running_stack
 from tests.factories import make_pdf
-from tests.integration.test_core import upload, wait_done
+from tests.helpers import upload, wait_done
 
 pytestmark = pytest.mark.integration
 

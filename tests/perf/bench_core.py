@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from infra.topology import topology_for
+from shared.adapters.topology import topology_for
 from shared.settings import Settings
 from tests.perf.harness import (
     MotoServer,

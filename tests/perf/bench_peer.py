@@ -57,7 +57,7 @@ import pymupdf
 from aiohttp import web
 
 from infra.s3server import COUNTS_PATH
-from infra.topology import topology_for
+from shared.adapters.topology import topology_for
 from shared.settings import Settings
 from tests.perf.bench_core import (
     CORPUS,

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pymupdf
 
-from infra.topology import topology_for
+from shared.adapters.topology import topology_for
 from shared.settings import Settings
 from tests.perf.bench_core import (
     CORPUS,

@@ -38,15 +38,15 @@ import aio_pika
 import aiohttp
 from aiohttp import web
 
-from infra.topology import topology_for
-from shared.broker import publish
-from shared.delivery import build_headers, deliver
-from shared.jobs import JobStore
+from shared.adapters.broker import publish
+from shared.adapters.storage import Storage
+from shared.adapters.topology import topology_for
+from shared.jobs.records import JobStore
 from shared.models import WebhookDelivery
 from shared.settings import Settings
-from shared.signing import generate_secret, verify
-from shared.ssrf import SsrfConnector, SsrfPolicy
-from shared.storage import Storage
+from shared.webhooks.delivery import build_headers, deliver
+from shared.webhooks.signing import generate_secret, verify
+from shared.webhooks.ssrf import SsrfConnector, SsrfPolicy
 from tests.perf.harness import (
     HarnessError,
     cpu_seconds,
@@ -461,7 +461,7 @@ async def _measure(
         behind = await states_stored(connection, topo.webhook_states, settings, s3_endpoint, burst)
         print(
             f"  delivery states all in S3 {behind:.1f} s after the last delivery "
-            "(written behind the deliveries, in order: shared/statelog.py)"
+            "(written behind the deliveries, in order: shared/webhooks/statelog.py)"
         )
         bad = latency.bad_signatures + burst.bad_signatures
         print(f"  signatures checked by the receiver: {'all valid' if not bad else f'{bad} BAD'}")
@@ -472,7 +472,7 @@ async def _measure(
     print(f"  {ceiling:.0f} attempts/s", flush=True)
     print("phase 4: S3 alone (one ~2.5 KB PUT per delivery state, as the state writer stores it)")
     puts = await put_ceiling(settings, s3_endpoint, 1000)
-    print(f"  {puts:.0f} PUTs/s through shared.storage to this S3 server", flush=True)
+    print(f"  {puts:.0f} PUTs/s through shared.adapters.storage to this S3 server", flush=True)
     return 0 if per_s > 0 and not bad else 1
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.signing import generate_secret
+from shared.webhooks.signing import generate_secret
 from tests.conftest import _free_port
 
 SLOW_ENV = "PDFRELAY_SLOW"

@@ -23,7 +23,8 @@ from pydantic import SecretStr
 
 from handlers import ingress
 from infra.app import HANDLERS
-from shared.context import Context, open_context
+from shared.doors.table import DOORS
+from shared.runtime.context import Context, open_context
 from shared.settings import Settings
 from tests.conftest import _cleanup, _free_port
 from tests.factories import make_pdf
@@ -431,7 +432,7 @@ async def open_service(
     assert settings.s3_endpoint
     log_dir.mkdir(parents=True, exist_ok=True)
     async with open_context(
-        settings, settings.s3_endpoint, name="reliability", with_pool=with_pool
+        settings, settings.s3_endpoint, name="reliability", doors=DOORS, with_pool=with_pool
     ) as ctx:
         try:
             async with aiohttp.ClientSession() as http:

@@ -29,8 +29,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection, Abst
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from infra.topology import topology_for
-from shared.outcome import event_id
+from shared.adapters.topology import topology_for
+from shared.jobs.outcome import event_id
 from shared.settings import Settings
 from tests.conftest import _free_port
 from tests.reliability.harness import FaultProxy

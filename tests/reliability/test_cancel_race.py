@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shared import cache
+from shared.jobs import cache
 from tests.reliability.harness import document, open_service
 from tests.reliability.ledger import Ledger
 

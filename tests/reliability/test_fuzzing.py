@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.jobs import parse_index_name
+from shared.jobs.records import parse_index_name
 from tests.reliability.harness import document, open_service
 from tests.reliability.ledger import Ledger
 

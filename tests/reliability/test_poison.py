@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.logs import job_id_var
+from shared.obs.logs import job_id_var
 from tests.reliability.harness import document, open_service
 from tests.reliability.ledger import Ledger
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from handlers import ingress
-from shared.signing import generate_secret
+from shared.webhooks.signing import generate_secret
 from tests.reliability.harness import Service, document, open_service
 from tests.reliability.ledger import Ledger
 

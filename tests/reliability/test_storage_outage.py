@@ -41,7 +41,7 @@ async def test_storage_outage_is_retried_with_backoff_and_fails_no_job(
             ) as ledger:
                 rec = await ledger.receiver("hook")
                 docs = [document(i, LONG if i % 4 == 0 else 2) for i in range(12)]
-                with watch_logs("shared.consumer", 30) as logs:
+                with watch_logs("shared.runtime.consumer", 30) as logs:
                     await asyncio.gather(*(ledger.upload(p, w, receiver=rec) for p, w in docs))
                     await ledger.next_progress(0, min_pages=LONG)
                     async with ledger.fault("S3 connections refused and reset"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.cache import cache_key, normalise_pages
+from shared.jobs.cache import cache_key, normalise_pages
 from shared.models import ExtractOptions
 
 SHA = "a" * 64
@@ -69,7 +69,7 @@ def test_anything_that_changes_the_result_changes_the_key() -> None:
 
 def test_the_extractor_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     before = key()
-    monkeypatch.setattr("shared.cache.EXTRACTOR_VERSION", "next")
+    monkeypatch.setattr("shared.jobs.cache.EXTRACTOR_VERSION", "next")
     assert key() != before
     assert key(sha=SHA.upper()) == key()
 

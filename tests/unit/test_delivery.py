@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from shared.delivery import Attempt, build_headers, deliver, parse_retry_after
-from shared.signing import generate_secret
-from shared.ssrf import HostLookup, SsrfConnector, SsrfPolicy
+from shared.webhooks.delivery import Attempt, build_headers, deliver, parse_retry_after
+from shared.webhooks.signing import generate_secret
+from shared.webhooks.ssrf import HostLookup, SsrfConnector, SsrfPolicy
 
 BODY = b'{"type": "job.completed", "timestamp": "2024-01-01T00:00:00Z", "data": {"job_id": "j1"}}'
 TOKEN = "tok_receiver-sees-this-but-logs-never"

@@ -290,7 +290,7 @@ class _RecordingChannel:
 
 async def test_pdfrelay_declares_the_s3_events_exchange_exactly_as_minio_does() -> None:
     """RabbitMQ refuses a second declaration with other flags: both sides must agree."""
-    from infra.topology import Topology, declare
+    from shared.adapters.topology import Topology, declare
     from shared.settings import Settings
 
     topology = Topology(

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from infra.topology import topology_for
-from shared.dispatch import Ladder, dispatcher_secrets
-from shared.sealing import Sealer
+from shared.adapters.topology import topology_for
 from shared.settings import Settings
-from shared.signing import generate_secret
+from shared.webhooks.dispatch import Ladder, dispatcher_secrets
+from shared.webhooks.sealing import Sealer
+from shared.webhooks.signing import generate_secret
 
 LADDER = Ladder((5.0, 300.0, 1800.0, 7200.0))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.fanout import RangePart, builder_states, merge_parts, ranges
+from shared.extraction.fanout import RangePart, builder_states, merge_parts, ranges
 from shared.extraction.metadata import merge_page_parts
 from shared.models import ExtractionResult, PageText
 

@@ -13,14 +13,14 @@ import pytest
 from minio.error import S3Error
 
 from handlers.extract import _ProgressReporter
-from infra.topology import topology_for
-from shared.context import Context
+from shared.adapters.storage import Storage
+from shared.adapters.topology import topology_for
 from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.intake.pages import MAX_PAGE_NUMBER, PagesSpecError, parse_spec
+from shared.jobs.pagecount import count_pages, count_pages_in
 from shared.models import ExtractOptions, Job
-from shared.pagecount import count_pages, count_pages_in
-from shared.pages import MAX_PAGE_NUMBER, PagesSpecError, parse_spec
+from shared.runtime.context import Context
 from shared.settings import Settings
-from shared.storage import Storage
 from tests.integration.test_hardening import inflating_pdf, page_tree_pdf
 
 

@@ -12,11 +12,11 @@ import pytest
 
 from handlers.jobs_api import sse
 from infra.client import _out_stems, _since, sse_events
-from shared.jobs import index_key, index_name, inflight_key, parse_index_name
+from shared.jobs.pagecount import count_pages_file, count_pages_in
+from shared.jobs.quota import RETRY_AFTER_UNMEASURED_S, retry_after_s
+from shared.jobs.records import index_key, index_name, inflight_key, parse_index_name
+from shared.jobs.throughput import QueueState, ThroughputMeter, estimate
 from shared.models import Job, JobStatus, Progress
-from shared.pagecount import count_pages_file, count_pages_in
-from shared.quota import RETRY_AFTER_UNMEASURED_S, retry_after_s
-from shared.throughput import QueueState, ThroughputMeter, estimate
 from tests.factories import make_pdf
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from infra.topology import topology_for
-from shared.errors import ErrorCode, http_status
+from shared.adapters.topology import topology_for
+from shared.errors import EmptyFile, ErrorCode, FileTooLarge, NotAPdf, http_status
+from shared.intake.uploads import spool
 from shared.models import ExtractOptions
 from shared.settings import Settings
-from shared.uploads import EmptyFile, FileTooLarge, NotAPdf, spool
 
 
 def test_options_defaults_and_validation() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import PermanentError
+from shared.errors import PermanentError, WorkerCrashed
 from shared.extraction import ExtractLimits
+from shared.extraction.pool import WorkerPool, WorkRequest, _Slots
 from shared.models import ExtractOptions
-from shared.pool import WorkerCrashed, WorkerPool, WorkRequest, _Slots
 from tests.factories import make_pdf
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.retry import (
+from shared.webhooks.retry import (
     DEFAULT_SCHEDULE,
     MAX_DELAY_S,
     next_delay,

@@ -6,6 +6,15 @@ from datetime import timedelta
 
 import pytest
 
+from shared.doors.seed_payloads import (
+    client_job_id,
+    extraction_method,
+    options_from_form,
+    seed_id,
+    terminal_payload,
+    url_filename,
+    wait_seconds,
+)
 from shared.errors import ErrorCode, PermanentError
 from shared.models import (
     Artifact,
@@ -16,15 +25,6 @@ from shared.models import (
     JobStatus,
     PageText,
     utcnow,
-)
-from shared.seed_payloads import (
-    client_job_id,
-    extraction_method,
-    options_from_form,
-    seed_id,
-    terminal_payload,
-    url_filename,
-    wait_seconds,
 )
 
 
@@ -131,7 +131,7 @@ def test_completed_payload_has_text_pages_and_archive_link() -> None:
 
 
 def test_long_text_is_cut_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.seed_payloads.MAX_INLINE_CHARS", 10)
+    monkeypatch.setattr("shared.doors.seed_payloads.MAX_INLINE_CHARS", 10)
     job = _job(status=JobStatus.COMPLETED)
     pages = [PageText(number=n, text="x" * 6) for n in (1, 2, 3)]
     data = terminal_payload(job, ExtractionResult(page_count=3, pages=pages), "http://h")["data"]

@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from shared.errors import ErrorCode, PermanentError
-from shared.signing import decode_secret, generate_secret, sign, verify
+from shared.webhooks.signing import decode_secret, generate_secret, sign, verify
 
 BODY = b'{"type": "job.completed", "data": {"job_id": "j1", "text": "gr\xc3\xbc\xc3\x9fe"}}'
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from shared.errors import ErrorCode, PermanentError, TransientError
-from shared.ssrf import (
+from shared.webhooks.ssrf import (
     CheckedResolver,
     HostLookup,
     SsrfConnector,

@@ -1,0 +1,378 @@
+"""The HTTP route table: every route the service serves, with its view and its documentation.
+
+The ingress application is built from it (`handlers/ingress.py`), the operations port of the
+other handlers from its `ops_port` entries (`handlers/ops.py`), and the OpenAPI document is
+generated from the same entries (`shared/api/openapi.py`). An entry with `in_api=False` is
+served but left out of the API document (static pages of a console, say).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from handlers import jobs_api, seed
+from handlers.http import jobs, ops
+from handlers.http.common import Handler
+from shared.api import openapi
+from shared.api.models import (
+    ErrorBody,
+    Health,
+    JobList,
+    JobSubmission,
+    JobView,
+    Readiness,
+    SeedAcknowledgement,
+    SeedEnvelope,
+    SeedError,
+    SeedOutcome,
+    SeedPending,
+    SeedUploadForm,
+    SeedUrlForm,
+    UploadForm,
+)
+from shared.api.openapi import (
+    BINARY,
+    FORM,
+    IDEMPOTENCY,
+    JSON,
+    MULTIPART,
+    SEED_400,
+    SSE_EVENT,
+    TEXT,
+    TRACEPARENT,
+    Operation,
+    Param,
+    Resp,
+    errors,
+)
+from shared.models import ExtractionResult
+
+
+@dataclass(frozen=True)
+class Route:
+    operation: Operation
+    """Method, path and what the API document says of it."""
+    handler: Handler
+    ops_port: bool = False
+    """Also served on the operations port of handlers without HTTP (`/metrics`, probes)."""
+    in_api: bool = True
+    """In the OpenAPI document (False: served, but not part of the API)."""
+
+    def route(self) -> web.RouteDef:
+        """aiohttp's route (a GET answers HEAD too, as `web.get` does)."""
+        if self.operation.method == "get":
+            return web.get(self.operation.path, self.handler)
+        return web.route(self.operation.method.upper(), self.operation.path, self.handler)
+
+
+ROUTES: tuple[Route, ...] = (
+    # --- /v1 jobs ----------------------------------------------------------------------------
+    Route(
+        Operation(
+            "post",
+            "/v1/jobs",
+            "createJob",
+            "Submit a PDF for extraction",
+            "jobs",
+            description=(
+                "Upload the PDF (multipart) or name it (JSON: an S3 object or a URL). Answers 202 "
+                "once the PDF is stored and the job is durably queued."
+            ),
+            params=(IDEMPOTENCY, TRACEPARENT),
+            body=((MULTIPART, UploadForm), (JSON, JobSubmission)),
+            responses=(
+                Resp(202, "Accepted: the job is queued.", JobView, headers=("Location",)),
+                *errors(400, 401, 403, 408, 409, 413, 415, 422, 429, 503),
+            ),
+            auth=True,
+        ),
+        jobs.create_job,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/v1/jobs",
+            "listJobs",
+            "List the tenant's jobs",
+            "jobs",
+            params=(
+                Param("status", "query", "Only jobs in these states (comma-separated)."),
+                Param(
+                    "door",
+                    "query",
+                    "Only jobs that came in by this door.",
+                    {"enum": ["http", "broker", "object-drop", "seed"]},
+                ),
+                Param("client_ref", "query", "Only jobs with this `client_ref`."),
+                Param(
+                    "created_after",
+                    "query",
+                    "Only jobs created after this time (ISO 8601).",
+                    {"type": "string", "format": "date-time"},
+                ),
+                Param(
+                    "limit",
+                    "query",
+                    "Page size (default 20).",
+                    {"type": "integer", "minimum": 1, "maximum": 100},
+                ),
+                Param("cursor", "query", "`next_cursor` of the previous page."),
+            ),
+            responses=(Resp(200, "A page of jobs.", JobList), *errors(400, 401)),
+            auth=True,
+        ),
+        jobs_api.get_jobs,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/v1/jobs/{job_id}",
+            "getJob",
+            "A job's status, progress, result summary and webhook state",
+            "jobs",
+            params=(
+                Param(
+                    "wait",
+                    "query",
+                    "Long-poll up to this many seconds for the job to end (capped).",
+                    {"type": "number", "minimum": 0},
+                ),
+            ),
+            responses=(Resp(200, "The job.", JobView), *errors(400, 401, 404)),
+            auth=True,
+        ),
+        jobs.get_job,
+    ),
+    Route(
+        Operation(
+            "delete",
+            "/v1/jobs/{job_id}",
+            "cancelJob",
+            "Cancel a queued or running job",
+            "jobs",
+            responses=(
+                Resp(200, "The job, cancelled (also when it already was).", JobView),
+                Resp(202, "Cancellation requested; its worker is being stopped.", JobView),
+                *errors(401, 404, 409),
+            ),
+            auth=True,
+        ),
+        jobs_api.cancel_job,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/v1/jobs/{job_id}/result",
+            "getJobResult",
+            "The extraction result (pages, Markdown, metadata)",
+            "jobs",
+            responses=(Resp(200, "The result.", ExtractionResult), *errors(401, 404)),
+            auth=True,
+        ),
+        jobs.get_result,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/v1/jobs/{job_id}/artifacts/{name}",
+            "getJobArtifact",
+            "One artifact of a completed job (Markdown, image archive, …)",
+            "jobs",
+            responses=(
+                Resp(200, "The artifact.", content_type="application/octet-stream", schema=BINARY),
+                *errors(401, 404),
+            ),
+            auth=True,
+        ),
+        jobs.get_artifact,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/v1/jobs/{job_id}/events",
+            "streamJobEvents",
+            "Server-Sent Events: progress and the terminal event",
+            "jobs",
+            responses=(
+                Resp(
+                    200,
+                    "`job.progress` events, then `job.completed`, `job.failed` or `job.cancelled`.",
+                    content_type="text/event-stream",
+                    schema=SSE_EVENT,
+                ),
+                *errors(401, 404),
+            ),
+            auth=True,
+        ),
+        jobs_api.job_events,
+    ),
+    Route(
+        Operation(
+            "post",
+            "/v1/jobs/{job_id}/webhook/redeliver",
+            "redeliverWebhook",
+            "Send a finished job's terminal webhook again",
+            "jobs",
+            description="The same `webhook-id` and body, a fresh timestamp and signature.",
+            responses=(Resp(202, "Queued for delivery.", JobView), *errors(401, 404, 409)),
+            auth=True,
+        ),
+        jobs.redeliver_webhook,
+    ),
+    # --- seed (Secretary) compatibility ------------------------------------------------------
+    Route(
+        Operation(
+            "post",
+            "/api/pdf/process",
+            "seedProcessUpload",
+            "Secretary-compatible upload",
+            "seed",
+            body=((MULTIPART, SeedUploadForm),),
+            responses=(
+                Resp(202, "Accepted.", SeedAcknowledgement, headers=("Location",)),
+                Resp(200, "`wait_ms` saw the job complete: its result.", SeedOutcome),
+                SEED_400,
+                *errors(401, 408, 409, 413, 415, 422, 429, 503, model=SeedError),
+            ),
+            auth=True,
+        ),
+        seed.process_upload,
+    ),
+    Route(
+        Operation(
+            "post",
+            "/api/pdf/process-url",
+            "seedProcessUrl",
+            "Secretary-compatible submission of a URL",
+            "seed",
+            body=((FORM, SeedUrlForm), (MULTIPART, SeedUrlForm)),
+            responses=(
+                Resp(202, "Accepted.", SeedAcknowledgement, headers=("Location",)),
+                Resp(200, "`wait_ms` saw the job complete: its result.", SeedOutcome),
+                SEED_400,
+                *errors(401, 408, 409, 413, 415, 422, 429, 503, model=SeedError),
+            ),
+            auth=True,
+        ),
+        seed.process_url,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/api/jobs/{job_id}",
+            "seedGetJob",
+            "Secretary-compatible job status",
+            "seed",
+            responses=(Resp(200, "The job.", SeedEnvelope), *errors(401, 404, model=SeedError)),
+            auth=True,
+        ),
+        seed.get_job,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/api/jobs/{job_id}/download-archive",
+            "seedDownloadArchive",
+            "Secretary-compatible image archive download",
+            "seed",
+            responses=(
+                Resp(200, "The ZIP.", content_type="application/zip", schema=BINARY),
+                Resp(202, "The job has not ended yet.", SeedPending, headers=("Retry-After",)),
+                *errors(401, 404, model=SeedError),
+            ),
+            auth=True,
+        ),
+        seed.download_archive,
+    ),
+    # --- operations --------------------------------------------------------------------------
+    Route(
+        Operation(
+            "get",
+            "/healthz",
+            "healthz",
+            "Liveness",
+            "operations",
+            responses=(Resp(200, "The process is alive.", Health),),
+        ),
+        ops.healthz,
+        ops_port=True,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/readyz",
+            "readyz",
+            "Readiness: broker and storage reachable",
+            "operations",
+            responses=(
+                Resp(200, "Ready.", Readiness),
+                Resp(503, "Not ready.", Readiness, headers=("Retry-After",)),
+            ),
+        ),
+        ops.readyz,
+        ops_port=True,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/metrics",
+            "metrics",
+            "Prometheus metrics",
+            "operations",
+            responses=(
+                Resp(
+                    200,
+                    "Prometheus text exposition format.",
+                    content_type="text/plain",
+                    schema=TEXT,
+                ),
+            ),
+        ),
+        ops.metrics,
+        ops_port=True,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/openapi.json",
+            "openapi",
+            "This document",
+            "operations",
+            responses=(Resp(200, "OpenAPI 3.1.", schema={"type": "object"}),),
+        ),
+        openapi.openapi_json,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/docs",
+            "docs",
+            "Browsable API documentation (Swagger UI, served offline)",
+            "operations",
+            responses=(Resp(200, "The page.", content_type="text/html", schema=TEXT),),
+        ),
+        openapi.docs_page,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/docs/assets/{name}",
+            "docsAsset",
+            "A static file of the documentation page",
+            "operations",
+            responses=(
+                Resp(200, "The file.", content_type="application/octet-stream", schema=BINARY),
+                Resp(404, "No such asset.", ErrorBody),
+            ),
+        ),
+        openapi.docs_asset,
+    ),
+)
+
+
+def api_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
+    """The OpenAPI document of `routes` (those in the API)."""
+    return openapi.build_openapi(r.operation for r in routes if r.in_api)

@@ -1,0 +1,200 @@
+"""Turning a request from any door into a queued job: store, record, publish confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.adapters.broker import publish
+from shared.adapters.storage import ObjectNotFound
+from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
+from shared.intake.fetch import check_source_url
+from shared.jobs import lifecycle
+from shared.jobs.quota import release, reserve
+from shared.jobs.records import inflight_key, upload_key
+from shared.models import (
+    ExtractOptions,
+    ExtractTask,
+    Job,
+    WebhookSpec,
+    id_created_at,
+    new_job_id,
+    utcnow,
+)
+from shared.obs.logs import job_context
+from shared.obs.tracing import current_traceparent
+from shared.runtime.context import Context
+from shared.webhooks.ssrf import SsrfPolicy
+
+log = logging.getLogger(__name__)
+
+Door = Literal["http", "broker", "object-drop", "seed"]
+
+
+@dataclass(frozen=True)
+class Submission:
+    tenant: str
+    door: Door
+    options: ExtractOptions
+    spool_path: str | None = None
+    """A local file to store as the job's upload; otherwise `s3_key` names the source."""
+    s3_bucket: str | None = None
+    s3_key: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    webhook: WebhookSpec | None = None
+    client_ref: str | None = None
+    filename: str | None = None
+    idempotency_key: str | None = None
+    job_id: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+
+
+class Submitter:
+    """Serialises submissions that share an idempotency key within this process."""
+
+    def __init__(self) -> None:
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def submit(self, ctx: Context, sub: Submission) -> tuple[Job, bool]:
+        """Queue the job; returns (job, created). An idempotency key seen before returns its job.
+
+        Raises:
+            QueueFullError, TransientError: nothing was accepted; the client should retry.
+        """
+        if sub.idempotency_key is None:
+            return await _create(ctx, sub), True
+        # The broker's message ids live in a namespace of their own (never an HTTP key's job).
+        key = f"broker:{sub.idempotency_key}" if sub.door == "broker" else sub.idempotency_key
+        lock_key = f"{sub.tenant}\0{key}"
+        lock = self._locks[lock_key]
+        try:
+            async with lock:
+                existing = await ctx.jobs.find_idempotent(sub.tenant, key)
+                if existing is not None:
+                    with contextlib.suppress(JobNotFound):  # else: deleted after its retention
+                        job = await ctx.jobs.get(existing, sub.tenant)
+                        check_same_request(job, sub)
+                        return job, False
+                job = await _create(ctx, sub)
+                await ctx.jobs.remember_idempotent(sub.tenant, key, job.job_id)
+                return job, True
+        finally:
+            # Outside `async with`: only now is the lock free when nobody else waits on it.
+            if not lock.locked() and self._locks.get(lock_key) is lock:
+                del self._locks[lock_key]
+
+    def __len__(self) -> int:
+        """Idempotency keys with a submission in progress (their locks)."""
+        return len(self._locks)
+
+
+def check_same_request(job: Job, sub: Submission) -> None:
+    """Raises PermanentError (IDEMPOTENCY_MISMATCH) when `sub` reuses the key of `job` for a
+    different file, source or options."""
+    if sub.spool_path is not None:
+        same_source = job.source_sha256 == sub.sha256
+    elif sub.url is not None:
+        same_source = job.source_url == sub.url
+    else:
+        same_source = (job.source_key, job.source_bucket) == (sub.s3_key, sub.s3_bucket)
+    if not same_source or job.options != sub.options:
+        raise PermanentError(
+            "this idempotency key was used for a different request (file, source or options)",
+            ErrorCode.IDEMPOTENCY_MISMATCH,
+        )
+
+
+async def _create(ctx: Context, sub: Submission) -> Job:
+    job_id = sub.job_id or new_job_id()
+    with job_context(job_id):
+        # Raises QuotaExceeded before anything is stored.
+        pages = await reserve(
+            ctx.storage,
+            ctx.settings,
+            tenant=sub.tenant,
+            door=sub.door,
+            job_id=job_id,
+            spool_path=sub.spool_path,
+        )
+        try:
+            return await _create_job(ctx, sub, job_id, pages)
+        except BaseException:
+            if pages is not None:
+                await release(ctx.storage, inflight_key(sub.tenant, job_id, pages))
+            raise
+
+
+async def _create_job(
+    ctx: Context, sub: Submission, job_id: str, pages_reserved: int | None = None
+) -> Job:
+    source_key, source_bucket = await _store_source(ctx, sub, job_id)
+    job = Job(
+        job_id=job_id,
+        # The time in the id, exactly: the record's key (its place in the index) holds it.
+        created_at=id_created_at(job_id) or utcnow(),
+        tenant=sub.tenant,
+        door=sub.door,
+        filename=sub.filename,
+        client_ref=sub.client_ref,
+        options=sub.options,
+        source_key=source_key,
+        source_bucket=source_bucket,
+        source_url=sub.url,
+        reply_to=sub.reply_to,
+        correlation_id=sub.correlation_id,
+        source_sha256=sub.sha256,
+        source_size=sub.size,
+        webhook_url=sub.webhook.url if sub.webhook else None,
+        traceparent=current_traceparent(),
+        pages_reserved=pages_reserved,
+    )
+    await lifecycle.accept(ctx, job)
+    task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook, job=job)
+    try:
+        await publish(
+            ctx.channel, ctx.topology.tasks, ctx.topology.TASK_KEY, task, message_id=job_id
+        )
+    except TransientError:
+        # Not accepted: take the record back so no half-made job lingers.
+        with contextlib.suppress(TransientError):
+            await ctx.jobs.discard(job)
+        raise
+    try:
+        await lifecycle.announce_accepted(ctx, job)
+    except TransientError:
+        # The job is safely queued; only this notice is lost, and the terminal event still comes.
+        log.warning("job %s accepted but the job.accepted event was not confirmed", job_id)
+    return job
+
+
+async def _store_source(
+    ctx: Context, sub: Submission, job_id: str
+) -> tuple[str | None, str | None]:
+    """Store an upload, or check that the named source exists; returns (key, bucket)."""
+    if sub.spool_path is not None:
+        await ctx.storage.put_file(upload_key(job_id), sub.spool_path, "application/pdf")
+        return upload_key(job_id), None
+    if sub.url is not None:
+        await check_source_url(sub.url, SsrfPolicy(ctx.settings.webhook_allowed_networks))
+        return None, None
+    if sub.s3_key is None:
+        raise PermanentError("the request has no source", ErrorCode.INVALID_REQUEST)
+    try:
+        info = await ctx.storage.stat(sub.s3_key, bucket=sub.s3_bucket)
+    except ObjectNotFound as exc:
+        raise PermanentError(
+            f"no object {sub.s3_key!r} in the source bucket", ErrorCode.SOURCE_UNREACHABLE
+        ) from exc
+    if info.size > ctx.settings.max_file_bytes:
+        raise PermanentError(
+            f"the file is larger than the limit of {ctx.settings.max_file_bytes} bytes",
+            ErrorCode.FILE_TOO_LARGE,
+        )
+    return sub.s3_key, sub.s3_bucket

@@ -1,0 +1,103 @@
+"""Cancelling a job: asked for at the ingress, carried out where the job is.
+
+`request_cancel` (ingress) writes a durable cancel marker (`jobs/{id}/cancel.json`), ends a
+queued job at once (record, `job.cancelled` event; the webhook follows when the extract handler
+meets the job's task, which is where its token travels), and tells every extract process on the
+fanout exchange `pdfrelay.control`. `listen` (extract process) kills the worker of a job it is
+running, or keeps it from starting (`WorkerPool.cancel`), and remembers the job
+(`ctx.cancels`). Before it extracts, the extract handler asks that memory; only when the process
+may have missed the message (it was not listening yet when the job was created, or a
+redelivery) does it read the marker, so a job is cancelled all the same, and a job this
+process heard nothing about costs no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ConfigDict, Field, ValidationError
+
+from shared.adapters.broker import publish
+from shared.errors import JobCancelled, NotRoutable
+from shared.jobs import lifecycle
+from shared.models import JOB_ID_RE, Frozen, Job, JobStatus
+from shared.runtime.context import Context, ExtractContext
+
+log = logging.getLogger(__name__)
+
+
+class CancelRequest(Frozen):
+    """On the control exchange: stop job `job_id` wherever it runs."""
+
+    schema_: Literal["pdfrelay.cancel-request/1"] = Field(
+        default="pdfrelay.cancel-request/1", alias="schema"
+    )
+    job_id: str = Field(pattern=JOB_ID_RE.pattern)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+async def request_cancel(ctx: Context, job: Job) -> Job:
+    """Cancel a job that has not ended; returns it as it is now (cancelled when it was queued).
+
+    Raises:
+        TransientError: storage or broker away; the cancel may or may not have been recorded.
+    """
+    await ctx.jobs.request_cancel(job.job_id)
+    # After the marker: a handler starting now sees one.
+    job = await ctx.jobs.get(job.job_id, job.tenant)
+    if job.status is JobStatus.QUEUED:
+        job = await lifecycle.cancel_queued(ctx, job)
+    try:
+        await publish(ctx.channel, ctx.topology.control, "", CancelRequest(job_id=job.job_id))
+    except NotRoutable:
+        # No extract process is up: none runs the job, and the marker stops it when one comes.
+        log.info("job %s: no extract handler to tell about its cancel", job.job_id)
+    return job
+
+
+def may_have_missed(ctx: Context, job: Job, redelivered: bool = False) -> bool:
+    """True when a cancel of `job` may have been requested without this process hearing it."""
+    return redelivered or not ctx.cancels.covers(job.created_at)
+
+
+async def raise_if_requested(ctx: Context, job: Job, redelivered: bool = False) -> None:
+    """Raises JobCancelled when a cancel of `job` has been requested (heard here, or recorded
+    by a marker when this process may have missed the message)."""
+    if ctx.cancels.heard(job.job_id):
+        raise JobCancelled("the job was cancelled")
+    if may_have_missed(ctx, job, redelivered) and await ctx.jobs.cancel_requested(job.job_id):
+        raise JobCancelled("the job was cancelled")
+
+
+async def listen(ctx: ExtractContext, stop: asyncio.Event) -> None:
+    """Carry out cancel requests for the jobs of this process's worker pool until `stop`."""
+    pool = ctx.pool
+    channel = await ctx.connection.channel()
+    # A robust channel re-declares and re-binds its queue after a reconnect; in between,
+    # cancels may pass unheard (then the marker is read again).
+    channel.close_callbacks.add(lambda *_: ctx.cancels.deaf())
+    channel.reopen_callbacks.add(lambda *_: ctx.cancels.listening())
+    try:
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(ctx.topology.control)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                req = CancelRequest.model_validate_json(message.body)
+            except ValidationError:
+                log.warning("ignoring an invalid message on the control exchange")
+                return
+            ctx.cancels.add(req.job_id)
+            if pool.cancel(req.job_id):
+                log.info("job %s: cancelled, its worker is stopped", req.job_id)
+
+        await queue.consume(on_message, no_ack=True)
+        ctx.cancels.listening()
+        await stop.wait()
+    finally:
+        ctx.cancels.deaf()
+        await channel.close()

@@ -1,0 +1,90 @@
+"""In-memory fakes of the adapters' protocols, for fast tests beside the real-service ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from minio.lifecycleconfig import LifecycleConfig
+
+from shared.adapters.storage import ObjectInfo, ObjectNotFound
+
+
+class InMemoryStore:
+    """`shared.adapters.storage.ObjectStore` over a dict, with S3's semantics where the records
+    rely on them: a missing key is ObjectNotFound, deleting one is not an error."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str | None, str], tuple[bytes, str]] = {}
+        self.requests: list[tuple[str, str]] = []
+        """(operation, key) of every call, in order: what a test can count."""
+        self.lifecycle: LifecycleConfig | None = None
+
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/json",
+        bucket: str | None = None,
+    ) -> None:
+        self.requests.append(("put", key))
+        self.objects[(bucket, key)] = (bytes(data), content_type)
+
+    async def put_json(self, key: str, obj: Any) -> None:
+        await self.put_bytes(key, json.dumps(obj, separators=(",", ":")).encode())
+
+    async def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
+        self.requests.append(("get", key))
+        try:
+            return self.objects[(bucket, key)][0]
+        except KeyError:
+            raise ObjectNotFound(key) from None
+
+    async def get_json(self, key: str) -> Any:
+        return json.loads(await self.get_bytes(key))
+
+    async def stat(self, key: str, bucket: str | None = None) -> ObjectInfo:
+        self.requests.append(("head", key))
+        try:
+            data, _ctype = self.objects[(bucket, key)]
+        except KeyError:
+            raise ObjectNotFound(key) from None
+        return ObjectInfo(key=key, size=len(data), etag=hashlib.md5(data).hexdigest(), metadata={})
+
+    async def delete(self, key: str) -> None:
+        self.requests.append(("delete", key))
+        self.objects.pop((None, key), None)
+
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        self.requests.append(("list", prefix))
+        return [
+            ObjectInfo(key=k, size=len(v[0]), etag=hashlib.md5(v[0]).hexdigest(), metadata={})
+            for (b, k), v in sorted(self.objects.items(), key=lambda kv: kv[0][1])
+            if b is None and k.startswith(prefix)
+        ]
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return [o.key for o in await self.list_objects(prefix)]
+
+    async def list_after(self, prefix: str, start_after: str | None, limit: int) -> list[str]:
+        keys = await self.list_keys(prefix)
+        return [k for k in keys if start_after is None or k > start_after][:limit]
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        below = {k[len(prefix) :].split("/", 1)[0] for k in await self.list_keys(prefix)}
+        return sorted(
+            prefix + b + "/"
+            for b in below
+            if any(k.startswith(prefix + b + "/") for k in self.names())
+        )
+
+    async def get_lifecycle(self) -> LifecycleConfig | None:
+        return self.lifecycle
+
+    async def set_lifecycle(self, config: LifecycleConfig) -> None:
+        self.lifecycle = config
+
+    def names(self) -> set[str]:
+        """Every key stored (in the service's bucket or another)."""
+        return {key for (_bucket, key) in self.objects}
