@@ -38,7 +38,7 @@ from shared.extraction.layout import MARKDOWN_ARTIFACT, layout_outputs, wants_la
 from shared.extraction.markdown import MarkdownBuilder, uri_links
 from shared.extraction.metadata import MetadataCollector
 from shared.extraction.ocr import needs_ocr, ocr_dpi_for, ocr_textpage, require_tessdata
-from shared.extraction.outline import OutlineItem
+from shared.extraction.outline import OutlineItem, outline_items
 from shared.extraction.tables import FoundTable, find_tables
 from shared.models import ExtractionResult, ExtractOptions, PageText
 
@@ -308,10 +308,9 @@ class _Extraction:
     def _outline(self) -> list[OutlineItem]:
         """The PDF's outline: headings for the Markdown and the `blocks`, and their outline."""
         try:
-            toc = self.doc.get_toc(simple=True)
+            return outline_items(self.doc)
         except MuPdfError:
             return []
-        return [(int(level), str(title), int(page)) for level, title, page in toc]
 
     def _tables_artifact(self) -> ArtifactFile:
         path = os.path.join(self.out_dir, TABLES_ARTIFACT)

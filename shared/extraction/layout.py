@@ -66,7 +66,7 @@ def _with_blocks(
     files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
     document = build_document(builder, placed)
     if "blocks" in outputs:
-        data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        data = _DOCUMENT_ENCODER.encode(document).encode()
         files.append(LayoutFile(DOCUMENT_ARTIFACT, data, "application/json"))
     if "chunks" in outputs:
         chunks = build_chunks(markdown, document["blocks"], options.chunking)
@@ -77,6 +77,10 @@ def _with_blocks(
 
 
 MARKDOWN_TYPE = "text/markdown; charset=utf-8"
+_DOCUMENT_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False
+)
+"""document.json, compact (a tree of fresh dicts and lists: no cycle to look for)."""
 
 
 def merged_outputs(states: Iterable[Mapping[str, Any]], options: ExtractOptions) -> LayoutOutputs:

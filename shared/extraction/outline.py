@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
+
+import pymupdf
 
 OutlineItem = tuple[int, str, int]
 """(level, title, page) as `Document.get_toc(simple=True)` gives them."""
@@ -40,6 +43,25 @@ def plain_text(text: str) -> str:
     if "](" in text or "<" in text:
         text = _LINK_MD.sub(_link_text, text)
     return text.replace("\\<", "<").replace("\\[", "[").replace("\\]", "]")
+
+
+def outline_items(doc: pymupdf.Document) -> list[OutlineItem]:
+    """The document's outline as `doc.get_toc(simple=True)` gives it, read from the outline
+    PyMuPDF loaded when it opened the document (`get_toc` loads it, and the metadata, again);
+    depth-first, without recursion (a hostile outline may nest deeply)."""
+    found: list[OutlineItem] = []
+    stack: list[tuple[Any, int]] = [(doc.outline, 1)]
+    while stack:
+        item, level = stack.pop()
+        if not item or not item.this.m_internal:
+            continue
+        page = -1
+        if not item.is_external and item.uri:
+            page = item.page + 1 if item.page != -1 else doc.resolve_link(item.uri)[0] + 1
+        found.append((level, str(item.title or " "), int(page)))
+        stack.append((item.next, level))
+        stack.append((item.down, level + 1))  # popped first: the children come first
+    return found
 
 
 def title_key(text: str) -> str:

@@ -11,14 +11,16 @@ import pymupdf
 import pytest
 from pydantic import ValidationError
 
-from shared.extraction import ExtractLimits, extract_document
+from shared.extraction import ExtractLimits, extract_document, figures
 from shared.extraction.chunks import approx_tokens
 from shared.extraction.document import ChunkModel, DocumentModel
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.figures import clusters, textpage_with_figures
 from shared.extraction.layout import merged_outputs
+from shared.extraction.outline import outline_items
 from shared.models import ChunkOptions, ExtractOptions
 from tests.unit.pdfgen import (
+    A4,
     DRAWING_BOX,
     FIGURE_CAPTIONS,
     FOOTNOTE,
@@ -464,6 +466,33 @@ def test_the_text_page_with_figures_is_the_plain_text_page(tmp_path: Path) -> No
         doc.close()
 
 
+def test_the_mark_replay_stops_at_max_marks(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    page.insert_text((72, 60), "Above the marks", fontsize=11)
+    for i in range(figures.MAX_MARKS):  # each filled and stroked: 2 marks
+        x, y = 72 + (i % 50) * 6, 100 + (i // 50) * 6
+        page.draw_rect(pymupdf.Rect(x, y, x + 4, y + 4), color=(0, 0, 0), fill=(0.5, 0.5, 0.5))
+    page.insert_text((72, 500), "Below the marks", fontsize=11)
+    calls = 0
+    full = figures._MarkDevice._full
+
+    def counted(device: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return full(device)
+
+    monkeypatch.setattr(figures._MarkDevice, "_full", counted)
+    try:
+        textpage, found = textpage_with_figures(page, pymupdf.TEXTFLAGS_TEXT)
+        assert textpage.extractText() == "Above the marks\nBelow the marks\n"
+    finally:
+        doc.close()
+    assert calls == figures.MAX_MARKS  # not 2 * MAX_MARKS: the replay was cut short
+    # the first MAX_MARKS marks: the top half of the squares
+    assert found == [(72.0, 100.0, 370.0, 100.0 + 6 * (figures.MAX_MARKS // 100 - 1) + 4)]
+
+
 def test_a_right_to_left_two_column_page_reads_its_right_column_first(tmp_path: Path) -> None:
     out = run(rtl_columns_pdf(tmp_path / "rtl.pdf"), tmp_path / "out", outputs=("blocks",))
     marks = [b["text"][:2] for b in blocks(out) if b["text"][:2] in RTL_MARKS]
@@ -535,3 +564,9 @@ def test_outline_headings_merge_byte_for_byte_as_one_pass(
     if "blocks" in outputs:
         assert files["document.json"] == plain["json"]
         assert files["chunks.jsonl"] == plain["jsonl"]
+
+
+def test_the_outline_is_read_as_get_toc_gives_it(plain: Out) -> None:
+    with pymupdf.open(plain["path"]) as doc:
+        assert outline_items(doc) == [tuple(item) for item in doc.get_toc(simple=True)]
+        assert outline_items(doc) == PLAIN_OUTLINE
