@@ -388,5 +388,5 @@ def chunks_jsonl(chunks: Sequence[dict[str, Any]]) -> str:
     return "".join([encode(c) + "\n" for c in chunks])
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 """One encoder for every line (json.dumps with options builds one per call)."""

@@ -20,11 +20,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.extraction.markdown import MarkdownBuilder, Placed
+from shared.extraction.outline import plain_text
 
 DOCUMENT_SCHEMA = "pdfrelay.document/1"
-
-OutlineItem = tuple[int, str, int]
-"""(level, title, page) as `Document.get_toc(simple=True)` gives them."""
 
 
 class BlockKind(StrEnum):
@@ -114,26 +112,8 @@ _CAPTION = re.compile(
     re.I,
 )
 _FOOTNOTE = re.compile(r"^\s*(?:\d{1,3}|[*\u2020\u2021\u00a7\u00b9\u00b2\u00b3])\s*\S")
-_LINK_MD = re.compile(
-    r"\[((?:[^\]\\]|\\.)*)\]\([^)\s]*\)|<((?:https?|ftp)://[^>\s]*|mailto:[^>\s]*)>"
-)
-
 FOOTNOTE_BAND = 0.35
 """Footnotes: small type in this lower share of the page."""
-
-
-def _link_text(m: re.Match[str]) -> str:
-    anchor = m.group(1)
-    return anchor if anchor is not None else m.group(2).removeprefix("mailto:")
-
-
-def plain_text(text: str) -> str:
-    """A paragraph's inline Markdown (escapes, links) back to its printed text."""
-    if "\\" not in text and "<" not in text and "](" not in text:
-        return text
-    if "](" in text or "<" in text:
-        text = _LINK_MD.sub(_link_text, text)
-    return text.replace("\\<", "<").replace("\\[", "[").replace("\\]", "]")
 
 
 def _kind(place: Placed, height: float, body: float) -> BlockKind:
@@ -168,42 +148,6 @@ CAPTION_GAP = 30.0
 """A caption starts at most this far (points) below a figure's bottom, or ends this far above
 its top."""
 
-_OUTLINE_KINDS = frozenset({BlockKind.PARAGRAPH, BlockKind.LIST_ITEM, BlockKind.CAPTION})
-_NUMBER_LEAD = re.compile(r"^(?:\d{1,3}(?:\.\d{1,3})*|[A-Z]|[IVX]{1,5})[.:)]?\s+(?=\w)")
-
-
-def _title_key(text: str) -> str:
-    """An outline title or a paragraph, compared: case, spacing and a leading number ignored."""
-    text = " ".join(text.split()).casefold()
-    return _NUMBER_LEAD.sub("", text, count=1) if text[:1].isalnum() else text
-
-
-_Titles = dict[int, tuple[int, dict[str, int]]]
-"""page: (length of its longest title key, {title key: level})."""
-
-
-def _outline_titles(outline: Sequence[OutlineItem]) -> _Titles:
-    """The outline entries that point at a page, by page."""
-    found: dict[int, dict[str, int]] = {}
-    for level, title, page in outline:
-        key = _title_key(title)
-        if page >= 1 and key and len(key) <= 200:
-            found.setdefault(page, {}).setdefault(key, max(1, min(int(level), 6)))
-    return {page: (max(map(len, keys)), keys) for page, keys in found.items()}
-
-
-def _outline_level(para: Any, page: int, titles: _Titles) -> int:
-    """The outline level of a paragraph that is an outline entry's title on its page, or 0."""
-    on_page = titles.get(page)
-    if on_page is None or para.lines > 3:
-        return 0
-    longest, keys = on_page
-    text = para.text
-    # a leading number and Markdown escapes are all the key can lose: longer is no title
-    if len(text) > longest + 24:
-        return 0
-    return keys.get(_title_key(plain_text(text)), 0)
-
 
 def _link_captions(items: Sequence[dict[str, Any]]) -> None:
     """Each figure with the nearest caption right below (else above) it on its page, and that
@@ -237,12 +181,9 @@ def _link_captions(items: Sequence[dict[str, Any]]) -> None:
             caption["figure"] = figure["id"]
 
 
-def build_document(
-    builder: MarkdownBuilder, placed: Sequence[Placed], outline: Sequence[OutlineItem]
-) -> dict[str, Any]:
+def build_document(builder: MarkdownBuilder, placed: Sequence[Placed]) -> dict[str, Any]:
     """The `document.json` data of the builder's pages (`placed` from its `render_placed`)."""
     body = builder.body_size()
-    titles = _outline_titles(outline)
     heights = {number: height for number, _, height in builder.page_sizes}
     pages: dict[int, dict[str, Any]] = {
         number: {"number": number, "width": w, "height": h, "blocks": []}
@@ -263,10 +204,6 @@ def build_document(
             index = 0
         kind = _kind(place, heights.get(place.page, 0.0), body)
         level = place.level
-        if titles and kind in _OUTLINE_KINDS:
-            level = _outline_level(para, place.page, titles)
-            if level:
-                kind = BlockKind.HEADING
         block_id = f"p{place.page}.b{index}"
         index += 1
         if kind is BlockKind.TABLE:
@@ -308,7 +245,7 @@ def build_document(
         "schema": DOCUMENT_SCHEMA,
         "pages": list(pages.values()),
         "outline": [
-            {"level": level, "title": title, "page": page} for level, title, page in outline
+            {"level": level, "title": title, "page": page} for level, title, page in builder.outline
         ],
         "blocks": blocks,
     }

@@ -22,7 +22,6 @@ from shared.extraction.base import (
     ExtractLimits,
     ProgressFn,
 )
-from shared.extraction.document import OutlineItem
 from shared.extraction.figures import textpage_with_figures
 from shared.extraction.hostile import (
     MuPdfError,
@@ -35,15 +34,11 @@ from shared.extraction.hostile import (
     take_mupdf_messages,
 )
 from shared.extraction.images import EmbeddedImageWriter, PageImageWriter
-from shared.extraction.layout import (
-    MARKDOWN_ARTIFACT,
-    builder_state,
-    layout_outputs,
-    wants_layout,
-)
+from shared.extraction.layout import MARKDOWN_ARTIFACT, layout_outputs, wants_layout
 from shared.extraction.markdown import MarkdownBuilder, uri_links
 from shared.extraction.metadata import MetadataCollector
 from shared.extraction.ocr import needs_ocr, ocr_dpi_for, ocr_textpage, require_tessdata
+from shared.extraction.outline import OutlineItem, outline_items
 from shared.extraction.tables import FoundTable, find_tables
 from shared.models import ExtractionResult, ExtractOptions, PageText
 
@@ -276,12 +271,14 @@ class _Extraction:
         if self.markdown is not None and self.limits.range_part:
             path = os.path.join(self.out_dir, MARKDOWN_STATE)
             # the outline is whole-document: the range that starts the document brings it
-            outline = self._outline() if self.from_first_page else None
-            state = builder_state(self.markdown, outline)
+            if self.from_first_page:
+                self.markdown.outline = self._outline()
+            state = self.markdown.state()
             Path(path).write_text(json.dumps(state), encoding="utf-8")
             artifacts.append(ArtifactFile(MARKDOWN_STATE, path, "application/json"))
         elif self.markdown is not None:
-            layout = layout_outputs(self.markdown, self._outline(), self.options)
+            self.markdown.outline = self._outline()
+            layout = layout_outputs(self.markdown, self.options)
             if self.want_markdown:
                 result.markdown = layout.markdown
             for file in layout.files:
@@ -309,14 +306,11 @@ class _Extraction:
         return EngineOutput(result=result, artifacts=artifacts, pages_processed=self.processed)
 
     def _outline(self) -> list[OutlineItem]:
-        """The PDF's outline, for `blocks` (read only when asked for)."""
-        if "blocks" not in self.options.outputs and "chunks" not in self.options.outputs:
-            return []
+        """The PDF's outline: headings for the Markdown and the `blocks`, and their outline."""
         try:
-            toc = self.doc.get_toc(simple=True)
+            return outline_items(self.doc)
         except MuPdfError:
             return []
-        return [(int(level), str(title), int(page)) for level, title, page in toc]
 
     def _tables_artifact(self) -> ArtifactFile:
         path = os.path.join(self.out_dir, TABLES_ARTIFACT)

@@ -24,7 +24,8 @@ mupdf = pymupdf.mupdf
 
 MAX_MARKS = 800
 """Marks (images, shadings, paths) noted per page: joining them is quadratic at worst, and the
-marks beyond (a map, a plot of a million points) rarely widen the figures the first ones give."""
+marks beyond (a map, a plot of a million points) rarely widen the figures the first ones give.
+With that many, the replay into the mark device stops (Python is called no more)."""
 JOIN_GAP = 6.0
 """Marks closer than this (points) are one figure."""
 MIN_SIDE = 36.0
@@ -40,6 +41,8 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
         super().__init__()
         self.marks: list[float] = []
         """x0, y0, x1, y1 of each mark, flat (floats are not tracked by the cyclic collector)."""
+        self.cookie = mupdf.FzCookie()
+        """The replay's: aborted once MAX_MARKS are noted."""
         self.use_virtual_fill_image()
         self.use_virtual_fill_image_mask()
         self.use_virtual_fill_shade()
@@ -51,6 +54,8 @@ class _MarkDevice(mupdf.FzDevice2):  # type: ignore[misc,name-defined]
 
     def _mark(self, r: Any) -> None:
         self.marks += (r.x0, r.y0, r.x1, r.y1)
+        if len(self.marks) >= 4 * MAX_MARKS:
+            self.cookie.set_abort()
 
     def _image(self, ctm: object) -> None:
         if not self._full():
@@ -120,7 +125,7 @@ def textpage_with_figures(page: pymupdf.Page, flags: int) -> tuple[pymupdf.TextP
         mupdf.fz_run_display_list(listing, device, mupdf.FzMatrix(), everywhere, mupdf.FzCookie())
         mupdf.fz_close_device(device)
         marks = _MarkDevice()
-        mupdf.fz_run_display_list(listing, marks, mupdf.FzMatrix(), everywhere, mupdf.FzCookie())
+        mupdf.fz_run_display_list(listing, marks, mupdf.FzMatrix(), everywhere, marks.cookie)
         mupdf.fz_close_device(marks)
         bounds = mupdf.fz_bound_page(fz)
     finally:

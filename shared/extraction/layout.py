@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.extraction.chunks import build_chunks, chunks_jsonl
-from shared.extraction.document import OutlineItem, build_document
+from shared.extraction.document import build_document
 from shared.extraction.markdown import MarkdownBuilder
 from shared.models import ExtractOptions
 
@@ -40,10 +40,8 @@ def wants_layout(options: ExtractOptions) -> bool:
     return not LAYOUT_OUTPUTS.isdisjoint(options.outputs)
 
 
-def layout_outputs(
-    builder: MarkdownBuilder, outline: Sequence[OutlineItem], options: ExtractOptions
-) -> LayoutOutputs:
-    """Render the builder's pages as the outputs `options` asks for."""
+def layout_outputs(builder: MarkdownBuilder, options: ExtractOptions) -> LayoutOutputs:
+    """Render the builder's pages (with its outline) as the outputs `options` asks for."""
     outputs: set[str] = set(options.outputs)
     if not outputs & {"blocks", "chunks"}:
         markdown = builder.render()
@@ -55,23 +53,20 @@ def layout_outputs(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _with_blocks(builder, outline, options, outputs)
+        return _with_blocks(builder, options, outputs)
     finally:
         if collecting:
             gc.enable()
 
 
 def _with_blocks(
-    builder: MarkdownBuilder,
-    outline: Sequence[OutlineItem],
-    options: ExtractOptions,
-    outputs: set[str],
+    builder: MarkdownBuilder, options: ExtractOptions, outputs: set[str]
 ) -> LayoutOutputs:
     markdown, placed = builder.render_placed()
     files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
-    document = build_document(builder, placed, outline)
+    document = build_document(builder, placed)
     if "blocks" in outputs:
-        data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        data = _DOCUMENT_ENCODER.encode(document).encode()
         files.append(LayoutFile(DOCUMENT_ARTIFACT, data, "application/json"))
     if "chunks" in outputs:
         chunks = build_chunks(markdown, document["blocks"], options.chunking)
@@ -82,23 +77,13 @@ def _with_blocks(
 
 
 MARKDOWN_TYPE = "text/markdown; charset=utf-8"
-
-
-def builder_state(
-    builder: MarkdownBuilder, outline: Sequence[OutlineItem] | None
-) -> dict[str, Any]:
-    """A range's pages for the merge; the range that starts the document carries the outline."""
-    state = builder.state()
-    if outline is not None:
-        state["outline"] = [list(item) for item in outline]
-    return state
+_DOCUMENT_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False
+)
+"""document.json, compact (a tree of fresh dicts and lists: no cycle to look for)."""
 
 
 def merged_outputs(states: Iterable[Mapping[str, Any]], options: ExtractOptions) -> LayoutOutputs:
-    """The outputs of the ranges' `builder_state`s, in page order, as one pass renders them."""
-    states = list(states)
-    outline: list[OutlineItem] = next(
-        ([(int(a), str(b), int(c)) for a, b, c in s["outline"]] for s in states if "outline" in s),
-        [],
-    )
-    return layout_outputs(MarkdownBuilder.from_states(states), outline, options)
+    """The outputs of the ranges' `MarkdownBuilder.state()`s, in page order, as one pass renders
+    them (the range that starts the document brings the outline)."""
+    return layout_outputs(MarkdownBuilder.from_states(states), options)

@@ -1,4 +1,5 @@
-"""Markdown from MuPDF's structured text: headings from font sizes and weights, no layout model.
+"""Markdown from MuPDF's structured text: headings from font sizes and weights and from the
+PDF's outline (shared/extraction/outline.py), no layout model.
 
 Speed is the point. MuPDF writes the structured text of a page as JSON in C (one record per
 line: bounding box, the line's font, its text), and `json` reads it in C too, at about half
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pymupdf
+
+from shared.extraction.outline import OutlineItem, outline_level, outline_titles
 
 JSON_SCALE = 10.0
 """MuPDF's JSON writer prints integers; scaling by 10 keeps a tenth of a point."""
@@ -758,6 +761,8 @@ class MarkdownBuilder:
         self._pages: list[_PageParas] = []
         self._sizes: dict[float, int] = {}
         self.boxes = boxes
+        self.outline: list[OutlineItem] = []
+        """The PDF's outline (whole-document): its titles are headings (see .outline)."""
 
     def add_page(
         self,
@@ -828,8 +833,9 @@ class MarkdownBuilder:
 
     def state(self) -> dict[str, Any]:
         """What `render` needs, as JSON-able data: pages added in several processes (the ranges
-        of a split document) render as one document through `from_states`."""
-        return {
+        of a split document) render as one document through `from_states`. The outline is in
+        it when set (in the range that starts the document: the outline is whole-document)."""
+        state: dict[str, Any] = {
             "sizes": [[size, count] for size, count in self._sizes.items()],
             "pages": [
                 {
@@ -841,12 +847,17 @@ class MarkdownBuilder:
                 for page in self._pages
             ],
         }
+        if self.outline:
+            state["outline"] = [list(item) for item in self.outline]
+        return state
 
     @classmethod
     def from_states(cls, states: Iterable[Mapping[str, Any]]) -> MarkdownBuilder:
         """One builder holding the pages of every `state()`, in the order given."""
         builder = cls()
         for state in states:
+            if "outline" in state and not builder.outline:
+                builder.outline = [(int(a), str(b), int(c)) for a, b, c in state["outline"]]
             for size, count in state["sizes"]:
                 builder._sizes[size] = builder._sizes.get(size, 0) + count
             builder._pages += [
@@ -883,11 +894,13 @@ class MarkdownBuilder:
         body = _body_size(self._sizes)
         drop = _running_heads(self._pages)
         levels, bold_level = _heading_levels(self._pages, body, drop)
+        titles = outline_titles(self.outline)
         out: list[str] = []
         prev_kind = ""
         pos = 0
         for page in self._pages:
             figures = page.figures if placed is not None else ()
+            on_page = titles.get(page.number)
             fig = 0
             for n, para in enumerate(page.paras):
                 while fig < len(figures) and figures[fig][0] <= n:
@@ -904,6 +917,8 @@ class MarkdownBuilder:
                         placed.append(Placed(page.number, para, 0, True, pos, pos))
                     continue
                 level = _heading_level(para, body, levels, bold_level)
+                if not level and on_page is not None and para.kind in _OUTLINE_KINDS:
+                    level = outline_level(para.text, para.lines, on_page)
                 if prev_kind == "li" and (level or para.kind != "li"):
                     out.append("\n")  # a list ends with a blank line
                     pos += 1
@@ -935,6 +950,10 @@ class MarkdownBuilder:
                 assert placed is not None
                 placed.append(Placed(page.number, Para("figure", "", bbox=box), 0, False, pos, pos))
         return "".join(out).rstrip("\n") + "\n" if out else ""
+
+
+_OUTLINE_KINDS = ("p", "li")
+"""Paragraphs that an outline title makes a heading (not code, not tables)."""
 
 
 def _list_item(text: str) -> str:

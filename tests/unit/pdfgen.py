@@ -608,6 +608,37 @@ def figures_pdf(path: Path) -> Path:
     return _save(doc, path)
 
 
+PLAIN_OUTLINE = [
+    (1, "Getting started", 1),
+    (2, "What you need", 1),
+    (3, "Installing on a laptop", 2),
+    (1, "Running the service", 3),
+]
+"""The outline of `plain_outline_pdf` (level, title, page): titles set like the body text."""
+PLAIN_DECOY = "What you need"
+"""A line of page 3 alone, as a title would be: its outline entry points at page 1."""
+
+
+def plain_outline_pdf(path: Path) -> Path:
+    """Three pages of 11 pt regular Helvetica, titles included (no size, weight or numbering
+    sets them apart): each title of PLAIN_OUTLINE on its page, alone on its line, a paragraph
+    after it; page 3 also has PLAIN_DECOY alone on a line, followed by a paragraph."""
+    doc = pymupdf.open()
+    lines: dict[int, list[str]] = {}
+    for _, title, number in PLAIN_OUTLINE:
+        lines.setdefault(number, []).append(title)
+    lines[3].append(PLAIN_DECOY)
+    for number in (1, 2, 3):
+        page = doc.new_page(width=A4[0], height=A4[1])
+        y = 80
+        for title in lines[number]:
+            page.insert_text((72, y), title, fontsize=11)
+            page.insert_textbox((72, y + 15, 523, y + 75), BODY, fontsize=11)
+            y += 110
+    doc.set_toc([list(item) for item in PLAIN_OUTLINE])
+    return _save(doc, path)
+
+
 RTL_MARKS = ("A1", "A2", "B1", "B2")
 """The paragraphs of `rtl_columns_pdf` in reading order: right column, then left."""
 

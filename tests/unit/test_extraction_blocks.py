@@ -11,25 +11,30 @@ import pymupdf
 import pytest
 from pydantic import ValidationError
 
-from shared.extraction import ExtractLimits, extract_document
+from shared.extraction import ExtractLimits, extract_document, figures
 from shared.extraction.chunks import approx_tokens
 from shared.extraction.document import ChunkModel, DocumentModel
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.figures import clusters, textpage_with_figures
 from shared.extraction.layout import merged_outputs
+from shared.extraction.outline import outline_items
 from shared.models import ChunkOptions, ExtractOptions
 from tests.unit.pdfgen import (
+    A4,
     DRAWING_BOX,
     FIGURE_CAPTIONS,
     FOOTNOTE,
     HEBREW,
     IMAGE_BOX,
+    PLAIN_DECOY,
+    PLAIN_OUTLINE,
     PLAIN_TITLE,
     RTL_MARKS,
     RUNNING_HEAD,
     STRUCTURE_HEADINGS,
     figures_pdf,
     long_table_pdf,
+    plain_outline_pdf,
     rtl_columns_pdf,
     structured_pdf,
     table_across_pages_pdf,
@@ -398,10 +403,12 @@ def test_a_figure_goes_with_its_captions_chunk(figs: Out) -> None:
         ChunkModel.model_validate(chunk)
 
 
-def test_figures_and_the_outline_leave_the_markdown_alone(figs: Out, tmp_path: Path) -> None:
+def test_figures_leave_the_markdown_alone_and_the_outline_heads_it(
+    figs: Out, tmp_path: Path
+) -> None:
     alone = run(figs["path"], tmp_path / "md", outputs=("markdown",))
     assert alone["md"] == figs["md"]
-    assert "# Background of the work" not in figs["md"]
+    assert f"\n## {PLAIN_TITLE}\n" in figs["md"]
 
 
 def test_an_outline_title_in_body_type_is_a_heading_with_the_outlines_level(figs: Out) -> None:
@@ -459,9 +466,107 @@ def test_the_text_page_with_figures_is_the_plain_text_page(tmp_path: Path) -> No
         doc.close()
 
 
+def test_the_mark_replay_stops_at_max_marks(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    page.insert_text((72, 60), "Above the marks", fontsize=11)
+    for i in range(figures.MAX_MARKS):  # each filled and stroked: 2 marks
+        x, y = 72 + (i % 50) * 6, 100 + (i // 50) * 6
+        page.draw_rect(pymupdf.Rect(x, y, x + 4, y + 4), color=(0, 0, 0), fill=(0.5, 0.5, 0.5))
+    page.insert_text((72, 500), "Below the marks", fontsize=11)
+    calls = 0
+    full = figures._MarkDevice._full
+
+    def counted(device: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return full(device)
+
+    monkeypatch.setattr(figures._MarkDevice, "_full", counted)
+    try:
+        textpage, found = textpage_with_figures(page, pymupdf.TEXTFLAGS_TEXT)
+        assert textpage.extractText() == "Above the marks\nBelow the marks\n"
+    finally:
+        doc.close()
+    assert calls == figures.MAX_MARKS  # not 2 * MAX_MARKS: the replay was cut short
+    # the first MAX_MARKS marks: the top half of the squares
+    assert found == [(72.0, 100.0, 370.0, 100.0 + 6 * (figures.MAX_MARKS // 100 - 1) + 4)]
+
+
 def test_a_right_to_left_two_column_page_reads_its_right_column_first(tmp_path: Path) -> None:
     out = run(rtl_columns_pdf(tmp_path / "rtl.pdf"), tmp_path / "out", outputs=("blocks",))
     marks = [b["text"][:2] for b in blocks(out) if b["text"][:2] in RTL_MARKS]
     assert marks == list(RTL_MARKS)
     at = [out["md"].index(f"{mark} ") for mark in RTL_MARKS]
     assert at == sorted(at)  # the Markdown too
+
+
+# --- the outline alone finds the headings, in the Markdown and the blocks alike
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Out:
+    path = plain_outline_pdf(tmp_path_factory.mktemp("plain") / "plain.pdf")
+    found = run(path, path.parent / "one", outputs=("markdown", "blocks", "chunks"))
+    found["path"] = path
+    return found
+
+
+def markdown_headings(md: str) -> list[tuple[int, str]]:
+    return [
+        (len(line) - len(line.lstrip("#")), line.lstrip("# "))
+        for line in md.splitlines()
+        if line.startswith("#")
+    ]
+
+
+def test_outline_titles_set_as_body_text_are_the_markdowns_headings(
+    plain: Out, tmp_path: Path
+) -> None:
+    expected = [(level, title) for level, title, _ in PLAIN_OUTLINE]
+    alone = run(plain["path"], tmp_path / "md", outputs=("markdown",))
+    assert markdown_headings(alone["md"]) == expected
+    assert alone["md"] == plain["md"]
+    # the decoy on page 3 (its entry points at page 1) stays a paragraph
+    assert f"\n\n{PLAIN_DECOY}\n\n" in alone["md"]
+
+
+def test_blocks_take_the_markdowns_outline_headings(plain: Out) -> None:
+    heads = [(b["level"], b["text"], b["page"]) for b in blocks(plain, "heading")]
+    assert heads == PLAIN_OUTLINE
+    for block in blocks(plain, "heading"):
+        start, end = block["md"]
+        assert plain["md"][start:end] == f"{'#' * block['level']} {block['text']}"
+    decoy = [b for b in blocks(plain) if b["text"] == PLAIN_DECOY and b["page"] == 3]
+    assert [b["kind"] for b in decoy] == ["paragraph"]
+    assert decoy[0]["section"] == ["Running the service"]
+
+
+@pytest.mark.parametrize("outputs", [("markdown",), ("markdown", "blocks", "chunks")])
+def test_outline_headings_merge_byte_for_byte_as_one_pass(
+    plain: Out, tmp_path: Path, outputs: tuple[str, ...]
+) -> None:
+    states = []
+    for pages in ("1", "2-3"):  # the outline comes with the range of page 1 only
+        out = tmp_path / pages
+        out.mkdir()
+        opts = ExtractOptions(outputs=outputs, pages=pages)
+        extract_document(
+            str(plain["path"]), opts, ExtractLimits(range_part=True), str(out), lambda d, t: None
+        )
+        states.append(json.loads((out / MARKDOWN_STATE).read_text(encoding="utf-8")))
+    assert ["outline" in state for state in states] == [True, False]
+    files = {
+        f.name: f.data.decode()
+        for f in merged_outputs(states, ExtractOptions(outputs=outputs)).files
+    }
+    assert files["document.md"] == plain["md"]
+    if "blocks" in outputs:
+        assert files["document.json"] == plain["json"]
+        assert files["chunks.jsonl"] == plain["jsonl"]
+
+
+def test_the_outline_is_read_as_get_toc_gives_it(plain: Out) -> None:
+    with pymupdf.open(plain["path"]) as doc:
+        assert outline_items(doc) == [tuple(item) for item in doc.get_toc(simple=True)]
+        assert outline_items(doc) == PLAIN_OUTLINE
