@@ -33,7 +33,7 @@ from pathlib import Path
 import pymupdf
 
 from handlers.fanout import MIN_PAGE_BYTES, ranges
-from shared.extraction import ExtractLimits, extract_document
+from shared.extraction import ExtractLimits, HeldDocument, extract_document
 from shared.extraction.inflate import check_inflated
 from shared.models import ExtractOptions
 from shared.pagecount import count_pages, count_pages_file
@@ -117,11 +117,14 @@ def bare(path: str) -> None:
             page.get_text()
 
 
-def _engine(path: str, options: ExtractOptions, limits: ExtractLimits) -> None:
+def _engine(
+    path: str, options: ExtractOptions, limits: ExtractLimits, held: HeldDocument | None = None
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        out = extract_document(path, options, limits, tmp, lambda d, t: None)
+        out = extract_document(path, options, limits, tmp, lambda d, t: None, held)
         out.result.model_dump_json(by_alias=True)
-    pymupdf.TOOLS.store_shrink(100)
+    if held is None:
+        pymupdf.TOOLS.store_shrink(100)
     gc.collect()
 
 
@@ -129,7 +132,9 @@ def engine(path: str) -> None:
     _engine(path, OPTIONS, ExtractLimits(max_inflated_bytes=None))
 
 
-def engine_ranges(path: str) -> None:
+def engine_ranges(path: str, keep: bool = False) -> None:
+    """The engine over the fan-out's ranges of `path` (its whole when it is not split), each
+    range opened afresh (or, with `keep`, one after another in one open document)."""
     settings = Settings()
     with pymupdf.open(path) as doc:
         count = doc.page_count
@@ -137,8 +142,12 @@ def engine_ranges(path: str) -> None:
         engine(path)
         return
     limits = ExtractLimits(max_inflated_bytes=None, range_part=True)
+    held = HeldDocument() if keep else None
     for first, last in ranges(count, settings.fanout_range_pages):
-        _engine(path, OPTIONS.model_copy(update={"pages": f"{first}-{last}"}), limits)
+        _engine(path, OPTIONS.model_copy(update={"pages": f"{first}-{last}"}), limits, held)
+    if held is not None:
+        held.release()
+        pymupdf.TOOLS.store_shrink(100)
 
 
 def scan(path: str) -> None:
@@ -154,6 +163,7 @@ PHASES: dict[str, Callable[[str], None]] = {
     "decompression scan": scan,
     "engine (no scan)": engine,
     "engine over the ranges": engine_ranges,
+    "the same, one open document": lambda path: engine_ranges(path, keep=True),
     "page count (in-process)": page_count,
 }
 
@@ -178,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"worker CPU, 7 manuals; load average {load_average()}")
         for path in files:
             bare(path)  # warm this process
+        gc.freeze()  # as a worker does: `gc.collect()` after a document then costs nothing
         runs = [phases(files) for _ in range(args.repeat)]
         pools = [asyncio.run(pool_run(files, args.nice)) for _ in range(args.repeat)]
         say(f"load average after {load_average()}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ErrorCode, PermanentError
-from shared.extraction import EngineOutput, ExtractLimits, extract_document
+from shared.extraction import EngineOutput, ExtractLimits, HeldDocument, extract_document
 from shared.extraction.hostile import open_pdf, scan_actions
 from shared.extraction.inflate import check_inflated, stream_starts
 from shared.models import ExtractOptions, Output
@@ -270,3 +270,32 @@ def test_a_bomb_inside_another_stream_s_span_is_counted(tmp_path: Path) -> None:
     path.write_bytes(b"stream\n" + bomb + b"\nendstream")
     with pytest.raises(PermanentError):
         check_inflated(str(path), 16 * 1024 * 1024)
+
+
+def test_a_held_document_still_bounds_decompression_and_serves_only_its_file(
+    tmp_path: Path,
+) -> None:
+    """A worker's document kept open between ranges (`HeldDocument`): the range that bounds
+    decompression is refused even when a range without the bound opened the file first, and
+    what is held is only ever the file now at the path."""
+    bomb = pdfgen.bomb_pdf(tmp_path / "bomb.pdf", side=20_000)  # ~50 MB inflated
+    held = HeldDocument()
+    doc = held.get(str(bomb), ExtractLimits(max_inflated_bytes=None))
+    assert held.holds(str(bomb))
+    assert held.get(str(bomb), ExtractLimits(max_inflated_bytes=None)) is doc
+    with pytest.raises(PermanentError) as err:
+        held.get(str(bomb), ExtractLimits(max_inflated_bytes=16 * 1024 * 1024))
+    assert err.value.code is ErrorCode.DECOMPRESSION_LIMIT
+    assert not held.is_open  # a refusal keeps nothing open
+    rich = pdfgen.rich_pdf(tmp_path / "rich.pdf")
+    doc = held.get(str(rich), ExtractLimits())
+    assert not held.holds(str(bomb))
+    with pytest.raises(PermanentError) as err:
+        held.get(str(rich), ExtractLimits(max_pages=doc.page_count - 1))
+    assert err.value.code is ErrorCode.TOO_MANY_PAGES
+    doc = held.get(str(rich), ExtractLimits())
+    rich.write_bytes(bomb.read_bytes())  # another file at the same path
+    assert not held.holds(str(rich))
+    assert held.get(str(rich), ExtractLimits(max_inflated_bytes=None)) is not doc
+    held.release()
+    assert not held.is_open
