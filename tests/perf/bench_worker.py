@@ -92,8 +92,8 @@ async def _one_document(pool: WorkerPool, settings: Settings, path: str, tmp: st
     await asyncio.gather(*runs)
 
 
-async def pool_run(files: Sequence[str], nice: int) -> tuple[float, float]:
-    """(CPU s of this process's tree without itself, of which the page counters)."""
+async def pool_run(files: Sequence[str], nice: int) -> tuple[float, float, float]:
+    """(CPU s of this process's tree without itself, of which the page counters, wall s)."""
     settings = Settings()
     pool = WorkerPool(WORKERS, timeout_s=600, memory_mb=4096, nice=nice)
     await pool.start()
@@ -104,9 +104,11 @@ async def pool_run(files: Sequence[str], nice: int) -> tuple[float, float]:
                 *(_one_document(pool, settings, files[-1], tmp) for _ in range(WORKERS))
             )
             tree, own, kids = cpu_seconds(os.getpid()), _own_cpu(), _children_cpu()
+            started = time.perf_counter()
             await asyncio.gather(*(_one_document(pool, settings, f, tmp) for f in files))
+            wall = time.perf_counter() - started
             spent = cpu_seconds(os.getpid()) - tree - (_own_cpu() - own)
-            return spent, _children_cpu() - kids
+            return spent, _children_cpu() - kids, wall
     finally:
         pool.kill_all()
 
@@ -202,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(
         f"\npool (workers, forkserver, page counters), CPU s: {pool_s:.3f} "
         f"({pool_s / base:.2f}x the bare loop; runs {', '.join(f'{p[0]:.3f}' for p in pools)}), "
-        f"of which page counters {counters:.3f}"
+        f"of which page counters {counters:.3f}; wall clock "
+        f"{statistics.median(p[2] for p in pools):.2f} s (niceness {args.nice})"
     )
     return 0
 
