@@ -138,8 +138,7 @@ def engine_ranges(path: str, keep: bool = False) -> None:
     """The engine over the fan-out's ranges of `path` (its whole when it is not split), each
     range opened afresh (or, with `keep`, one after another in one open document)."""
     settings = Settings()
-    with pymupdf.open(path) as doc:
-        count = doc.page_count
+    count = _page_count(path)
     if count <= settings.fanout_min_pages:
         engine(path)
         return
@@ -150,6 +149,11 @@ def engine_ranges(path: str, keep: bool = False) -> None:
     if held is not None:
         held.release()
         pymupdf.TOOLS.store_shrink(100)
+
+
+def _page_count(path: str) -> int:
+    with pymupdf.open(path) as doc:
+        return int(doc.page_count)
 
 
 def scan(path: str) -> None:
@@ -170,13 +174,14 @@ PHASES: dict[str, Callable[[str], None]] = {
 }
 
 
-def phases(files: Sequence[str]) -> dict[str, float]:
-    spent = dict.fromkeys(PHASES, 0.0)
+def phases(files: Sequence[str]) -> dict[str, dict[str, float]]:
+    """CPU s by phase and file."""
+    spent: dict[str, dict[str, float]] = {name: {} for name in PHASES}
     for path in files:
         for name, fn in PHASES.items():
             started = time.process_time()
             fn(path)
-            spent[name] += time.process_time() - started
+            spent[name][path] = time.process_time() - started
     return spent
 
 
@@ -184,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.perf worker", description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--nice", type=int, default=0, help="the pool's worker niceness")
+    parser.add_argument("--pool-only", action="store_true", help="skip the in-process phases")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="pdfrelay-bench-worker-") as tmp:
         files = build(Path(tmp))
@@ -191,15 +197,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in files:
             bare(path)  # warm this process
         gc.freeze()  # as a worker does: `gc.collect()` after a document then costs nothing
-        runs = [phases(files) for _ in range(args.repeat)]
+        runs = [phases(files) for _ in range(0 if args.pool_only else args.repeat)]
         pools = [asyncio.run(pool_run(files, args.nice)) for _ in range(args.repeat)]
         say(f"load average after {load_average()}")
-    med = {k: statistics.median(r[k] for r in runs) for k in PHASES}
+    pool_s = statistics.median(p[0] for p in pools)
+    if not runs:
+        say(f"\npool CPU s {pool_s:.3f}, wall s {statistics.median(p[2] for p in pools):.2f}")
+        return 0
+    med = {k: statistics.median(sum(r[k].values()) for r in runs) for k in PHASES}
     base = med["bare loop"]
     say(f"\nin this process, CPU s (median of {args.repeat}), / bare loop:")
     for name, value in med.items():
         say(f"  {name:28} {value:6.3f}  {value / base:5.2f}x")
-    pool_s = statistics.median(p[0] for p in pools)
+    split = [f for f in files if _page_count(f) > Settings().fanout_min_pages]
+
+    def over_split(name: str) -> float:
+        return statistics.median(sum(r[name][f] for f in split) for r in runs)
+
+    whole = over_split("engine (no scan)")
+    say(
+        f"  the {len(split)} fanned-out documents: ranges / unsplit "
+        f"{over_split('engine over the ranges') / whole:.2f}x opened afresh, "
+        f"{over_split('the same, one open document') / whole:.2f}x in one open document"
+    )
     counters = statistics.median(p[1] for p in pools)
     say(
         f"\npool (workers, forkserver, page counters), CPU s: {pool_s:.3f} "
