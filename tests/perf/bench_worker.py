@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [phases(files) for _ in range(0 if args.pool_only else args.repeat)]
         pools = [asyncio.run(pool_run(files, args.nice)) for _ in range(args.repeat)]
         say(f"load average after {load_average()}")
+        split = [f for f in files if _page_count(f) > Settings().fanout_min_pages]
     pool_s = statistics.median(p[0] for p in pools)
     if not runs:
         say(f"\npool CPU s {pool_s:.3f}, wall s {statistics.median(p[2] for p in pools):.2f}")
@@ -209,7 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"\nin this process, CPU s (median of {args.repeat}), / bare loop:")
     for name, value in med.items():
         say(f"  {name:28} {value:6.3f}  {value / base:5.2f}x")
-    split = [f for f in files if _page_count(f) > Settings().fanout_min_pages]
 
     def over_split(name: str) -> float:
         return statistics.median(sum(r[name][f] for f in split) for r in runs)
