@@ -8,12 +8,14 @@ from shared.extraction.base import (
     ProgressFn,
 )
 from shared.extraction.engine import extract_document, parse_pages
+from shared.extraction.hostile import HeldDocument
 
 __all__ = [
     "EXTRACTOR_VERSION",
     "ArtifactFile",
     "EngineOutput",
     "ExtractLimits",
+    "HeldDocument",
     "ProgressFn",
     "extract_document",
     "parse_pages",

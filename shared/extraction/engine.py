@@ -24,6 +24,7 @@ from shared.extraction.base import (
 )
 from shared.extraction.figures import textpage_with_figures
 from shared.extraction.hostile import (
+    HeldDocument,
     MuPdfError,
     PageError,
     is_out_of_memory,
@@ -48,6 +49,7 @@ __all__ = [
     "ArtifactFile",
     "EngineOutput",
     "ExtractLimits",
+    "HeldDocument",
     "ProgressFn",
     "extract_document",
     "parse_pages",
@@ -329,6 +331,7 @@ def extract_document(
     limits: ExtractLimits,
     out_dir: str,
     progress: ProgressFn,
+    held: HeldDocument | None = None,
 ) -> EngineOutput:
     """Extract what `options` asks for from the PDF at `path`.
 
@@ -338,6 +341,8 @@ def extract_document(
         limits: bounds checked before the per-page work.
         out_dir: an existing folder for the artifact files.
         progress: called as progress(pages_done, pages_total) after each page.
+        held: where the document is taken from and left open (a page range of a fanned-out
+            document, for the next range of it), else it is opened and closed here.
 
     Returns:
         The result and the artifact files written into `out_dir`.
@@ -349,8 +354,13 @@ def extract_document(
         MemoryError: MuPDF could not allocate memory (the worker's limit).
     """
     with quiet_mupdf():
-        doc = open_pdf(path, limits)
+        doc = open_pdf(path, limits) if held is None else held.get(path, limits)
         try:
             return _Extraction(doc, options, limits, out_dir).run(progress)
+        except BaseException:
+            if held is not None:
+                held.release()  # what failed is not kept for another range
+            raise
         finally:
-            doc.close()
+            if held is None:
+                doc.close()

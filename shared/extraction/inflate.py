@@ -10,12 +10,11 @@ and stops as soon as the budget is spent, so a bomb costs at most the budget.
 from __future__ import annotations
 
 import mmap
-import re
 import zlib
+from collections.abc import Iterator
 
 from shared.errors import ErrorCode, PermanentError
 
-_STREAM = re.compile(rb"(?<!end)stream\r?\n")
 STEP = 1 << 20
 """Bytes inflated per call: memory stays flat whatever a stream inflates to."""
 MAX_LAYERS = 4
@@ -51,6 +50,25 @@ class _Counter:
                 self.feed(layers, depth + 1, out)
 
 
+def stream_starts(data: bytes | mmap.mmap) -> Iterator[int]:
+    """Where the data after every `stream` keyword begins: each `stream` (not `endstream`)
+    followed by an end of line, anywhere in the file (inside other streams' data too).
+
+    The matches of the regular expression `(?<!end)stream\r?\n`, found with `find`, which
+    skips along at C speed where `re` tried every position (half of the scan's CPU).
+    """
+    at = data.find(b"stream")
+    while at >= 0:
+        after = at + len(b"stream")
+        if at < 3 or data[at - 3 : at] != b"end":
+            if data[after : after + 1] == b"\n":
+                yield after + 1
+            elif data[after : after + 2] == b"\r\n":
+                yield after + 2
+        # "stream" cannot overlap itself: the next one starts after this one
+        at = data.find(b"stream", after)
+
+
 def check_inflated(path: str, max_inflated_bytes: int | None) -> None:
     """Raises PermanentError (DECOMPRESSION_LIMIT) when the file's streams inflate to more than
     `max_inflated_bytes` (None: no limit)."""
@@ -64,11 +82,11 @@ def check_inflated(path: str, max_inflated_bytes: int | None) -> None:
             return
         with data:
             try:
-                for m in _STREAM.finditer(data):
-                    end = data.find(b"endstream", m.end())
+                for start in stream_starts(data):
+                    end = data.find(b"endstream", start)
                     if end < 0:
                         end = len(data)
-                    counter.feed([zlib.decompressobj()], 0, data[m.end() : end])
+                    counter.feed([zlib.decompressobj()], 0, data[start:end])
             except _Spent:
                 raise PermanentError(
                     f"the PDF's streams inflate to more than {max_inflated_bytes} bytes "

@@ -53,6 +53,13 @@ _UNREADABLE = re.compile("[\ufffd\ue000-\uf8ff]")
 
 def text_is_usable(text: str) -> bool:
     """Enough readable characters to trust the text layer (not empty, not U+FFFD garbage)."""
+    if _UNREADABLE.search(text) is None:
+        # Nothing unreadable (nearly every page): only the count matters, and a page's first
+        # few hundred characters usually settle it; no copy of the whole text without its
+        # whitespace (a tenth of the engine's own Python time per page).
+        head = "".join(text[: MIN_TEXT_CHARS * 8].split())
+        if len(head) >= MIN_TEXT_CHARS:
+            return True
     visible = "".join(text.split())
     count = len(visible)
     if count < MIN_TEXT_CHARS:

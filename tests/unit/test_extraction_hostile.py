@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
+import re
+import zlib
 from pathlib import Path
 
 import pytest
 
 from shared.errors import ErrorCode, PermanentError
-from shared.extraction import EngineOutput, ExtractLimits, extract_document
+from shared.extraction import EngineOutput, ExtractLimits, HeldDocument, extract_document
 from shared.extraction.hostile import open_pdf, scan_actions
+from shared.extraction.inflate import check_inflated, stream_starts
 from shared.models import ExtractOptions, Output
 from tests.unit import pdfgen
 from tests.unit.test_extraction_outputs import ALL_OUTPUTS
@@ -231,3 +235,67 @@ def test_a_decompression_bomb_fails_with_decompression_limit(tmp_path: Path) -> 
         open_pdf(str(bomb), ExtractLimits(max_inflated_bytes=16 * 1024 * 1024))
     assert err.value.code is ErrorCode.DECOMPRESSION_LIMIT
     open_pdf(str(bomb), ExtractLimits(max_inflated_bytes=1024 * 1024 * 1024)).close()
+
+
+STREAM_KEYWORD = re.compile(rb"(?<!end)stream\r?\n")
+"""What the decompression scan took for the start of a stream's data before it used `find`."""
+
+
+def test_the_scan_finds_every_stream_the_regular_expression_found() -> None:
+    """`stream_starts` (C-speed `find`) sees the same streams as the regex it replaced: at the
+    file's start, after `end` or not, with CR LF, LF or neither, back to back, in binary."""
+    pieces = [b"stream", b"end", b"\r", b"\n", b"e", b"nd", b"s", b"tream", b"x", b"\x00"]
+    rnd = random.Random(20)
+    samples = [b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 14))) for _ in range(5000)]
+    samples += [b"stream\n", b"dstream\n", b"endstream\n", b"streamstream\r\n", b"stream\r"]
+    for data in samples:
+        assert list(stream_starts(data)) == [m.end() for m in STREAM_KEYWORD.finditer(data)], data
+
+
+def test_a_bomb_inside_another_stream_s_span_is_counted(tmp_path: Path) -> None:
+    """A stream whose `/Length` ends early can hide the next object's stream before any
+    `endstream`: the scan looks for stream keywords everywhere, not only after an endstream."""
+    bomb = zlib.compress(bytes(32 * 1024 * 1024), 9)
+    data = (
+        b"stream\r\nabc\n1 0 obj << /Length 3 >>\nstream\nabc\n"
+        b"2 0 obj << /Filter /FlateDecode >>\nstream\r\n" + bomb + b"\nendstream\nendobj\n"
+    )
+    path = tmp_path / "hidden.pdf"
+    path.write_bytes(b"%PDF-1.4\n" + data)
+    with pytest.raises(PermanentError) as err:
+        check_inflated(str(path), 16 * 1024 * 1024)
+    assert err.value.code is ErrorCode.DECOMPRESSION_LIMIT
+    check_inflated(str(path), 64 * 1024 * 1024)
+    # the very first bytes of a file can be a stream's data too
+    path.write_bytes(b"stream\n" + bomb + b"\nendstream")
+    with pytest.raises(PermanentError):
+        check_inflated(str(path), 16 * 1024 * 1024)
+
+
+def test_a_held_document_still_bounds_decompression_and_serves_only_its_file(
+    tmp_path: Path,
+) -> None:
+    """A worker's document kept open between ranges (`HeldDocument`): the range that bounds
+    decompression is refused even when a range without the bound opened the file first, and
+    what is held is only ever the file now at the path."""
+    bomb = pdfgen.bomb_pdf(tmp_path / "bomb.pdf", side=20_000)  # ~50 MB inflated
+    held = HeldDocument()
+    doc = held.get(str(bomb), ExtractLimits(max_inflated_bytes=None))
+    assert held.holds(str(bomb))
+    assert held.get(str(bomb), ExtractLimits(max_inflated_bytes=None)) is doc
+    with pytest.raises(PermanentError) as err:
+        held.get(str(bomb), ExtractLimits(max_inflated_bytes=16 * 1024 * 1024))
+    assert err.value.code is ErrorCode.DECOMPRESSION_LIMIT
+    assert not held.is_open  # a refusal keeps nothing open
+    rich = pdfgen.rich_pdf(tmp_path / "rich.pdf")
+    doc = held.get(str(rich), ExtractLimits())
+    assert not held.holds(str(bomb))
+    with pytest.raises(PermanentError) as err:
+        held.get(str(rich), ExtractLimits(max_pages=doc.page_count - 1))
+    assert err.value.code is ErrorCode.TOO_MANY_PAGES
+    doc = held.get(str(rich), ExtractLimits())
+    rich.write_bytes(bomb.read_bytes())  # another file at the same path
+    assert not held.holds(str(rich))
+    assert held.get(str(rich), ExtractLimits(max_inflated_bytes=None)) is not doc
+    held.release()
+    assert not held.is_open

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,43 @@ async def test_a_waiting_whole_job_gets_the_next_slot_before_waiting_ranges() ->
     assert order == ["range 1", "small", "range 2"]
     async with asyncio.timeout(1), slots.hold(False):  # every slot came back
         pass
+
+
+def _range(req: WorkRequest, pages: str, out: Path) -> WorkRequest:
+    out.mkdir()
+    return replace(
+        req,
+        out_dir=str(out),
+        options=ExtractOptions(pages=pages),
+        limits=replace(req.limits, range_part=True),
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_ranges_of_one_file_share_a_worker_s_open_document_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    """A worker keeps a range's document open for its next range of the same file only: a
+    whole document, or another file at the same path, is read afresh."""
+    pool = WorkerPool(1, timeout_s=60, memory_mb=2048)
+    first = _request(tmp_path, "a", make_pdf([f"first file page {i}" for i in range(1, 7)]))
+    try:
+        texts = []
+        for pages in ("1-3", "4-"):
+            out = await pool.run(_range(first, pages, tmp_path / f"a{pages}"), _ignore)
+            texts.append(Path(out.result_path).read_text())
+        assert "first file page 3" in texts[0]
+        assert "first file page 4" not in texts[0]
+        assert "first file page 6" in texts[1]
+        assert "first file page 3" not in texts[1]
+        other = _request(tmp_path, "b", make_pdf(["another document"]))
+        out = await pool.run(other, _ignore)
+        assert "another document" in Path(out.result_path).read_text()
+        out = await pool.run(_range(first, "1-3", tmp_path / "again"), _ignore)
+        assert "first file page 2" in Path(out.result_path).read_text()
+        Path(first.pdf_path).write_bytes(make_pdf([f"second file page {i}" for i in range(5)]))
+        out = await pool.run(_range(first, "1-3", tmp_path / "rewritten"), _ignore)
+        assert "second file page 1" in Path(out.result_path).read_text()
+    finally:
+        pool.kill_all()
+    assert pool.processes == 1  # all in one worker
