@@ -39,7 +39,7 @@ class ExtractLimits:
     tessdata: str | None = None
     """Tesseract language data folder; None: $TESSDATA_PREFIX or the Debian/Ubuntu locations."""
     range_part: bool = False
-    """A page range of a split document (handlers/fanout): what needs the whole document is
+    """A page range of a split document (shared/jobs/fanout.py): what needs the whole document is
     left for the merge. The metadata has only its per-page parts (but in the first range,
     which builds the rest once), the Markdown comes as `MarkdownBuilder.state()` in
     `markdown-state.json` (an artifact), to be rendered with the other ranges' pages."""
