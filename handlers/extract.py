@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers import fanout
+from handlers.console import render
+from handlers.console.messages import PreviewRequest
 from shared import cache, lifecycle
 from shared.cancel import listen as listen_for_cancels
 from shared.cancel import may_have_missed, raise_if_requested
@@ -328,5 +330,7 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             backoff=ctx.topology.backoff(ctx.topology.extract_merge),
         ),
         consume(ctx, ctx.topology.extract_dead, ExtractTask, handle_dead, prefetch=4, stop=stop),
+        # The console's page previews (handlers/console/render.py), in the same worker pool.
+        consume(ctx, ctx.topology.previews, PreviewRequest, render.handle, prefetch=2, stop=stop),
         listen_for_cancels(ctx, stop),
     )

@@ -12,7 +12,7 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
-from handlers import jobs_api
+from handlers import console, jobs_api
 from shared import limits
 from shared.broker import publish
 from shared.context import Context
@@ -525,6 +525,7 @@ def create_app(ctx: Context) -> web.Application:
 
     app.cleanup_ctx.append(watcher_ctx)
     jobs_api.setup(app, ctx, app[WATCHER], tenant_of)  # list, cancel, events, retention
+    console.setup(app, ctx, tenant_of)  # the web console at /, page previews, operations view
     app.add_routes(
         [
             web.post("/v1/jobs", create_job),

@@ -34,6 +34,7 @@ import pymupdf
 from shared.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PdfRelayError, PermanentError
 from shared.extraction import ArtifactFile, ExtractLimits, extract_document
+from shared.extraction.preview import render_page
 from shared.models import ExtractOptions
 from shared.settings import Settings
 
@@ -92,6 +93,9 @@ class WorkRequest:
     options: ExtractOptions
     limits: ExtractLimits
     job_id: str | None = None  # written into the result (`run` fills it from its `job_id`)
+    preview: tuple[int, int] | None = None
+    """(page number, width): render that page as a PNG instead (shared/extraction/preview.py);
+    the output's `result_path` is the PNG."""
 
 
 def _serve(
@@ -132,25 +136,29 @@ def _one(
 
     reply: tuple[object, ...]
     try:
-        out = extract_document(req.pdf_path, req.options, req.limits, req.out_dir, progress)
-        out.result.job_id = req.job_id
-        path = os.path.join(req.out_dir, RESULT_FILE)
-        data = out.result.model_dump_json(by_alias=True).encode()
-        Path(path).write_bytes(data)
-        # Digests once, here, where the bytes are: the handler and the cache reuse them.
-        digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
-        for art in out.artifacts:
-            digests[art.path] = file_digest(art.path)
-        reply = (
-            "ok",
-            path,
-            out.result.page_count,
-            out.pages_processed,
-            tuple(out.result.warnings),
-            tuple(out.artifacts),
-            digests,
-        )
-        del out
+        if req.preview is not None:
+            path, count = render_page(req.pdf_path, *req.preview, req.limits, req.out_dir)
+            reply = ("ok", path, count, 1, (), (), {})
+        else:
+            out = extract_document(req.pdf_path, req.options, req.limits, req.out_dir, progress)
+            out.result.job_id = req.job_id
+            path = os.path.join(req.out_dir, RESULT_FILE)
+            data = out.result.model_dump_json(by_alias=True).encode()
+            Path(path).write_bytes(data)
+            # Digests once, here, where the bytes are: the handler and the cache reuse them.
+            digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
+            for art in out.artifacts:
+                digests[art.path] = file_digest(art.path)
+            reply = (
+                "ok",
+                path,
+                out.result.page_count,
+                out.pages_processed,
+                tuple(out.result.warnings),
+                tuple(out.artifacts),
+                digests,
+            )
+            del out
     except PermanentError as exc:
         reply = ("error", str(exc.code), exc.message)
     except MemoryError:
@@ -271,6 +279,11 @@ class WorkerPool:
         self.processes = 0
         """Worker processes started."""
         self.crashed = 0
+
+    @property
+    def busy(self) -> int:
+        """Worker processes running a document now."""
+        return len(self._running)
 
     async def start(self) -> None:
         """Start the forkserver (and its preloading) now rather than on the first document."""
