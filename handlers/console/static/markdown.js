@@ -20,7 +20,7 @@ function el(tag, ...children) {
   return node;
 }
 
-const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1|!\[([^\]]*)\]\(([^)\s]*)[^)]*\)|\[([^\]]+)\]\(([^)\s]*)[^)]*\)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_/g;
+const INLINE = /\\([!-/:-@[-`{-~])|(`+)([^`]|[^`][\s\S]*?[^`])\2|!\[([^\]]*)\]\(([^)\s]*)[^)]*\)|\[((?:\\.|[^\]\\])+)\]\(([^)\s]*)[^)]*\)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_/g;
 
 /** The inline content of one block, as nodes. */
 export function inline(text) {
@@ -29,19 +29,20 @@ export function inline(text) {
   for (const m of text.matchAll(INLINE)) {
     if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
     last = m.index + m[0].length;
-    if (m[1]) out.push(el("code", m[2]));
-    else if (m[3] !== undefined || m[4] !== undefined) out.push(el("span", `[image: ${m[3] || m[4]}]`));
-    else if (m[5] !== undefined) {
-      const href = safeHref(m[6]);
+    if (m[1]) out.push(document.createTextNode(m[1])); // a backslash escape: the character
+    else if (m[2]) out.push(el("code", m[3]));
+    else if (m[4] !== undefined || m[5] !== undefined) out.push(el("span", `[image: ${m[4] || m[5]}]`));
+    else if (m[6] !== undefined) {
+      const href = safeHref(m[7]);
       if (href) {
-        const a = el("a", ...inline(m[5]));
+        const a = el("a", ...inline(m[6]));
         a.href = href;
         a.rel = "noopener noreferrer nofollow";
         a.target = "_blank";
         out.push(a);
-      } else out.push(...inline(m[5]));
-    } else if (m[7] || m[8]) out.push(el("strong", ...inline(m[7] || m[8])));
-    else out.push(el("em", ...inline(m[9] || m[10])));
+      } else out.push(...inline(m[6]));
+    } else if (m[8] || m[9]) out.push(el("strong", ...inline(m[8] || m[9])));
+    else out.push(el("em", ...inline(m[10] || m[11])));
   }
   if (last < text.length) out.push(document.createTextNode(text.slice(last)));
   return out;
