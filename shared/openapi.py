@@ -105,6 +105,7 @@ class Operation:
 PATH_PARAMS = {
     "job_id": "The job's id (32 hex digits); the seed routes also take the client's `jobId`.",
     "name": "An artifact or asset name.",
+    "page": "A page number, from 1.",
 }
 HEADERS = {
     "Location": "Where the job can be followed.",
@@ -282,6 +283,71 @@ OPERATIONS: tuple[Operation, ...] = (
         description="The same `webhook-id` and body, a fresh timestamp and signature.",
         responses=(Resp(202, "Queued for delivery.", JobView), *_errors(401, 404, 409)),
         auth=True,
+    ),
+    # --- the web console (handlers/console) -------------------------------------------------
+    Operation(
+        "get",
+        "/v1/jobs/{job_id}/pages/{page}/preview",
+        "getPagePreview",
+        "One page of a completed job as a PNG, rendered on demand and cached",
+        "jobs",
+        description="Rendered by an extract process (asked over the broker), kept beside the "
+        "job's results. `404` for a page out of range; `503` + `Retry-After` when no worker "
+        "rendered it within `PDFRELAY_PREVIEW_TIMEOUT_S`.",
+        params=(
+            Param(
+                "width",
+                "query",
+                "Width in pixels (64 to PDFRELAY_PREVIEW_MAX_WIDTH, default 800).",
+                {"type": "integer", "minimum": 64},
+            ),
+        ),
+        responses=(
+            Resp(200, "The page.", content_type="image/png", schema=BINARY),
+            *_errors(400, 401, 404, 409, 422, 503),
+        ),
+        auth=True,
+    ),
+    Operation(
+        "get",
+        "/v1/console/ops",
+        "getConsoleOps",
+        "Queue depths, workers, pages/s, the tenant's failures of the last hour and parked "
+        "webhooks",
+        "operations",
+        responses=(Resp(200, "The figures.", schema={"type": "object"}), *_errors(401)),
+        auth=True,
+    ),
+    Operation(
+        "post",
+        "/v1/console/dead-webhooks/{job_id}/replay",
+        "replayDeadWebhooks",
+        "Send a job's dead-lettered webhook deliveries again (attempts reset)",
+        "operations",
+        responses=(
+            Resp(200, "How many were replayed.", schema={"type": "object"}),
+            *_errors(401, 404),
+        ),
+        auth=True,
+    ),
+    Operation(
+        "get",
+        "/",
+        "console",
+        "The web console (submit, watch, jobs, read, operate)",
+        "operations",
+        responses=(Resp(200, "The page.", content_type="text/html", schema=TEXT),),
+    ),
+    Operation(
+        "get",
+        "/console/{name}",
+        "consoleAsset",
+        "A script, style sheet or image of the console",
+        "operations",
+        responses=(
+            Resp(200, "The file.", content_type="application/octet-stream", schema=BINARY),
+            Resp(404, "No such asset.", ErrorBody),
+        ),
     ),
     # --- seed (Secretary) compatibility ------------------------------------------------------
     Operation(
