@@ -75,7 +75,7 @@ async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, 
 
     figures: dict[str, list[float]] = {
         "load (navigation to ready)": [],
-        "jobs list, first page of 50": [],
+        "jobs list, first page of 25": [],
         "jobs list, next page": [],
         "read, 1,000-page result to page 1 text": [],
         "read, page turn (text)": [],
@@ -92,11 +92,11 @@ async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, 
             figures["load (navigation to ready)"].append(
                 await ms(page, page.goto(f"{base}/"), READY)
             )
-            figures["jobs list, first page of 50"].append(
+            figures["jobs list, first page of 25"].append(
                 await ms(
                     page,
                     page.click("nav a[data-view='jobs']"),
-                    "#jobs-table tbody tr:nth-child(50)",
+                    "#jobs-table tbody tr:nth-child(25)",
                 )
             )
             first = await page.locator("#jobs-table tbody tr").first.get_attribute("data-job-id")
@@ -160,11 +160,11 @@ async def run(repeat: int, jobs: int, pages: int) -> None:
                     api_ms: list[float] = []
                     for _ in range(repeat):
                         start = time.perf_counter()
-                        async with session.get(f"{base}/v1/jobs", params={"limit": "50"}) as resp:
-                            assert len((await resp.json())["jobs"]) == 50
+                        async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
+                            assert len((await resp.json())["jobs"]) == 25
                         api_ms.append((time.perf_counter() - start) * 1000)
                 figures = await measure(base, long_id, repeat, work)
-                figures["(the API alone: GET /v1/jobs?limit=50)"] = api_ms
+                figures["(the API alone: GET /v1/jobs?limit=25)"] = api_ms
     print(f"\nconsole, {jobs} jobs of one tenant, a {pages}-page result; median of {repeat} (ms)")
     for name, values in figures.items():
         print(f"  {name:<48} {statistics.median(values):8.0f}   (max {max(values):.0f})")

@@ -4,7 +4,7 @@
 import { api, blobUrl } from "./api.js";
 import { describeError, fmtBytes, fmtTime, h } from "./dom.js";
 
-const PAGE_SIZE = 50;
+const PAGE_SIZE = 25;
 const STATUSES = ["", "queued", "processing", "completed", "failed", "cancelled"];
 const DOORS = ["", "http", "broker", "object-drop", "seed"];
 const state = { status: "", door: "", client_ref: "", cursors: [null] };
@@ -38,7 +38,7 @@ export function jobsView() {
     info.textContent = "loading…";
     try {
       const page = await api(`/v1/jobs?${params}`, { signal: abort.signal });
-      // One page at a time in the DOM: a thousand jobs are twenty pages, never one table.
+      // One page at a time in the DOM: a thousand jobs are forty pages, never one table.
       body.replaceChildren(...page.jobs.map(row));
       older.disabled = !page.next_cursor;
       older.onclick = () => {
