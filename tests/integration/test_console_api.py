@@ -9,6 +9,8 @@ import pymupdf
 import pytest
 
 from handlers.console.messages import preview_key
+from shared.broker import publish
+from shared.models import WebhookDelivery
 from tests.conftest import running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import upload, wait_done
@@ -118,3 +120,38 @@ async def test_previews_and_operations_view_are_the_tenants_own(make_settings: A
         resp = await stack.client.post(replay, headers=a)
         assert resp.status == 200
         assert (await resp.json())["replayed"] == 0
+
+
+async def test_operations_view_lists_and_replays_only_the_tenants_dead_webhooks(
+    make_settings: Any,
+) -> None:
+    async with running_stack(
+        make_settings(api_keys="a:key-a,b:key-b"), extract_running=False
+    ) as stack:
+        a = {"Authorization": "Bearer key-a"}
+        b = {"Authorization": "Bearer key-b"}
+        mine = await upload(stack, make_pdf(["a"]), headers=a)
+        theirs = await upload(stack, make_pdf(["b"]), headers=b)
+        topo = stack.ctx.topology
+        for job in (mine, theirs):
+            delivery = WebhookDelivery(
+                event_id=f"evt-{job['job_id']}",
+                job_id=job["job_id"],
+                event_type="job.completed",
+                url="https://hooks.example/in",
+                token="secret-token",
+                body="{}",
+            )
+            await publish(stack.ctx.channel, topo.dead_letters, topo.webhooks_dead, delivery)
+
+        ops = await (await stack.client.get("/v1/console/ops", headers=a)).json()
+        assert [d["job_id"] for d in ops["dead_webhooks"]] == [mine["job_id"]]
+        assert "secret-token" not in str(ops)
+        resp = await stack.client.post(
+            f"/v1/console/dead-webhooks/{mine['job_id']}/replay", headers=a
+        )
+        assert (await resp.json())["replayed"] == 1
+        ops = await (await stack.client.get("/v1/console/ops", headers=b)).json()
+        assert [d["job_id"] for d in ops["dead_webhooks"]] == [theirs["job_id"]]
+        ops = await (await stack.client.get("/v1/console/ops", headers=a)).json()
+        assert ops["dead_webhooks"] == []
