@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.integration.test_core import upload, wait_done
+from tests.unit.pdfgen import image_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +169,27 @@ async def test_read_shows_the_text_of_page_2_beside_the_image_of_page_2(
         await c.shot("read")
         await c.page.click("#tab-markdown")
         assert "bravo is page two" in await c.page.locator("#markdown").inner_text()
+        assert c.seen.errors == []
+
+
+async def test_read_shows_the_embedded_images_of_the_page(
+    make_settings: Any, browser: Any, tmp_path: Path
+) -> None:
+    pdf = image_pdf(tmp_path / "images.pdf").read_bytes()
+    async with running_stack(make_settings()) as stack, console(browser, stack, tmp_path) as c:
+        job = await upload(stack, pdf, options='{"outputs": ["text", "images"]}')
+        assert (await wait_done(stack, job["job_id"]))["status"] == "completed"
+        await c.open(f"#/read/{job['job_id']}/2")
+        await c.page.locator("#page-image[data-page='2']").wait_for()
+        await c.page.click("#tab-images")
+        shown = c.page.locator("#page-side img.embedded")
+        await shown.wait_for()
+        assert await shown.count() == 1  # page 2: the photograph
+        assert ".jpg" in await c.page.locator("#page-side figcaption").inner_text()
+        assert await shown.evaluate("(img) => img.decode().then(() => img.naturalWidth)") > 0
+        await c.page.keyboard.press("ArrowRight")  # page 3: the first image again, a PNG
+        await c.page.locator("#page-side figcaption:has-text('.png')").wait_for()
+        await c.shot("images")
         assert c.seen.errors == []
 
 

@@ -5,9 +5,12 @@
 import { api, blobUrl } from "./api.js";
 import { describeError, h } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
+import { entries, read } from "./zip.js";
 
 const results = new Map(); // job id -> result promise (the last few jobs read)
 const WIDTHS = [400, 800, 1200, 1600];
+const MAX_IMAGES_ZIP = 64 * 1024 * 1024; // larger: offered for download, not opened here
+const SHOWN_TYPES = { jpg: "image/jpeg", png: "image/png" }; // what a browser can show
 
 function result(jobId) {
   if (!results.has(jobId)) {
@@ -33,7 +36,7 @@ export function readView(jobId, firstPage) {
   const jump = h("input", { type: "number", id: "page-input", min: 1, inputMode: "numeric", "aria-label": "page number" });
   const of = h("span", {});
   const jumpForm = h("form.toolbar", { id: "jump-form" }, h("label", {}, "Page ", jump), of, h("button", { type: "submit" }, "Go"));
-  const tabs = ["text", "markdown", "tables"].map((name) =>
+  const tabs = ["text", "markdown", "tables", "images"].map((name) =>
     h("button", { type: "button", role: "tab", id: `tab-${name}`, "aria-selected": name === "text" ? "true" : "false" }, name[0].toUpperCase() + name.slice(1)),
   );
   const image = h("img", { id: "page-image", alt: "" });
@@ -52,6 +55,9 @@ export function readView(jobId, firstPage) {
   let objectUrl = null;
   let imageAbort = null;
   let markdownNode = null;
+  let job = null;
+  let images = null; // { buffer, entries, manifest } of images.zip, once opened
+  const imageUrls = [];
 
   const go = (n) => {
     if (!res) return;
@@ -90,6 +96,10 @@ export function readView(jobId, firstPage) {
       panel.replaceChildren(h("p.detail", {}, "The Markdown of the whole document:"), markdownNode);
       return;
     }
+    if (tab === "images") {
+      showImages(page);
+      return;
+    }
     if (tab === "tables") {
       const tables = (res.tables || []).filter((t) => t.page === page);
       panel.replaceChildren(
@@ -103,6 +113,56 @@ export function readView(jobId, firstPage) {
     }
     const text = res.pages.find((p) => p.number === page);
     panel.replaceChildren(text ? h("pre", { id: "page-text" }, text.text) : h("p.detail", {}, "This page was not extracted (see the job's pages option)."));
+  }
+
+  function forgetImageUrls() {
+    for (const url of imageUrls.splice(0)) URL.revokeObjectURL(url);
+  }
+
+  async function openImages(art) {
+    if (!images) {
+      const resp = await api(`/v1/jobs/${encodeURIComponent(jobId)}/artifacts/${art.name}`, { raw: true });
+      const buffer = await resp.arrayBuffer();
+      const found = entries(buffer);
+      const manifest = JSON.parse(new TextDecoder().decode(await read(buffer, found.get("manifest.json"))));
+      images = { buffer, entries: found, manifest };
+    }
+    return images;
+  }
+
+  async function showImages(n) {
+    const art = (job?.result?.artifacts || []).find((a) => a.name === "images.zip");
+    if (!art) {
+      panel.replaceChildren(h("p.detail", {}, "Embedded images were not extracted (the images output)."));
+      return;
+    }
+    if (art.size > MAX_IMAGES_ZIP) {
+      panel.replaceChildren(h("p.detail", {}, "The images archive is large: download it from the job's details."));
+      return;
+    }
+    panel.replaceChildren(h("p.detail", {}, "opening the images…"));
+    try {
+      const zip = await openImages(art);
+      if (n !== page || tab !== "images") return;
+      forgetImageUrls();
+      const figures = [];
+      for (const item of zip.manifest.images || []) {
+        if (!(item.pages || []).includes(n)) continue;
+        const type = SHOWN_TYPES[item.format];
+        const entry = zip.entries.get(String(item.name));
+        const caption = h("figcaption.detail", {}, `${item.name} · ${item.width}×${item.height} ${item.format}`);
+        if (!type || !entry) {
+          figures.push(h("figure", {}, caption));
+          continue;
+        }
+        const url = URL.createObjectURL(new Blob([await read(zip.buffer, entry)], { type }));
+        imageUrls.push(url);
+        figures.push(h("figure", {}, h("img.embedded", { src: url, alt: `embedded image ${item.name}` }), caption));
+      }
+      panel.replaceChildren(...(figures.length ? figures : [h("p.detail", {}, "No embedded images on this page.")]));
+    } catch (err) {
+      panel.replaceChildren(h("p.error", {}, `The images could not be opened: ${describeError(err)}`));
+    }
   }
 
   async function showImage() {
@@ -137,8 +197,9 @@ export function readView(jobId, firstPage) {
 
   async function start() {
     try {
-      const [job, r] = await Promise.all([api(`/v1/jobs/${encodeURIComponent(jobId)}`), result(jobId)]);
+      const [j, r] = await Promise.all([api(`/v1/jobs/${encodeURIComponent(jobId)}`), result(jobId)]);
       res = r;
+      job = j;
       title.textContent = job.filename || job.job_id;
       of.textContent = `of ${res.page_count}`;
       jump.max = String(res.page_count);
@@ -160,6 +221,7 @@ export function readView(jobId, firstPage) {
     close: () => {
       if (imageAbort) imageAbort.abort();
       if (objectUrl) URL.revokeObjectURL(objectUrl);
+      forgetImageUrls();
     },
   };
 }
