@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from handlers.console import render
+from handlers.console.messages import PreviewRequest
 from shared.adapters.digests import file_digest
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
@@ -334,5 +336,7 @@ async def serve(context: Context, stop: asyncio.Event) -> None:
             backoff=ctx.topology.backoff(ctx.topology.extract_merge),
         ),
         consume(ctx, ctx.topology.extract_dead, ExtractTask, handle_dead, prefetch=4, stop=stop),
+        # The console's page previews (handlers/console/render.py), in the same worker pool.
+        consume(ctx, ctx.topology.previews, PreviewRequest, render.handle, prefetch=2, stop=stop),
         listen_for_cancels(ctx, stop),
     )

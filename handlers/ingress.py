@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from handlers import jobs_api
+from handlers import console, jobs_api
 from handlers.http.common import (
     CTX,
     SUBMITTER,
@@ -99,6 +99,7 @@ def create_app(ctx: Context) -> web.Application:
 
     app.cleanup_ctx.append(watcher_ctx)
     jobs_api.setup(app, ctx, app[WATCHER])  # list, cancel, events, retention
+    console.setup(app, ctx)  # the web console's preview client and headers
     app.add_routes(r.route() for r in ROUTES)
     app[DOCUMENT] = api_document(ROUTES)
     return app

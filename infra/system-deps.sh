@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # System packages pdfrelay needs (Debian), installed only when missing:
 #   OCR: Tesseract with English and German data (MuPDF's built-in Tesseract reads the data);
-#   tests: docker-compose, to validate docker-compose.yml.
+#   tests: docker-compose, to validate docker-compose.yml; chromium, the browser the console's
+#   end-to-end tests drive (Playwright with `executable_path`; its own browser download is not
+#   used). CHROMIUM (default /usr/bin/chromium) is where it is looked for.
 #
 #   infra/system-deps.sh              everything, fails when it cannot install (`make test`)
 #   infra/system-deps.sh --ocr        only what the service uses (`make run`)
@@ -33,6 +35,7 @@ for lang in eng deu; do
 done
 if [ "$ocr_only" -eq 0 ]; then
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

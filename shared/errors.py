@@ -98,6 +98,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.DECOMPRESSION_LIMIT: 422,
+    ErrorCode.PAGE_TOO_LARGE: 422,
 }
 
 

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     """Documents one worker process extracts before it is replaced (sooner after any failure)."""
     max_wait_s: float = Field(default=60.0, ge=0)
     """Cap of `GET /v1/jobs/{id}?wait=`."""
+    preview_max_width: int = Field(default=2000, ge=64, le=8000)
+    """Widest page preview (pixels) `GET /v1/jobs/{id}/pages/{n}/preview?width=` renders."""
+    preview_timeout_s: float = Field(default=20.0, gt=0, le=30)
+    """How long the ingress waits for a worker to render a preview before 503 + Retry-After."""
     tenant_page_quota: int | None = Field(default=None, ge=1)
     """Pages in flight (accepted, not ended) per tenant before uploads get 429 QUOTA_EXCEEDED."""
     retention_days: float = Field(default=30.0, ge=0)

@@ -14,6 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from handlers import jobs_api, seed
+from handlers.console import ops as console_ops
+from handlers.console import preview as console_preview
+from handlers.console import static as console_static
 from handlers.http import jobs, ops
 from handlers.http.common import Handler
 from shared.api import openapi
@@ -369,6 +372,86 @@ ROUTES: tuple[Route, ...] = (
             ),
         ),
         openapi.docs_asset,
+    ),
+    # --- the web console (handlers/console) ---------------------------------------------------
+    Route(
+        Operation(
+            "get",
+            "/v1/jobs/{job_id}/pages/{page}/preview",
+            "getPagePreview",
+            "One page of a completed job as a PNG, rendered on demand and cached",
+            "jobs",
+            description="Rendered by an extract process (asked over the broker), kept beside the "
+            "job's results. `404` for a page out of range; `503` + `Retry-After` when no worker "
+            "rendered it within `PDFRELAY_PREVIEW_TIMEOUT_S`.",
+            params=(
+                Param(
+                    "width",
+                    "query",
+                    "Width in pixels (64 to PDFRELAY_PREVIEW_MAX_WIDTH, default 800).",
+                    {"type": "integer", "minimum": 64},
+                ),
+            ),
+            responses=(
+                Resp(200, "The page.", content_type="image/png", schema=BINARY),
+                *errors(400, 401, 404, 409, 422, 503),
+            ),
+            auth=True,
+        ),
+        console_preview.get_preview,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/v1/console/ops",
+            "getConsoleOps",
+            "Queue depths, workers, pages/s, the tenant's failures of the last hour and parked "
+            "webhooks",
+            "operations",
+            responses=(Resp(200, "The figures.", schema={"type": "object"}), *errors(401)),
+            auth=True,
+        ),
+        console_ops.get_ops,
+    ),
+    Route(
+        Operation(
+            "post",
+            "/v1/console/dead-webhooks/{job_id}/replay",
+            "replayDeadWebhooks",
+            "Send a job's dead-lettered webhook deliveries again (attempts reset)",
+            "operations",
+            responses=(
+                Resp(200, "How many were replayed.", schema={"type": "object"}),
+                *errors(401, 404),
+            ),
+            auth=True,
+        ),
+        console_ops.replay,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/",
+            "console",
+            "The web console (submit, watch, jobs, read, operate)",
+            "operations",
+            responses=(Resp(200, "The page.", content_type="text/html", schema=TEXT),),
+        ),
+        console_static.index,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/console/{name}",
+            "consoleAsset",
+            "A script, style sheet or image of the console",
+            "operations",
+            responses=(
+                Resp(200, "The file.", content_type="application/octet-stream", schema=BINARY),
+                Resp(404, "No such asset.", ErrorBody),
+            ),
+        ),
+        console_static.asset,
     ),
 )
 

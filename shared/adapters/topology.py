@@ -16,6 +16,10 @@ WEBHOOK_DELIVERY_LIMIT = 20
 """Handler failures (not HTTP failures: those go through the retry ladder) before a webhook
 delivery is dead-lettered."""
 
+PREVIEW_TTL_MS = 30_000
+"""A preview request expires unread after this long (the console has given up by then)."""
+PREVIEW_MAX_QUEUED = 1000
+
 
 @dataclass(frozen=True)
 class Exchange:
@@ -77,6 +81,7 @@ class Topology:
     TASK_KEY = "extract"
     RANGE_KEY = "range"
     MERGE_KEY = "merge"
+    PREVIEW_KEY = "preview"
 
     # queues
     @property
@@ -92,6 +97,12 @@ class Topology:
     def extract_merge(self) -> str:
         """Merge tasks (one consumer at a time: a job's parts are merged exactly once)."""
         return f"{self.ns}.extract.merge"
+
+    @property
+    def previews(self) -> str:
+        """Page-preview renders the console asks for (RPC: replies go to the asking ingress's
+        own exclusive queue, named by the broker); a request nobody took in time expires."""
+        return f"{self.ns}.previews"
 
     @property
     def extract_dead(self) -> str:
@@ -174,6 +185,19 @@ class Topology:
                 self.extract_merge, self.MERGE_KEY, {"x-single-active-consumer": True}
             ),
             Queue(self.extract_dead, quorum, bindings=((self.dead_letters, self.extract_dead),)),
+            Queue(
+                self.previews,
+                {
+                    **quorum,
+                    # The asker waits PDFRELAY_PREVIEW_TIMEOUT_S at most: later is too late.
+                    "x-message-ttl": PREVIEW_TTL_MS,
+                    "x-max-length": PREVIEW_MAX_QUEUED,
+                    "x-overflow": "reject-publish",
+                    # A page that kills its worker is not rendered again and again.
+                    "x-delivery-limit": 2,
+                },
+                bindings=((self.tasks, self.PREVIEW_KEY),),
+            ),
             self._backoff_queue(self.extract),
             self._backoff_queue(self.extract_ranges),
             self._backoff_queue(self.extract_merge),

@@ -91,6 +91,7 @@ class Operation:
 PATH_PARAMS = {
     "job_id": "The job's id (32 hex digits); the seed routes also take the client's `jobId`.",
     "name": "An artifact or asset name.",
+    "page": "A page number (1-based).",
 }
 HEADERS = {
     "Location": "Where the job can be followed.",

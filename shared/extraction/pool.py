@@ -36,6 +36,7 @@ import pymupdf
 from shared.adapters.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PermanentError, WorkerCrashed
 from shared.extraction import ArtifactFile, ExtractLimits, HeldDocument, extract_document
+from shared.extraction.preview import render_page
 from shared.models import ExtractOptions
 from shared.settings import Settings
 
@@ -90,6 +91,9 @@ class WorkRequest:
     options: ExtractOptions
     limits: ExtractLimits
     job_id: str | None = None  # written into the result (`run` fills it from its `job_id`)
+    preview: tuple[int, int] | None = None
+    """(page number, width): render that page as a PNG instead (shared/extraction/preview.py);
+    the output's `result_path` is the PNG."""
 
 
 def _serve(
@@ -126,6 +130,30 @@ def _forget(held: HeldDocument) -> None:  # pragma: no cover - runs in the worke
     gc.collect()
 
 
+def _extracted(
+    req: WorkRequest, progress: ProgressCallback, held: HeldDocument | None
+) -> tuple[object, ...]:  # pragma: no cover - runs in the worker process
+    """Extract `req`'s document into its folder: the reply's `ok` tuple."""
+    out = extract_document(req.pdf_path, req.options, req.limits, req.out_dir, progress, held)
+    out.result.job_id = req.job_id
+    path = os.path.join(req.out_dir, RESULT_FILE)
+    data = out.result.model_dump_json(by_alias=True).encode()
+    Path(path).write_bytes(data)
+    # Digests once, here, where the bytes are: the handler and the cache reuse them.
+    digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
+    for art in out.artifacts:
+        digests[art.path] = file_digest(art.path)
+    return (
+        "ok",
+        path,
+        out.result.page_count,
+        out.pages_processed,
+        tuple(out.result.warnings),
+        tuple(out.artifacts),
+        digests,
+    )  # `out` goes with the frame: freed before the store is shrunk and `gc` runs
+
+
 def _one(
     conn: Connection, req: WorkRequest, trace_dir: str | None, held: HeldDocument
 ) -> None:  # pragma: no cover - runs in the worker process
@@ -144,27 +172,11 @@ def _one(
 
     reply: tuple[object, ...]
     try:
-        out = extract_document(
-            req.pdf_path, req.options, req.limits, req.out_dir, progress, held if keep else None
-        )
-        out.result.job_id = req.job_id
-        path = os.path.join(req.out_dir, RESULT_FILE)
-        data = out.result.model_dump_json(by_alias=True).encode()
-        Path(path).write_bytes(data)
-        # Digests once, here, where the bytes are: the handler and the cache reuse them.
-        digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
-        for art in out.artifacts:
-            digests[art.path] = file_digest(art.path)
-        reply = (
-            "ok",
-            path,
-            out.result.page_count,
-            out.pages_processed,
-            tuple(out.result.warnings),
-            tuple(out.artifacts),
-            digests,
-        )
-        del out
+        if req.preview is not None:
+            path, count = render_page(req.pdf_path, *req.preview, req.limits, req.out_dir)
+            reply = ("ok", path, count, 1, (), (), {})
+        else:
+            reply = _extracted(req, progress, held if keep else None)
     except PermanentError as exc:
         reply = ("error", str(exc.code), exc.message)
     except MemoryError:
@@ -287,6 +299,11 @@ class WorkerPool:
         self.processes = 0
         """Worker processes started."""
         self.crashed = 0
+
+    @property
+    def busy(self) -> int:
+        """Worker processes running a document now."""
+        return len(self._running)
 
     async def start(self) -> None:
         """Start the forkserver (and its preloading) now rather than on the first document."""

@@ -9,13 +9,16 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "system-deps.sh"
 
 
-def _run(tmp_path: Path, *args: str, apt: str = "false") -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, *args: str, apt: str = "false", chromium: str | None = None
+) -> subprocess.CompletedProcess[str]:
     empty = tmp_path / "tessdata-root"
     empty.mkdir(exist_ok=True)
     env = os.environ | {
         "TESSDATA_ROOT": str(empty),
         "TESSERACT": "pdfrelay-no-such-tesseract",
         "APT_GET": apt,
+        "CHROMIUM": chromium or str(tmp_path / "no-chromium"),
     }
     return subprocess.run(
         [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30, check=False
@@ -36,3 +39,10 @@ def test_run_mode_never_fails_when_it_cannot_install(tmp_path: Path) -> None:
     assert "tesseract-ocr-eng" in soft.stderr
     hard = _run(tmp_path)  # `make test`'s mode: a missing package is an error
     assert hard.returncode == 1
+
+
+def test_make_test_would_get_chromium_for_the_console_tests(tmp_path: Path) -> None:
+    done = _run(tmp_path, "--dry-run")
+    assert done.returncode == 0
+    assert "chromium" in done.stderr
+    assert "chromium" not in _run(tmp_path, "--ocr", "--dry-run").stderr  # not the service's
