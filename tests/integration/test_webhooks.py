@@ -23,10 +23,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 
-from infra.dlq import list_dead, replay_dead
 from shared.adapters.broker import publish
 from shared.models import WebhookDelivery, WebhookState, WebhookStateUpdate
 from shared.settings import Settings
+from shared.webhooks.dead import list_dead, replay_dead
 from shared.webhooks.signing import generate_secret
 from shared.webhooks.statelog import StateLog
 from tests.conftest import Stack, _free_port, running_stack

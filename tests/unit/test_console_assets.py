@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_assets_are_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "handlers.console" in config["packages"]
+    assert "handlers*" in config["packages"]["find"]["include"]  # handlers.console with it
     assert config["package-data"]["handlers.console"] == ["static/*"]
     on_disk = {p.name for p in (ROOT / "handlers" / "console" / "static").iterdir()}
     assert set(load_assets()) == on_disk
