@@ -8,6 +8,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -20,7 +21,7 @@ from shared.context import Context
 from shared.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
 from shared.fetch import fetch_to_file
-from shared.jobs import artifact_key, result_key
+from shared.jobs import artifact_key
 from shared.models import (
     Artifact,
     ExtractTask,
@@ -37,6 +38,13 @@ from shared.storage import ObjectNotFound
 from shared.tracing import job_span
 
 log = logging.getLogger(__name__)
+
+
+class Stored(NamedTuple):
+    """An extraction's outcome as stored: its summary and the key of its result document."""
+
+    summary: JobResultSummary
+    result_key: str
 
 
 async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
@@ -82,7 +90,7 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job, redelivered: bool =
     except PermanentError as exc:
         job = lifecycle.failed(job, str(exc.code), exc.message)
     else:
-        job = lifecycle.completed(job, out)
+        job = lifecycle.completed(job, out.summary, result_key=out.result_key)
     if job.attempts < attempts:  # ended before a worker slot (cache hit, fetch failure)
         job = job.model_copy(
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
@@ -105,8 +113,8 @@ async def _extract(
     begin: Callable[[], Awaitable[Job]] | None = None,
     started: Callable[[], Job] | None = None,
     redelivered: bool = False,
-) -> JobResultSummary | None:
-    """The job's result summary; None when it was split into page ranges (handlers/fanout.py)."""
+) -> Stored | None:
+    """The job's stored result; None when it was split into page ranges (handlers/fanout.py)."""
     assert ctx.pool is not None
     settings = ctx.settings
     with (
@@ -116,7 +124,7 @@ async def _extract(
         pdf_path = f"{tmp}/source.pdf"
         found = await cache.lookup(ctx, job, lambda: _fetch_source(ctx, job, pdf_path), pdf_path)
         if found.hit is not None:
-            return found.hit
+            return Stored(found.hit, cache.entry_key(found.key, job.job_id))
         await raise_if_requested(ctx, job, redelivered)
         if await fanout.plan(ctx, job, webhook, pdf_path, begin):
             return None
@@ -144,11 +152,7 @@ async def _extract(
             # Before the job's ending is written: no progress write may land after it.
             await progress.flush()
         ctx.metrics.job_pages.observe(out.pages_extracted)
-        summary = await _store(ctx, job, out)
-        await cache.remember(
-            ctx, found.key, job.job_id, summary, out.result_path, out.digests.get(out.result_path)
-        )
-        return summary
+        return await _store(ctx, job, out, found.key)
 
 
 async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
@@ -170,7 +174,8 @@ async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
         ) from exc
 
 
-async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
+async def _store(ctx: Context, job: Job, out: WorkOutput, key: str) -> Stored:
+    """Artifacts first, then the result under its cache key `key` (which makes it an entry)."""
     artifacts: list[Artifact] = []
     for art in out.artifacts:
         await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
@@ -181,13 +186,13 @@ async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
         artifacts.append(
             Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
         )
-    await ctx.storage.put_file(result_key(job.job_id), out.result_path, "application/json")
-    return JobResultSummary(
+    summary = JobResultSummary(
         page_count=out.page_count,
         pages_extracted=out.pages_extracted,
         artifacts=tuple(artifacts),
         warnings=out.warnings,
     )
+    return Stored(summary, await cache.store(ctx, key, job.job_id, summary, out.result_path))
 
 
 RECORD_INTERVAL_S = 2.0

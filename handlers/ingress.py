@@ -25,7 +25,7 @@ from shared.errors import (
     http_status,
 )
 from shared.http_server import IngressRunner
-from shared.jobs import artifact_key, public_view, result_key
+from shared.jobs import artifact_key, job_result_key, public_view
 from shared.metrics import CONTENT_TYPE_LATEST
 from shared.models import ExtractOptions, Job, Source, WebhookRedeliver, WebhookSpec
 from shared.openapi import ROUTES as DOCS_ROUTES
@@ -406,7 +406,7 @@ async def get_result(request: web.Request) -> web.StreamResponse:
         raise PermanentError(
             f"the job is {job.status.value}, it has no result", ErrorCode.NOT_FOUND
         )
-    return await _send_object(request, result_key(job.job_id), "application/json")
+    return await _send_object(request, job_result_key(job), "application/json")
 
 
 async def get_artifact(request: web.Request) -> web.StreamResponse:
