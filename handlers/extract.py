@@ -45,6 +45,8 @@ class Stored(NamedTuple):
 
     summary: JobResultSummary
     result_key: str
+    source_sha256: str
+    """Kept in the record: a redelivery, or a later idempotent retry, need not hash again."""
 
 
 async def handle(task: ExtractTask, ctx: Context, message: AbstractIncomingMessage) -> None:
@@ -90,7 +92,11 @@ async def _handle(task: ExtractTask, ctx: Context, job: Job, redelivered: bool =
     except PermanentError as exc:
         job = lifecycle.failed(job, str(exc.code), exc.message)
     else:
-        job = lifecycle.completed(job, out.summary, result_key=out.result_key)
+        job = lifecycle.completed(
+            job.model_copy(update={"source_sha256": out.source_sha256}),
+            out.summary,
+            result_key=out.result_key,
+        )
     if job.attempts < attempts:  # ended before a worker slot (cache hit, fetch failure)
         job = job.model_copy(
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
@@ -124,7 +130,7 @@ async def _extract(
         pdf_path = f"{tmp}/source.pdf"
         found = await cache.lookup(ctx, job, lambda: _fetch_source(ctx, job, pdf_path), pdf_path)
         if found.hit is not None:
-            return Stored(found.hit, cache.entry_key(found.key, job.job_id))
+            return Stored(found.hit, cache.entry_key(found.key, job.job_id), found.sha256)
         await raise_if_requested(ctx, job, redelivered)
         if await fanout.plan(ctx, job, webhook, pdf_path, begin):
             return None
@@ -152,7 +158,8 @@ async def _extract(
             # Before the job's ending is written: no progress write may land after it.
             await progress.flush()
         ctx.metrics.job_pages.observe(out.pages_extracted)
-        return await _store(ctx, job, out, found.key)
+        summary, key = await _store(ctx, job, out, found.key)
+        return Stored(summary, key, found.sha256)
 
 
 async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
@@ -174,7 +181,7 @@ async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
         ) from exc
 
 
-async def _store(ctx: Context, job: Job, out: WorkOutput, key: str) -> Stored:
+async def _store(ctx: Context, job: Job, out: WorkOutput, key: str) -> tuple[JobResultSummary, str]:
     """Artifacts first, then the result under its cache key `key` (which makes it an entry)."""
     artifacts: list[Artifact] = []
     for art in out.artifacts:
@@ -192,7 +199,7 @@ async def _store(ctx: Context, job: Job, out: WorkOutput, key: str) -> Stored:
         artifacts=tuple(artifacts),
         warnings=out.warnings,
     )
-    return Stored(summary, await cache.store(ctx, key, job.job_id, summary, out.result_path))
+    return summary, await cache.store(ctx, key, job.job_id, summary, out.result_path)
 
 
 RECORD_INTERVAL_S = 2.0

@@ -219,8 +219,9 @@ async def _next_part(
 
 
 async def _read_multipart(
-    request: web.Request, ctx: Context
+    request: web.Request, ctx: Context, *, digest: bool = True
 ) -> tuple[Spooled | None, dict[str, str], str | None]:
+    """`digest`: take the file's sha256 (for an idempotency key's same-request check)."""
     try:
         reader = await request.multipart()
     except ValueError as exc:  # no boundary
@@ -241,6 +242,7 @@ async def _read_multipart(
                     _part_chunks(part, ctx.settings),
                     ctx.settings.max_file_bytes,
                     ctx.settings.spool_dir,
+                    digest=digest,
                 )
             else:
                 count += 1
@@ -266,7 +268,9 @@ async def create_job(request: web.Request) -> web.Response:
     limits.check_length("Idempotency-Key", idem, limits.MAX_IDEMPOTENCY_KEY_CHARS)
     ctype = request.content_type
     if ctype == "multipart/form-data":
-        spooled, fields, filename = await _read_multipart(request, ctx)
+        # Without an idempotency key nothing here needs the file's sha256: the extract handler
+        # takes it (for the cache) where it reads the file anyway, off the upload's path.
+        spooled, fields, filename = await _read_multipart(request, ctx, digest=idem is not None)
         try:
             if spooled is None:
                 raise PermanentError("the form has no 'file' part", ErrorCode.INVALID_REQUEST)

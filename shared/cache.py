@@ -140,6 +140,8 @@ class Lookup:
     hit: JobResultSummary | None
     """The job's result, already copied into its own keys (at `entry_key(key, job_id)`);
     None: extract."""
+    sha256: str
+    """The source's sha256 (from the record, or taken here after the fetch)."""
 
 
 async def lookup(
@@ -160,7 +162,7 @@ async def lookup(
     hit = None if job.options.force_refresh else await _reuse(ctx, key, job)
     if hit is None and not fetched:
         await fetch()
-    return Lookup(key=key, hit=hit)
+    return Lookup(key=key, hit=hit, sha256=digest)
 
 
 def _job_of(info: ObjectInfo) -> str:
