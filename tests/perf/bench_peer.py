@@ -194,6 +194,8 @@ class PeakRss:
 
     `parts_kb`: each process's own peak VmRSS over the run, named by `names` (a root's name,
     its descendants `<name> child N` in the order first seen); the parts need not peak together.
+    `peak_pss_kb`: the largest sum of Pss (/proc/PID/smaps_rollup), which counts a page shared by
+    n processes (the engine a forkserver's workers inherit) 1/n in each, not n times.
     """
 
     def __init__(
@@ -203,6 +205,7 @@ class PeakRss:
         self.names = dict(zip(self.roots, names, strict=False))
         self.interval_s = interval_s
         self.peak_kb = 0
+        self.peak_pss_kb = 0
         self.parts_kb: dict[str, int] = {}
         self._labels: dict[int, str] = {}
         self._stop = threading.Event()
@@ -216,13 +219,15 @@ class PeakRss:
         return self._labels[pid]
 
     def sample(self) -> int:
-        total = 0
+        total = pss = 0
         for r in self.roots:
             for p in process_tree(r):
                 kb = status_kb(p, "VmRSS") or 0
                 total += kb
+                pss += _pss_kb(p)
                 label = self._label(r, p)
                 self.parts_kb[label] = max(self.parts_kb.get(label, 0), kb)
+        self.peak_pss_kb = max(self.peak_pss_kb, pss)
         return total
 
     def _loop(self) -> None:
@@ -237,6 +242,21 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+SMALL_PROCESS_KB = 64 * 1024
+"""Processes below this peak are summed up in the detail line, not named one by one."""
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
 
 
 @dataclass(frozen=True)
@@ -612,6 +632,7 @@ class BurstRun:
     s3_rss_kb: int
     failures: list[str]
     rss_parts_kb: dict[str, int] = field(default_factory=dict)
+    peak_pss_kb: int = 0
 
 
 async def burst(party: Party, inputs: Inputs, n: int) -> BurstRun:
@@ -656,6 +677,7 @@ async def burst(party: Party, inputs: Inputs, n: int) -> BurstRun:
         s3_rss.peak_kb,
         failures,
         rss.parts_kb,
+        rss.peak_pss_kb,
     )
 
 
@@ -1012,8 +1034,15 @@ def _details(results: Results) -> list[str]:
         for f in r.failures
     ] + [f"{b.party}: {f}" for b in results.burst.values() for f in b.failures]
     for b in results.burst.values():
-        parts = ", ".join(f"{k} {v / 1024:.0f}" for k, v in b.rss_parts_kb.items())
-        lines.append(f"- {b.party}, burst: peak VmRSS per process, MiB: {parts}")
+        big = {k: v for k, v in b.rss_parts_kb.items() if v >= SMALL_PROCESS_KB}
+        small = [v for v in b.rss_parts_kb.values() if v < SMALL_PROCESS_KB]
+        parts = ", ".join(f"{k} {v / 1024:.0f}" for k, v in big.items())
+        if small:
+            parts += f"; {len(small)} more, each at most {max(small) / 1024:.0f} (short-lived)"
+        lines.append(
+            f"- {b.party}, burst: peak Pss sum {b.peak_pss_kb / 1024:.0f} MiB;"
+            f" peak VmRSS per process, MiB: {parts}"
+        )
     lines.append(f"- failures: {'; '.join(failures[:10]) if failures else 'none'}")
     lines.append(f"- broker restarts: {'; '.join(results.notes) if results.notes else 'none'}")
     lines.append(
