@@ -8,6 +8,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -22,7 +23,7 @@ from shared.jobs import cache, fanout, lifecycle
 from shared.jobs.cancel import listen as listen_for_cancels
 from shared.jobs.cancel import may_have_missed, raise_if_requested
 from shared.jobs.outcome import ProgressWebhooks, publish_event
-from shared.jobs.records import artifact_key, result_key
+from shared.jobs.records import artifact_key
 from shared.models import (
     Artifact,
     ExtractTask,
@@ -38,6 +39,15 @@ from shared.runtime.context import Context, ExtractContext
 from shared.webhooks.ssrf import SsrfPolicy
 
 log = logging.getLogger(__name__)
+
+
+class Stored(NamedTuple):
+    """An extraction's outcome as stored: its summary and the key of its result document."""
+
+    summary: JobResultSummary
+    result_key: str
+    source_sha256: str
+    """Kept in the record: a redelivery, or a later idempotent retry, need not hash again."""
 
 
 async def handle(task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage) -> None:
@@ -85,7 +95,11 @@ async def _handle(
     except PermanentError as exc:
         job = lifecycle.failed(job, str(exc.code), exc.message)
     else:
-        job = lifecycle.completed(job, out)
+        job = lifecycle.completed(
+            job.model_copy(update={"source_sha256": out.source_sha256}),
+            out.summary,
+            result_key=out.result_key,
+        )
     if job.attempts < attempts:  # ended before a worker slot (cache hit, fetch failure)
         job = job.model_copy(
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
@@ -108,9 +122,8 @@ async def _extract(
     begin: Callable[[], Awaitable[Job]] | None = None,
     started: Callable[[], Job] | None = None,
     redelivered: bool = False,
-) -> JobResultSummary | None:
-    """The job's result summary; None when it was split into page ranges
-    (shared/jobs/fanout.py)."""
+) -> Stored | None:
+    """The job's stored result; None when it was split into page ranges (shared/jobs/fanout.py)."""
     settings = ctx.settings
     with (
         tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
@@ -119,7 +132,7 @@ async def _extract(
         pdf_path = f"{tmp}/source.pdf"
         found = await cache.lookup(ctx, job, lambda: _fetch_source(ctx, job, pdf_path), pdf_path)
         if found.hit is not None:
-            return found.hit
+            return Stored(found.hit, cache.entry_key(found.key, job.job_id), found.sha256)
         await raise_if_requested(ctx, job, redelivered)
         if await fanout.plan(ctx, job, webhook, pdf_path, begin):
             return None
@@ -147,11 +160,8 @@ async def _extract(
             # Before the job's ending is written: no progress write may land after it.
             await progress.flush()
         ctx.metrics.job_pages.observe(out.pages_extracted)
-        summary = await _store(ctx, job, out)
-        await cache.remember(
-            ctx, found.key, job.job_id, summary, out.result_path, out.digests.get(out.result_path)
-        )
-        return summary
+        summary, key = await _store(ctx, job, out, found.key)
+        return Stored(summary, key, found.sha256)
 
 
 async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
@@ -173,7 +183,8 @@ async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
         ) from exc
 
 
-async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
+async def _store(ctx: Context, job: Job, out: WorkOutput, key: str) -> tuple[JobResultSummary, str]:
+    """Artifacts first, then the result under its cache key `key` (which makes it an entry)."""
     artifacts: list[Artifact] = []
     for art in out.artifacts:
         await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
@@ -184,13 +195,13 @@ async def _store(ctx: Context, job: Job, out: WorkOutput) -> JobResultSummary:
         artifacts.append(
             Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
         )
-    await ctx.storage.put_file(result_key(job.job_id), out.result_path, "application/json")
-    return JobResultSummary(
+    summary = JobResultSummary(
         page_count=out.page_count,
         pages_extracted=out.pages_extracted,
         artifacts=tuple(artifacts),
         warnings=out.warnings,
     )
+    return summary, await cache.store(ctx, key, job.job_id, summary, out.result_path)
 
 
 RECORD_INTERVAL_S = 2.0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from handlers import extract, ingress, object_drop, ops, requests, webhooks
+from handlers import ops
 from shared.doors.table import DOORS
 from shared.obs.logs import protect, settings_secrets
 from shared.runtime.context import Context, open_context
@@ -22,20 +23,29 @@ Serve = Callable[[Context, asyncio.Event], Coroutine[Any, Any, None]]
 
 @dataclass(frozen=True)
 class HandlerSpec:
-    serve: Serve
+    module: str
+    """Imported only when the handler runs: a process imports only its own handlers (the
+    extract handler's engine, MuPDF, is ~140 MiB of memory the others have no use for)."""
+    attr: str = "serve"
     needs_pool: bool = False
 
+    @property
+    def serve(self) -> Serve:
+        return cast(Serve, getattr(importlib.import_module(self.module), self.attr))
 
-async def _front_doors(ctx: Context, stop: asyncio.Event) -> None:
+
+async def front_doors(ctx: Context, stop: asyncio.Event) -> None:
     """The ingress process answers both front doors: HTTP and broker requests."""
+    from handlers import ingress, requests
+
     await asyncio.gather(ingress.serve(ctx, stop), requests.serve(ctx, stop))
 
 
 HANDLERS: dict[str, HandlerSpec] = {
-    "ingress": HandlerSpec(_front_doors),
-    "extract": HandlerSpec(extract.serve, needs_pool=True),
-    "webhooks": HandlerSpec(webhooks.serve),
-    "object-drop": HandlerSpec(object_drop.serve),
+    "ingress": HandlerSpec("infra.app", "front_doors"),
+    "extract": HandlerSpec("handlers.extract", needs_pool=True),
+    "webhooks": HandlerSpec("handlers.webhooks"),
+    "object-drop": HandlerSpec("handlers.object_drop"),
 }
 
 

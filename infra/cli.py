@@ -16,7 +16,6 @@ from infra.app import HANDLERS, install_signal_handlers, run_handlers
 from infra.s3server import embedded_s3
 from shared.adapters.tessdata import ocr_languages
 from shared.errors import StartupError
-from shared.extraction.document import ChunkModel, DocumentModel
 from shared.models import ExtractRequest
 from shared.obs.logs import configure_logging, resolve_format
 from shared.settings import Settings
@@ -106,15 +105,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-SCHEMAS: dict[str, type[BaseModel]] = {
-    "extract-request": ExtractRequest,
-    "document": DocumentModel,
-    "chunk": ChunkModel,
-}
+SCHEMAS = ("extract-request", "document", "chunk")
+
+
+def _schema_model(name: str) -> type[BaseModel]:
+    # The document models live beside the engine: imported only for this command.
+    from shared.extraction.document import ChunkModel, DocumentModel
+
+    models: dict[str, type[BaseModel]] = {
+        "extract-request": ExtractRequest,
+        "document": DocumentModel,
+        "chunk": ChunkModel,
+    }
+    return models[name]
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    print(json.dumps(SCHEMAS[args.name].model_json_schema(by_alias=True), indent=2))
+    print(json.dumps(_schema_model(args.name).model_json_schema(by_alias=True), indent=2))
     return 0
 
 

@@ -233,6 +233,9 @@ class Job(BaseModel):
     attempts: int = 0
     pages_reserved: int | None = None
     """Pages this job holds of its tenant's page quota (shared/jobs/quota.py) until it ends."""
+    result_key: str | None = None
+    """Where its result document is stored when not at `results/{job_id}/result.json`: under
+    its cache key, `results/c-{key}/{job_id}.json` (shared/jobs/cache.py); see `job_result_key`."""
 
     model_config = ConfigDict(populate_by_name=True)
 

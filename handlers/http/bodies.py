@@ -68,8 +68,9 @@ async def _next_part(
 
 
 async def read_multipart(
-    request: web.Request, ctx: Context
+    request: web.Request, ctx: Context, *, digest: bool = True
 ) -> tuple[Spooled | None, dict[str, str], str | None]:
+    """`digest`: take the file's sha256 (for an idempotency key's same-request check)."""
     try:
         reader = await request.multipart()
     except ValueError as exc:  # no boundary
@@ -90,6 +91,7 @@ async def read_multipart(
                     _part_chunks(part, ctx.settings),
                     ctx.settings.max_file_bytes,
                     ctx.settings.spool_dir,
+                    digest=digest,
                 )
             else:
                 count += 1

@@ -27,7 +27,7 @@ from shared.errors import (
 )
 from shared.intake import limits
 from shared.intake.submit import Submission
-from shared.jobs.records import artifact_key, public_view, result_key
+from shared.jobs.records import artifact_key, job_result_key, public_view
 from shared.models import Source, WebhookRedeliver
 
 
@@ -38,7 +38,9 @@ async def create_job(request: web.Request) -> web.Response:
     limits.check_length("Idempotency-Key", idem, limits.MAX_IDEMPOTENCY_KEY_CHARS)
     ctype = request.content_type
     if ctype == "multipart/form-data":
-        spooled, fields, filename = await read_multipart(request, ctx)
+        # Without an idempotency key nothing here needs the file's sha256: the extract handler
+        # takes it (for the cache) where it reads the file anyway, off the upload's path.
+        spooled, fields, filename = await read_multipart(request, ctx, digest=idem is not None)
         try:
             if spooled is None:
                 raise PermanentError("the form has no 'file' part", ErrorCode.INVALID_REQUEST)
@@ -134,7 +136,7 @@ async def get_result(request: web.Request) -> web.StreamResponse:
         raise PermanentError(
             f"the job is {job.status.value}, it has no result", ErrorCode.NOT_FOUND
         )
-    return await send_object(request, result_key(job.job_id), "application/json")
+    return await send_object(request, job_result_key(job), "application/json")
 
 
 async def get_artifact(request: web.Request) -> web.StreamResponse:

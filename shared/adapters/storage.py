@@ -147,7 +147,9 @@ class Storage:
         data: bytes,
         content_type: str = "application/json",
         bucket: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
+        """`metadata`: user metadata (`x-amz-meta-<name>`), ASCII values."""
         await self._run(
             self.client.put_object,
             bucket or self.bucket,
@@ -155,13 +157,23 @@ class Storage:
             io.BytesIO(data),
             len(data),
             content_type=content_type,
+            metadata=metadata,
         )
 
     async def put_json(self, key: str, obj: Any) -> None:
         await self.put_bytes(key, json.dumps(obj, separators=(",", ":")).encode())
 
-    async def put_file(self, key: str, path: str, content_type: str) -> None:
-        await self._run(self.client.fput_object, self.bucket, key, path, content_type=content_type)
+    async def put_file(
+        self, key: str, path: str, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        await self._run(
+            self.client.fput_object,
+            self.bucket,
+            key,
+            path,
+            content_type=content_type,
+            metadata=metadata,
+        )
 
     async def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
         def read(bucket_name: str, object_key: str) -> bytes:
@@ -173,6 +185,19 @@ class Storage:
                 resp.release_conn()
 
         return await self._run(read, bucket or self.bucket, key)
+
+    async def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """The object and its user metadata (names without `x-amz-meta-`), in one GET."""
+
+        def read(bucket_name: str, object_key: str) -> tuple[bytes, dict[str, str]]:
+            resp = self.client.get_object(bucket_name, object_key)
+            try:
+                return bytes(resp.read()), user_metadata(resp.headers)
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return await self._run(read, self.bucket, key)
 
     async def get_json(self, key: str) -> Any:
         return json.loads(await self.get_bytes(key))
@@ -265,6 +290,16 @@ class Storage:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._http.clear()
+
+
+def user_metadata(headers: Any) -> dict[str, str]:
+    """The `x-amz-meta-*` headers of a response, by their lower-case names without the prefix."""
+    prefix = "x-amz-meta-"
+    return {
+        str(k).lower().removeprefix(prefix): str(v)
+        for k, v in headers.items()
+        if str(k).lower().startswith(prefix)
+    }
 
 
 class ObjectStream:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from shared.adapters.storage import Storage
-from shared.jobs.records import artifact_key, result_key
+from shared.jobs.records import artifact_key, job_result_key
 from shared.models import Job, JobStatus
 
 INBOX = "inbox/"
@@ -23,7 +23,7 @@ async def write_outbox(storage: Storage, job: Job) -> None:
     """Write a finished object-drop job's result (or its error) beside the dropped name."""
     assert job.source_key is not None
     if job.status is JobStatus.COMPLETED:
-        raw = await storage.get_bytes(result_key(job.job_id))
+        raw = await storage.get_bytes(job_result_key(job))
         await storage.put_bytes(outbox_key(job.source_key, ".json"), raw)
         markdown = json.loads(raw).get("markdown")
         if markdown:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, PermanentError
-from shared.jobs.records import public_view, result_key
+from shared.jobs.records import job_result_key, public_view
 from shared.models import ExtractionResult, ExtractOptions, Job, JobStatus, Output, WebhookState
 from shared.runtime.context import Context
 
@@ -190,7 +190,7 @@ async def load_result(ctx: Context, job: Job) -> ExtractionResult | None:
     if job.status is not JobStatus.COMPLETED:
         return None
     try:
-        raw = await ctx.storage.get_bytes(result_key(job.job_id))
+        raw = await ctx.storage.get_bytes(job_result_key(job))
     except ObjectNotFound:
         # Never raise here: the terminal webhook must still go out, or the job never "ends".
         log.error("job %s is completed but its result.json is missing", job.job_id)

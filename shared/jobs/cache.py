@@ -1,29 +1,30 @@
 """The result cache: the same PDF bytes with the same options reuse a stored result.
 
-A finished extraction writes a small manifest, `cache/{key}.json`, naming the objects that hold
-its result. A later job with the same key copies those objects server-side into its own keys
-(no worker, no download of the PDF when its sha256 is known) and points the manifest at itself,
-so the entry lives as long as its newest job. A manifest whose objects retention has deleted is
-a miss, and the extraction that follows writes a fresh one.
+An extraction that can be cached stores its result document under its cache key,
+`results/c-{key}/{job_id}.json`, with the job's result summary (pages, warnings, artifacts) in
+the object's metadata. That name is the cache entry: a later job with the same key finds it with
+one listing (no manifest to read or write), copies the artifacts server-side into its own keys
+(no worker, no download of the PDF when its sha256 is known) and stores its own copy of the
+result under the same key, so the entry lives as long as its newest job. An entry retention has
+deleted is simply not listed: a miss, and the extraction that follows stores a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from shared.adapters.digests import file_digest
-from shared.adapters.storage import ObjectNotFound
-from shared.errors import TransientError
+from shared.adapters.storage import ObjectInfo, ObjectNotFound
 from shared.extraction.base import EXTRACTOR_VERSION
-from shared.jobs.records import artifact_key, result_key
+from shared.jobs.records import artifact_key
 from shared.models import (
     Artifact,
     ExtractionResult,
@@ -36,28 +37,36 @@ from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
 
-CACHE_PREFIX = "cache/"
+CACHE_PREFIX = "results/c-"
+SUMMARY_META = "pdfrelay-summary"
+"""The user metadata (`x-amz-meta-pdfrelay-summary`) of a cached result: its `CachedSummary`."""
+MAX_SUMMARY_META = 1536
+"""S3 allows 2 KiB of user metadata per object; a larger summary (many artifacts) is stored
+beside the result instead, at `summary_key`."""
 
 
-def manifest_key(key: str) -> str:
-    return f"{CACHE_PREFIX}{key}.json"
+def entry_prefix(key: str) -> str:
+    return f"{CACHE_PREFIX}{key}/"
 
 
-class CacheManifest(Frozen):
-    """What `cache/{key}.json` holds: where one job stored the result for this key."""
+def entry_key(key: str, job_id: str) -> str:
+    """Where a cached extraction's result is stored: the job's result and the cache entry."""
+    return f"{entry_prefix(key)}{job_id}.json"
 
-    schema_: Literal["pdfrelay.cache/1"] = Field(default="pdfrelay.cache/1", alias="schema")
-    job_id: str
-    result_key: str
-    result_size: int
-    result_sha256: str
+
+def summary_key(job_id: str) -> str:
+    """A summary too large for the result's metadata (under the job's own prefix)."""
+    return f"results/{job_id}/cache-summary.json"
+
+
+class CachedSummary(Frozen):
+    """What a later job with the same key needs of the entry besides the result document."""
+
     page_count: int
     pages_extracted: int
     warnings: tuple[str, ...] = ()
     artifacts: tuple[Artifact, ...] = ()
-    """Stored at `artifact_key(job_id, name)`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    """Stored at `artifact_key(job_id, name)` of the entry's job."""
 
 
 def normalise_pages(spec: str | None) -> str | None:
@@ -127,9 +136,12 @@ def cache_key(source_sha256: str, options: ExtractOptions, tenant: str) -> str:
 @dataclass(frozen=True)
 class Lookup:
     key: str
-    """The job's cache key (also after a miss: `remember` stores the new result under it)."""
+    """The job's cache key (also after a miss: `store` stores the new result under it)."""
     hit: JobResultSummary | None
-    """The job's result, already copied into its own keys; None: extract."""
+    """The job's result, already copied into its own keys (at `entry_key(key, job_id)`);
+    None: extract."""
+    sha256: str
+    """The source's sha256 (from the record, or taken here after the fetch)."""
 
 
 async def lookup(
@@ -150,55 +162,67 @@ async def lookup(
     hit = None if job.options.force_refresh else await _reuse(ctx, key, job)
     if hit is None and not fetched:
         await fetch()
-    return Lookup(key=key, hit=hit)
+    return Lookup(key=key, hit=hit, sha256=digest)
+
+
+def _job_of(info: ObjectInfo) -> str:
+    return info.key.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 async def _reuse(ctx: Context, key: str, job: Job) -> JobResultSummary | None:
-    try:
-        raw = await ctx.storage.get_bytes(manifest_key(key))
-    except ObjectNotFound:
+    entries = await ctx.storage.list_objects(entry_prefix(key))
+    if not entries:
         return None
-    try:
-        entry = CacheManifest.model_validate_json(raw)
-    except ValidationError:
-        log.warning("cache entry %s is not a manifest; extracting again", key)
-        return None
-    if entry.page_count > ctx.settings.max_pages:
-        return None  # the limit was lowered since: let the engine refuse the document
-    if entry.job_id == job.job_id:
+    own = entry_key(key, job.job_id)
+    if any(e.key == own for e in entries):
         # A redelivery of the job the entry was written for: its objects are in place already
         # (and S3 refuses to copy an object onto itself).
         try:
-            await ctx.storage.stat(entry.result_key)
+            meta = (await ctx.storage.stat(own)).metadata
         except ObjectNotFound:
             return None
-        return _summary(entry)
+        found = await _summary_of(ctx, job.job_id, meta.get(f"x-amz-meta-{SUMMARY_META}"))
+        return None if found is None else _hit(found)
+    newest = max(entries, key=lambda e: (e.last_modified is not None, e.last_modified, e.key))
+    source_job = _job_of(newest)
     try:
+        raw, meta = await ctx.storage.get_with_metadata(newest.key)
+        entry = await _summary_of(ctx, source_job, meta.get(SUMMARY_META))
+        if entry is None:
+            return None
+        if entry.page_count > ctx.settings.max_pages:
+            return None  # the limit was lowered since: let the engine refuse the document
         for art in entry.artifacts:
             await ctx.storage.copy(
-                artifact_key(entry.job_id, art.name), artifact_key(job.job_id, art.name)
+                artifact_key(source_job, art.name), artifact_key(job.job_id, art.name)
             )
-        # The result last: a job's result.json exists only once its artifacts do.
+        # The result last: a job's result exists only once its artifacts do.
         # Rewritten, not copied: the result names the job it answers.
-        result = ExtractionResult.model_validate_json(await ctx.storage.get_bytes(entry.result_key))
+        result = ExtractionResult.model_validate_json(raw)
         result.job_id = job.job_id
-        await ctx.storage.put_bytes(
-            result_key(job.job_id),
-            result.model_dump_json(by_alias=True).encode(),
-            "application/json",
-        )
+        await _put(ctx, key, job.job_id, entry, result.model_dump_json(by_alias=True).encode())
     except ObjectNotFound:
-        log.info("cache entry %s: job %s's result is gone; extracting again", key, entry.job_id)
+        log.info("cache entry %s: job %s's result is gone; extracting again", key, source_job)
         return None
-    # Point the entry at the newest copy, so it outlives the job it was first made for.
-    newest = {"job_id": job.job_id, "result_key": result_key(job.job_id)}
-    await _write(ctx, key, entry.model_copy(update=newest))
     ctx.metrics.cache_hits.inc()
-    log.info("job %s answered from the cache (result of job %s)", job.job_id, entry.job_id)
-    return _summary(entry)
+    log.info("job %s answered from the cache (result of job %s)", job.job_id, source_job)
+    return _hit(entry)
 
 
-def _summary(entry: CacheManifest) -> JobResultSummary:
+async def _summary_of(ctx: Context, job_id: str, meta: str | None) -> CachedSummary | None:
+    """The entry's summary, from its metadata or (too large for that) from `summary_key`."""
+    try:
+        if meta is not None:
+            return CachedSummary.model_validate_json(base64.urlsafe_b64decode(meta))
+        return CachedSummary.model_validate_json(await ctx.storage.get_bytes(summary_key(job_id)))
+    except ObjectNotFound:
+        return None
+    except (ValidationError, ValueError):
+        log.warning("the cache entry of job %s has no valid summary; extracting again", job_id)
+        return None
+
+
+def _hit(entry: CachedSummary) -> JobResultSummary:
     return JobResultSummary(
         page_count=entry.page_count,
         pages_extracted=entry.pages_extracted,
@@ -208,37 +232,33 @@ def _summary(entry: CacheManifest) -> JobResultSummary:
     )
 
 
-async def remember(
-    ctx: Context,
-    key: str,
-    job_id: str,
-    summary: JobResultSummary,
-    result_path: str,
-    digest_of_result: tuple[int, str] | None = None,
-) -> None:
-    """Record a finished extraction's stored result under `key` (replacing any older entry);
-    `digest_of_result`: its (size, sha256) when the worker computed them already."""
-    if digest_of_result is None:
-        digest_of_result = await asyncio.to_thread(file_digest, result_path)
-    size, digest = digest_of_result
-    entry = CacheManifest(
-        job_id=job_id,
-        result_key=result_key(job_id),
-        result_size=size,
-        result_sha256=digest,
+async def store(
+    ctx: Context, key: str, job_id: str, summary: JobResultSummary, result_path: str
+) -> str:
+    """Store a finished extraction's result under `key` (its cache entry); returns its S3 key.
+    Its artifacts must be stored already (a listed entry is complete)."""
+    entry = CachedSummary(
         page_count=summary.page_count,
         pages_extracted=summary.pages_extracted,
         warnings=summary.warnings,
         artifacts=summary.artifacts,
     )
-    await _write(ctx, key, entry)
+    return await _put(ctx, key, job_id, entry, result_path)
 
 
-async def _write(ctx: Context, key: str, entry: CacheManifest) -> None:
-    try:
-        await ctx.storage.put_bytes(
-            manifest_key(key), entry.model_dump_json(by_alias=True).encode()
-        )
-    except TransientError as exc:
-        # The job's own result is stored; without the entry a later job merely extracts again.
-        log.warning("cache entry %s not written: %s", key, exc.message)
+async def _put(
+    ctx: Context, key: str, job_id: str, entry: CachedSummary, result: bytes | str
+) -> str:
+    """`result`: the document, or the path of a file holding it."""
+    encoded = base64.urlsafe_b64encode(entry.model_dump_json().encode()).decode()
+    if len(encoded) <= MAX_SUMMARY_META:
+        metadata = {SUMMARY_META: encoded}
+    else:
+        metadata = {}
+        await ctx.storage.put_bytes(summary_key(job_id), entry.model_dump_json().encode())
+    target = entry_key(key, job_id)
+    if isinstance(result, bytes):
+        await ctx.storage.put_bytes(target, result, "application/json", metadata=metadata)
+    else:
+        await ctx.storage.put_file(target, result, "application/json", metadata)
+    return target

@@ -55,10 +55,17 @@ async def save_progress(ctx: Context, job: Job) -> None:
     await ctx.jobs.save(job)
 
 
-def completed(job: Job, summary: JobResultSummary, pages_done: int | None = None) -> Job:
+def completed(
+    job: Job,
+    summary: JobResultSummary,
+    pages_done: int | None = None,
+    result_key: str | None = None,
+) -> Job:
+    """`result_key`: where the result is stored, when under its cache key (shared/jobs/cache.py)."""
     done = summary.pages_extracted if pages_done is None else pages_done
     return job.model_copy(
         update={
+            "result_key": result_key,
             "status": JobStatus.COMPLETED,
             "result": summary,
             "finished_at": utcnow(),

@@ -59,7 +59,13 @@ def webhook_state_key(job_id: str) -> str:
 
 
 def result_key(job_id: str) -> str:
+    """A result not stored under its cache key (a fanned-out job's); see `job_result_key`."""
     return f"results/{job_id}/result.json"
+
+
+def job_result_key(job: Job) -> str:
+    """Where the job's result document is (GET /v1/jobs/{id}/result serves it)."""
+    return job.result_key or result_key(job.job_id)
 
 
 def artifact_key(job_id: str, name: str) -> str:

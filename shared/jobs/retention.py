@@ -129,7 +129,7 @@ async def _expire(jobs: JobStore, tenant: str, key: str, name: str, cutoff: date
         return "recent"
     # A URL source is stored under uploads/ too when the job was split into page ranges.
     uploaded = job.source_key == upload_key(job_id) or job.source_url is not None
-    await delete_job_keys(jobs, job_id, uploaded=uploaded)
+    await delete_job_keys(jobs, job_id, uploaded=uploaded, result_key=job.result_key)
     if job.pages_reserved is not None:
         await jobs.storage.delete(inflight_key(job.tenant, job_id, job.pages_reserved))
     # The index entry (the record itself, in the current layout) goes last: an interrupted
@@ -138,10 +138,15 @@ async def _expire(jobs: JobStore, tenant: str, key: str, name: str, cutoff: date
     return "deleted"
 
 
-async def delete_job_keys(jobs: JobStore, job_id: str, *, uploaded: bool = True) -> None:
+async def delete_job_keys(
+    jobs: JobStore, job_id: str, *, uploaded: bool = True, result_key: str | None = None
+) -> None:
     """Everything pdfrelay stored for the job but its index entry, which is its record in the
-    current layout (a record of the previous layout, under `jobs/`, last)."""
+    current layout (a record of the previous layout, under `jobs/`, last). `result_key`: its
+    result stored under its cache key (without a record, the bucket's expiry rule takes it)."""
     storage = jobs.storage
+    if result_key is not None:
+        await storage.delete(result_key)
     for key in await storage.list_keys(f"results/{job_id}/"):
         await storage.delete(key)
     if uploaded:

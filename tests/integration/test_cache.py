@@ -13,7 +13,7 @@ import pytest
 
 from shared.jobs import cache
 from shared.jobs.cache import CACHE_PREFIX
-from shared.jobs.records import result_key
+from shared.jobs.records import job_result_key
 from tests.conftest import Stack
 from tests.factories import make_pdf
 from tests.helpers import wait_done
@@ -72,7 +72,9 @@ async def test_the_same_pdf_twice_is_extracted_once(stack: Stack) -> None:
         assert art["url"].endswith(f"/v1/jobs/{b}/artifacts/{art['name']}")
         body = await get_bytes(stack, f"/v1/jobs/{b}/artifacts/{art['name']}")
         assert len(body) == art["size"]
-    assert len(await stack.ctx.storage.list_keys(CACHE_PREFIX)) == 1
+    # One entry: both results are stored under the one cache key.
+    assert len(await stack.ctx.storage.list_prefixes(CACHE_PREFIX)) == 1
+    assert len(await stack.ctx.storage.list_keys(CACHE_PREFIX)) == 2
 
 
 async def test_other_options_and_force_refresh_extract(stack: Stack) -> None:
@@ -99,7 +101,10 @@ async def test_a_deleted_result_is_a_miss(stack: Stack) -> None:
     assert stack.ctx.pool is not None
     pdf = make_pdf(["retention took it"])
     first = await run_job(stack, pdf)
-    await stack.ctx.storage.delete(result_key(first["job_id"]))
+    record = await stack.ctx.jobs.get(first["job_id"], "default")
+    assert record.result_key is not None
+    assert record.result_key.startswith(CACHE_PREFIX)
+    await stack.ctx.storage.delete(job_result_key(record))
     started = stack.ctx.pool.started
 
     second = await run_job(stack, pdf)

@@ -190,17 +190,45 @@ class Publishes:
 
 
 class PeakRss:
-    """Samples the summed VmRSS of process trees in a thread; `peak_kb` is the largest sum."""
+    """Samples the summed VmRSS of process trees in a thread; `peak_kb` is the largest sum.
 
-    def __init__(self, roots: Sequence[int], interval_s: float = 0.1) -> None:
+    `parts_kb`: each process's own peak VmRSS over the run, named by `names` (a root's name,
+    its descendants `<name> child N` in the order first seen); the parts need not peak together.
+    `peak_pss_kb`: the largest sum of Pss (/proc/PID/smaps_rollup), which counts a page shared by
+    n processes (the engine a forkserver's workers inherit) 1/n in each, not n times.
+    """
+
+    def __init__(
+        self, roots: Sequence[int], interval_s: float = 0.1, names: Sequence[str] = ()
+    ) -> None:
         self.roots = list(roots)
+        self.names = dict(zip(self.roots, names, strict=False))
         self.interval_s = interval_s
         self.peak_kb = 0
+        self.peak_pss_kb = 0
+        self.parts_kb: dict[str, int] = {}
+        self._labels: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="peak-rss", daemon=True)
 
+    def _label(self, root: int, pid: int) -> str:
+        if pid not in self._labels:
+            name = self.names.get(root, str(root))
+            kids = sum(1 for v in self._labels.values() if v.startswith(f"{name} child"))
+            self._labels[pid] = name if pid == root else f"{name} child {kids + 1}"
+        return self._labels[pid]
+
     def sample(self) -> int:
-        return sum(status_kb(p, "VmRSS") or 0 for r in self.roots for p in process_tree(r))
+        total = pss = 0
+        for r in self.roots:
+            for p in process_tree(r):
+                kb = status_kb(p, "VmRSS") or 0
+                total += kb
+                pss += _pss_kb(p)
+                label = self._label(r, p)
+                self.parts_kb[label] = max(self.parts_kb.get(label, 0), kb)
+        self.peak_pss_kb = max(self.peak_pss_kb, pss)
+        return total
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -214,6 +242,21 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+SMALL_PROCESS_KB = 64 * 1024
+"""Processes below this peak are summed up in the detail line, not named one by one."""
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
 
 
 @dataclass(frozen=True)
@@ -241,6 +284,10 @@ class Party(Protocol):
     def meter(self) -> CpuMeter: ...
 
     def service_roots(self) -> list[int]: ...
+
+    def service_names(self) -> list[str]:
+        """Names of `service_roots`, for the per-process memory line."""
+        ...
 
     def front(self) -> tuple[str, str]:
         """The CPU parties shown for the burst: (ingress, handler)."""
@@ -321,6 +368,9 @@ class PdfRelay:
 
     def service_roots(self) -> list[int]:
         return [self.ingress.pid, self.extract.pid, self.webhooks.pid]
+
+    def service_names(self) -> list[str]:
+        return ["ingress", "extract", "webhooks"]
 
     def front(self) -> tuple[str, str]:
         return "ingress", "extract handler"
@@ -437,6 +487,9 @@ class Peer:
 
     def service_roots(self) -> list[int]:
         return [self.ingress.pid, self.worker.pid]
+
+    def service_names(self) -> list[str]:
+        return ["ingress", "worker"]
 
     def front(self) -> tuple[str, str]:
         return "ingress", "celery main"
@@ -578,6 +631,8 @@ class BurstRun:
     peak_rss_kb: int
     s3_rss_kb: int
     failures: list[str]
+    rss_parts_kb: dict[str, int] = field(default_factory=dict)
+    peak_pss_kb: int = 0
 
 
 async def burst(party: Party, inputs: Inputs, n: int) -> BurstRun:
@@ -597,7 +652,10 @@ async def burst(party: Party, inputs: Inputs, n: int) -> BurstRun:
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
     await asyncio.sleep(0)
     meter = party.meter()
-    with PeakRss(party.service_roots()) as rss, PeakRss([party.s3.proc.pid]) as s3_rss:
+    with (
+        PeakRss(party.service_roots(), names=party.service_names()) as rss,
+        PeakRss([party.s3.proc.pid]) as s3_rss,
+    ):
         meter.start()
         started = time.perf_counter()
         gate.set()
@@ -618,6 +676,8 @@ async def burst(party: Party, inputs: Inputs, n: int) -> BurstRun:
         rss.peak_kb,
         s3_rss.peak_kb,
         failures,
+        rss.parts_kb,
+        rss.peak_pss_kb,
     )
 
 
@@ -973,6 +1033,16 @@ def _details(results: Results) -> list[str]:
         for r in runs
         for f in r.failures
     ] + [f"{b.party}: {f}" for b in results.burst.values() for f in b.failures]
+    for b in results.burst.values():
+        big = {k: v for k, v in b.rss_parts_kb.items() if v >= SMALL_PROCESS_KB}
+        small = [v for v in b.rss_parts_kb.values() if v < SMALL_PROCESS_KB]
+        parts = ", ".join(f"{k} {v / 1024:.0f}" for k, v in big.items())
+        if small:
+            parts += f"; {len(small)} more, each at most {max(small) / 1024:.0f} (short-lived)"
+        lines.append(
+            f"- {b.party}, burst: peak Pss sum {b.peak_pss_kb / 1024:.0f} MiB;"
+            f" peak VmRSS per process, MiB: {parts}"
+        )
     lines.append(f"- failures: {'; '.join(failures[:10]) if failures else 'none'}")
     lines.append(f"- broker restarts: {'; '.join(results.notes) if results.notes else 'none'}")
     lines.append(
