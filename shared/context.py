@@ -8,10 +8,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from infra.topology import Topology, declare, topology_for
+from shared.brokers import connect_robust
 from shared.cancel_registry import CancelRegistry
 from shared.jobs import JobStore
 from shared.metrics import Metrics
@@ -53,7 +53,7 @@ async def open_context(
         stack.callback(storage.close)
         await storage.ensure_bucket()
 
-        connection = await aio_pika.connect_robust(
+        connection = await connect_robust(
             settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": f"pdfrelay-{name}"},
         )

@@ -30,6 +30,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from infra.topology import topology_for
+from shared.brokers import connect_robust
 from shared.outcome import event_id
 from shared.settings import Settings
 from tests.conftest import _free_port
@@ -208,7 +209,7 @@ class Ledger:
     async def start(self) -> None:
         """Subscribe to every job event of the scenario's namespace (a durable quorum queue)."""
         topology = topology_for(self.settings)
-        self._connection = await aio_pika.connect_robust(
+        self._connection = await connect_robust(
             self.settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": f"ledger-{self.scenario}"},
         )
