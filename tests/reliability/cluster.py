@@ -9,11 +9,13 @@ node (`rabbit@localhost`, port 5672) is never addressed: every `rabbitmqctl` cal
 `rcN@localhost` node (`Node.ctl` refuses anything else).
 
 Each node's outgoing distribution connections leave from an address of its own
-(127.0.0.1N, `inet_dist_connect_options`), so that `iptables` on loopback can cut one node off
+(127.0.P.N, `inet_dist_connect_options`), so that `iptables` on loopback can cut one node off
 from the others (`Cluster.isolate`) while `rabbitmqctl` (from 127.0.0.1) still reaches it.
 
     PDFRELAY_CLUSTER_PORT=5781       AMQP port of rc1 (rc2, rc3: the next ones)
     PDFRELAY_CLUSTER_DIST_PORT=25781 Erlang distribution port of rc1 (rc2, rc3: the next ones)
+    PDFRELAY_CLUSTER_NAME=rc         node names rc1@localhost …: another prefix and other ports
+                                     let a second cluster (the soak's) run beside the tests'
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ RABBIT_BIN = Path(os.environ.get("PDFRELAY_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin
 RABBIT_USER = "rabbitmq"
 PORT_ENV = "PDFRELAY_CLUSTER_PORT"
 DIST_PORT_ENV = "PDFRELAY_CLUSTER_DIST_PORT"
-NODE_NAME = re.compile(r"^rc\d+@localhost$")
+NAME_ENV = "PDFRELAY_CLUSTER_NAME"
+NODE_NAME = re.compile(r"^(?!rabbit\d*@)[a-z]+\d+@localhost$")
 STARTUP_TIMEOUT_S = 120
 CTL_TIMEOUT_S = 180
 
@@ -67,6 +70,7 @@ def _as_rabbit(argv: list[str], env: dict[str, str]) -> list[str]:
 
 @dataclass
 class Node:
+    prefix: str
     index: int
     port: int
     dist_port: int
@@ -74,7 +78,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        return f"rc{self.index}@localhost"
+        return f"{self.prefix}{self.index}@localhost"
 
     @property
     def url(self) -> str:
@@ -83,7 +87,7 @@ class Node:
     @property
     def source_ip(self) -> str:
         """Where this node's outgoing distribution connections come from."""
-        return f"127.0.0.1{self.index}"
+        return f"127.0.{1 + self.port % 250}.{self.index}"
 
     @property
     def pid_file(self) -> Path:
@@ -146,7 +150,10 @@ class Node:
         self.await_startup()
 
     def await_startup(self) -> None:
-        self.ctl("await_startup", "--timeout", str(STARTUP_TIMEOUT_S), timeout=STARTUP_TIMEOUT_S)
+        """Until the node has written its pid file (it may still be booting) and runs its apps."""
+        timeout = str(STARTUP_TIMEOUT_S)
+        self.ctl("wait", str(self.pid_file), "--timeout", timeout, timeout=STARTUP_TIMEOUT_S)
+        self.ctl("await_startup", "--timeout", timeout, timeout=STARTUP_TIMEOUT_S)
 
     def pid(self) -> int | None:
         try:
@@ -216,7 +223,10 @@ class Cluster:
         port = int(os.environ.get(PORT_ENV, "5781"))
         dist = int(os.environ.get(DIST_PORT_ENV, "25781"))
         self.base = base
-        self.nodes = [Node(i + 1, port + i, dist + i, base / f"rc{i + 1}") for i in range(size)]
+        prefix = os.environ.get(NAME_ENV, "rc")
+        self.nodes = [
+            Node(prefix, i + 1, port + i, dist + i, base / f"{prefix}{i + 1}") for i in range(size)
+        ]
         self._rules: list[list[str]] = []
 
     @property

@@ -312,9 +312,11 @@ class Ledger:
         error_code: str | None = None,
         headers: dict[str, str] | None = None,
         filename: str = "doc.pdf",
+        base_url: str | None = None,
         **fields: str,
     ) -> Upload:
-        """POST /v1/jobs (multipart); a 202 is recorded as acknowledged, anything else refused."""
+        """POST /v1/jobs (multipart) to `base_url` (default: the ledger's ingress); a 202 is
+        recorded as acknowledged, anything else refused."""
         form = aiohttp.FormData()
         form.add_field("file", pdf, filename=filename, content_type="application/pdf")
         if receiver is not None:
@@ -324,7 +326,7 @@ class Ledger:
         self.counts.submitted += 1
         try:
             async with self.http.post(
-                f"{self.base_url}/v1/jobs", data=form, headers=headers
+                f"{base_url or self.base_url}/v1/jobs", data=form, headers=headers
             ) as resp:
                 body = await resp.json(content_type=None)
                 result = Upload(
