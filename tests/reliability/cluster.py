@@ -165,11 +165,9 @@ class Node:
         pid = self.pid()
         if pid is None:
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        # A killed node may linger as a zombie of whoever reaps it (not us): not alive.
+        stat = _state(Path(f"/proc/{pid}"))
+        return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
 
     def kill(self) -> None:
         """SIGKILL to the node's Erlang VM (and its port programs), then wait until it is gone."""
@@ -182,6 +180,7 @@ class Node:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_gone(pid)
+        self.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """A clean stop of this node (`rabbitmqctl -n rcN@localhost stop`), pid file waited on."""
@@ -287,7 +286,9 @@ class Cluster:
         for node in self.nodes:
             if not node.alive():
                 continue
-            out = node.ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers")
+            out = node.ctl(
+                "list_queues", "-p", vhost, "name", "leader", "--no-table-headers", check=False
+            )
             for line in out.splitlines():
                 parts = line.split()
                 if len(parts) == 2 and parts[0] == queue:
@@ -346,3 +347,10 @@ def local_cluster(base: Path | None = None) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.teardown()
+
+
+def _state(proc: Path) -> str:
+    try:
+        return (proc / "stat").read_text()
+    except OSError:
+        return ""

@@ -248,14 +248,17 @@ class Ledger:
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         await message.ack()
-        if message.redelivered:
-            # The ledger's own connection dropped before its ack: not a second publish.
-            self.ledger_redeliveries += 1
-            return
         job_id = (message.headers or {}).get("job_id")
         key = message.routing_key or ""
         if not isinstance(job_id, str):
             return
+        if message.redelivered:
+            # The ledger's own connection dropped before its ack: not a second publish. Seen
+            # already, or never (the first delivery was lost on the way with the connection).
+            self.ledger_redeliveries += 1
+            seen = {(k, mid) for k, mid, _ in self._terminal(job_id)}
+            if key not in TERMINAL or (key, message.message_id) in seen:
+                return
         if key in TERMINAL:
             self.events.setdefault(job_id, []).append((key, message.message_id, time.monotonic()))
             await self._notify()
