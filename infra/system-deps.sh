@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages pdfrelay needs (Debian), installed only when missing:
 #   OCR: Tesseract with English and German data (MuPDF's built-in Tesseract reads the data);
-#   tests: docker-compose, to validate docker-compose.yml.
+#   tests: docker-compose, to validate docker-compose.yml; iptables, to cut a node of the test
+#   RabbitMQ cluster off (tests/reliability/test_cluster.py).
 #
 #   infra/system-deps.sh              everything, fails when it cannot install (`make test`)
 #   infra/system-deps.sh --ocr        only what the service uses (`make run`)
@@ -33,6 +34,8 @@ for lang in eng deu; do
 done
 if [ "$ocr_only" -eq 0 ]; then
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  # The cluster partition scenario cuts a RabbitMQ node off with iptables on loopback.
+  command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
