@@ -237,7 +237,7 @@ class Soak:
 
     # --- the end -----------------------------------------------------------------------------
 
-    async def door_outcomes(self, within: float) -> tuple[int, int, int]:
+    async def door_outcomes(self, within: float) -> tuple[int, int, int, list[str]]:
         """(ended, lost, duplicated) of the broker and object-drop jobs, after `within` s."""
 
         def ended() -> bool:
@@ -247,13 +247,19 @@ class Soak:
             async with asyncio.timeout(within), self.ledger.changed:
                 await self.ledger.changed.wait_for(ended)
         done = sum(1 for ref in self.door_refs if ref in self.ledger.by_ref)
-        dup = 0
+        dup, detail = 0, []
         for ref in self.door_refs:
-            for job_id in self.ledger.by_ref.get(ref, ()):
-                ids = {mid for _, mid, _ in self.ledger.events.get(job_id, [])}
-                dup += len(ids) > 1
-            dup += len(self.ledger.by_ref.get(ref, ())) > 1
-        return done, len(self.door_refs) - done, dup
+            jobs = self.ledger.by_ref.get(ref, set())
+            ends = {
+                (job_id, key, mid)
+                for job_id in jobs
+                for key, mid, _ in self.ledger.events.get(job_id, [])
+            }
+            # Copies of one event id are allowed; two jobs, or two distinct ends, are not.
+            if len(jobs) > 1 or len({(j, mid) for j, _, mid in ends}) > len(jobs):
+                dup += 1
+                detail.append(f"{ref}: {sorted(map(str, ends))}")
+        return done, len(self.door_refs) - done, dup, detail
 
 
 def _rss(pid: int) -> int:
@@ -352,8 +358,8 @@ async def _soak(
                 if not node.alive():
                     await asyncio.to_thread(node.start)
             beat.cancel()
-            door_done, door_lost, door_dup = await soak.door_outcomes(DRAIN_S)
-            problems: list[str] = []
+            door_done, door_lost, door_dup, detail = await soak.door_outcomes(DRAIN_S)
+            problems: list[str] = detail
             ledger.figures.update(
                 faults_injected=sum(soak.faults.values()),
                 faults=", ".join(f"{n} x {k}" for k, n in sorted(soak.faults.items())),
@@ -412,7 +418,8 @@ def _summary(
             "cancelled": c.cancelled,
             "cancel_requests_accepted": soak.cancels,
             "lost": c.lost,
-            "duplicated": c.duplicated_events,
+            "duplicated": 0 if not problems else "see problems",
+            "event_copies_same_id": c.duplicated_events,
             "webhooks_expected": c.webhooks_expected,
             "webhooks_delivered": c.webhooks_delivered,
             "webhook_repeats_same_id": c.duplicated_webhooks,

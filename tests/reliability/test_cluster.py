@@ -27,6 +27,23 @@ pytestmark = pytest.mark.integration
 
 CLIENT_PAUSE_S = 0.2
 """A refused client's pause before it retries (the service asks for `Retry-After`)."""
+CLUSTER_LEADER_KILL = (
+    "10-cluster-leader-kill",
+    "Cluster: the node leading the extract queue SIGKILLed mid-batch, then started again",
+)
+CLUSTER_ROLLING_RESTART = (
+    "11-cluster-rolling-restart",
+    "Cluster: each node stopped and started in turn while two clients upload",
+)
+CLUSTER_SHARED_WORK = (
+    "12-cluster-shared-work",
+    "Cluster: two ingress and two extract processes share a batch, no fault",
+)
+CLUSTER_PARTITION = (
+    "13-cluster-partition",
+    "Cluster: the extract queue's leader cut off from the others (iptables on loopback), "
+    "then healed",
+)
 PACE_S = 0.25
 """A client's pause between two uploads: a steady load, not as many jobs as the machine takes."""
 
@@ -122,13 +139,7 @@ async def _run_with_load(cs: ClusterService, fault: Any, clients: int = 2) -> No
 async def test_extract_queue_leader_killed_mid_batch(
     cluster: Cluster, fault_settings: Any, tmp_path: Path
 ) -> None:
-    async with cluster_service(
-        cluster,
-        fault_settings,
-        tmp_path,
-        "10-cluster-leader-kill",
-        "Cluster: the node leading the extract queue SIGKILLed mid-batch, then started again",
-    ) as cs:
+    async with cluster_service(cluster, fault_settings, tmp_path, *CLUSTER_LEADER_KILL) as cs:
         queue = cs.svc.ctx.topology.extract
 
         async def fault() -> None:
@@ -152,13 +163,7 @@ async def test_extract_queue_leader_killed_mid_batch(
 async def test_rolling_restart_while_uploading(
     cluster: Cluster, fault_settings: Any, tmp_path: Path
 ) -> None:
-    async with cluster_service(
-        cluster,
-        fault_settings,
-        tmp_path,
-        "11-cluster-rolling-restart",
-        "Cluster: each node stopped and started in turn while two clients upload",
-    ) as cs:
+    async with cluster_service(cluster, fault_settings, tmp_path, *CLUSTER_ROLLING_RESTART) as cs:
 
         async def fault() -> None:
             for node in cluster.nodes:
@@ -176,13 +181,7 @@ async def test_rolling_restart_while_uploading(
 async def test_two_ingress_two_extract_share_the_work(
     cluster: Cluster, fault_settings: Any, tmp_path: Path
 ) -> None:
-    async with cluster_service(
-        cluster,
-        fault_settings,
-        tmp_path,
-        "12-cluster-shared-work",
-        "Cluster: two ingress and two extract processes share a batch, no fault",
-    ) as cs:
+    async with cluster_service(cluster, fault_settings, tmp_path, *CLUSTER_SHARED_WORK) as cs:
         docs = [document(i, LONG if i % 4 == 0 else 2) for i in range(24)]
         await asyncio.gather(
             *(
@@ -204,14 +203,7 @@ async def test_node_cut_off_and_healed(
 ) -> None:
     if reason := Cluster.partition_reason():
         pytest.skip(f"no partition on this machine: {reason}")
-    async with cluster_service(
-        cluster,
-        fault_settings,
-        tmp_path,
-        "13-cluster-partition",
-        "Cluster: the extract queue's leader cut off from the others (iptables on loopback), "
-        "then healed",
-    ) as cs:
+    async with cluster_service(cluster, fault_settings, tmp_path, *CLUSTER_PARTITION) as cs:
         queue = cs.svc.ctx.topology.extract
 
         async def fault() -> None:
