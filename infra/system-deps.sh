@@ -3,7 +3,8 @@
 #   OCR: Tesseract with English and German data (MuPDF's built-in Tesseract reads the data);
 #   tests: docker-compose, to validate docker-compose.yml; chromium, the browser the console's
 #   end-to-end tests drive (Playwright with `executable_path`; its own browser download is not
-#   used). CHROMIUM (default /usr/bin/chromium) is where it is looked for.
+#   used). CHROMIUM (default /usr/bin/chromium) is where it is looked for; iptables, to cut a node
+#   of the test RabbitMQ cluster off (tests/reliability/test_cluster.py).
 #
 #   infra/system-deps.sh              everything, fails when it cannot install (`make test`)
 #   infra/system-deps.sh --ocr        only what the service uses (`make run`)
@@ -36,6 +37,8 @@ done
 if [ "$ocr_only" -eq 0 ]; then
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+  # The cluster partition scenario cuts a RabbitMQ node off with iptables on loopback.
+  command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     )
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
-    """RabbitMQ."""
+    """RabbitMQ; the nodes of a cluster comma-separated (`amqp://…:5672/,amqp://…:5673/`):
+    tried in turn, at start and on every reconnect."""
+    quorum_group_size: int | None = Field(default=None, ge=1, le=99)
+    """Replicas of each quorum queue (`x-quorum-initial-group-size`) when declared; unset: the
+    broker's default (every node of the cluster, one on a single node)."""
     namespace: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")] = "pdfrelay"
     """Prefix of every exchange and queue name; tests use their own."""
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from handlers import extract, ingress, webhooks
+from shared.adapters.brokers import connect_any
 from shared.adapters.topology import delete, topology_for
 from shared.doors.table import DOORS
 from shared.runtime.context import Context, open_context
@@ -199,7 +199,7 @@ async def running_stack(
 async def _cleanup(ctx: Context) -> None:
     # A connection of its own: after a broker restart the context's comes back in its own
     # time. What is left (a quorum queue still starting then) goes with the session's vhost.
-    async with await aio_pika.connect(ctx.settings.amqp_url.get_secret_value()) as connection:
+    async with await connect_any(ctx.settings.amqp_url.get_secret_value()) as connection:
         await delete(connection, topology_for(ctx.settings))
     for key in await ctx.storage.list_keys(""):
         await ctx.storage.delete(key)

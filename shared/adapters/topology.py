@@ -44,6 +44,8 @@ class Topology:
     max_queue_length: int
     retry_delays_ms: tuple[int, ...] = ()
     backoff_ms: int = 5000
+    quorum_group_size: int | None = None
+    """Replicas of each quorum queue; None: the broker's default."""
 
     # exchanges
     @property
@@ -316,6 +318,7 @@ def topology_for(settings: Settings) -> Topology:
         max_queue_length=settings.max_queue_length,
         backoff_ms=max(1, round(settings.transient_backoff_s * 1000)),
         retry_delays_ms=tuple(max(1, round(d * 1000)) for d in settings.webhook_retry_delays()),
+        quorum_group_size=settings.quorum_group_size,
     )
 
 
@@ -324,7 +327,10 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
     for ex in topology.exchanges():
         await channel.declare_exchange(ex.name, ex.type, durable=True)
     for q in topology.queues():
-        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+        arguments = q.arguments
+        if topology.quorum_group_size is not None and arguments.get("x-queue-type") == "quorum":
+            arguments = {**arguments, "x-quorum-initial-group-size": topology.quorum_group_size}
+        queue = await channel.declare_queue(q.name, durable=True, arguments=arguments)
         for exchange, key in q.bindings:
             await queue.bind(exchange, routing_key=key)
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace
 
+from shared.adapters.brokers import split_urls
 from shared.settings import Settings
 
 LogFormat = Literal["json", "text"]
@@ -230,9 +231,10 @@ def settings_secrets(settings: Settings) -> list[str]:
     values = [*settings.webhook_secrets(), settings.s3_secret_key.get_secret_value()]
     with contextlib.suppress(ValueError):
         values.extend(settings.tenant_keys())
-    password = urlsplit(settings.amqp_url.get_secret_value()).password
-    if password and len(password) >= 8:
-        # (Short ones, like the development `guest`, would mask ordinary words; the URL
-        # pattern still masks them inside URLs.)
-        values.append(password)
+    for url in split_urls(settings.amqp_url.get_secret_value()):
+        password = urlsplit(url).password
+        if password and len(password) >= 8:
+            # (Short ones, like the development `guest`, would mask ordinary words; the URL
+            # pattern still masks them inside URLs.)
+            values.append(password)
     return values

@@ -10,9 +10,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from shared.adapters.brokers import connect_robust
 from shared.adapters.storage import Storage
 from shared.adapters.topology import Topology, declare, topology_for
 from shared.errors import StartupError
@@ -93,7 +93,7 @@ async def open_context(
         stack.callback(storage.close)
         await storage.ensure_bucket()
 
-        connection = await aio_pika.connect_robust(
+        connection = await connect_robust(
             settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": f"pdfrelay-{name}"},
         )

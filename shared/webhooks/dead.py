@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from shared.adapters.broker import publish
+from shared.adapters.brokers import connect_any
 from shared.adapters.topology import Topology, topology_for
 from shared.models import WebhookDelivery
 from shared.settings import Settings
@@ -64,7 +64,7 @@ async def _dead_queue(
     topo = topology_for(settings)
     # Not a robust connection: if it drops half-way, every unacked message is back in the
     # queue and the command fails loudly rather than carrying on with a new channel.
-    connection = await aio_pika.connect(
+    connection = await connect_any(
         settings.amqp_url.get_secret_value(),
         client_properties={"connection_name": "pdfrelay-dlq"},
     )

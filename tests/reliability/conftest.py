@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shared.webhooks.signing import generate_secret
 from tests.conftest import _free_port
+from tests.reliability.cluster import Cluster, ClusterUnavailable, local_cluster, unavailable_reason
 
 SLOW_ENV = "PDFRELAY_SLOW"
 """Set to 1 to run the long variants marked `slow` as well."""
@@ -46,3 +48,16 @@ def fault_settings(make_settings: Any) -> Any:
         return make_settings(**values)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """A three-node RabbitMQ cluster beside the machine's broker, once per session."""
+    if reason := unavailable_reason():
+        pytest.skip(f"no local RabbitMQ cluster: {reason}")
+    try:
+        # Under /tmp, not pytest's folder: the rabbitmq user cannot enter that one.
+        with local_cluster() as started:
+            yield started
+    except ClusterUnavailable as exc:
+        pytest.skip(f"the local RabbitMQ cluster did not start: {exc}")

@@ -29,6 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection, Abst
 from aiohttp import web
 from standardwebhooks import Webhook
 
+from shared.adapters.brokers import connect_robust
 from shared.adapters.topology import topology_for
 from shared.jobs.outcome import event_id
 from shared.settings import Settings
@@ -208,7 +209,7 @@ class Ledger:
     async def start(self) -> None:
         """Subscribe to every job event of the scenario's namespace (a durable quorum queue)."""
         topology = topology_for(self.settings)
-        self._connection = await aio_pika.connect_robust(
+        self._connection = await connect_robust(
             self.settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": f"ledger-{self.scenario}"},
         )
@@ -247,14 +248,17 @@ class Ledger:
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         await message.ack()
-        if message.redelivered:
-            # The ledger's own connection dropped before its ack: not a second publish.
-            self.ledger_redeliveries += 1
-            return
         job_id = (message.headers or {}).get("job_id")
         key = message.routing_key or ""
         if not isinstance(job_id, str):
             return
+        if message.redelivered:
+            # The ledger's own connection dropped before its ack: not a second publish. Seen
+            # already, or never (the first delivery was lost on the way with the connection).
+            self.ledger_redeliveries += 1
+            seen = {(k, mid) for k, mid, _ in self._terminal(job_id)}
+            if key not in TERMINAL or (key, message.message_id) in seen:
+                return
         if key in TERMINAL:
             self.events.setdefault(job_id, []).append((key, message.message_id, time.monotonic()))
             await self._notify()
@@ -311,9 +315,11 @@ class Ledger:
         error_code: str | None = None,
         headers: dict[str, str] | None = None,
         filename: str = "doc.pdf",
+        base_url: str | None = None,
         **fields: str,
     ) -> Upload:
-        """POST /v1/jobs (multipart); a 202 is recorded as acknowledged, anything else refused."""
+        """POST /v1/jobs (multipart) to `base_url` (default: the ledger's ingress); a 202 is
+        recorded as acknowledged, anything else refused."""
         form = aiohttp.FormData()
         form.add_field("file", pdf, filename=filename, content_type="application/pdf")
         if receiver is not None:
@@ -323,7 +329,7 @@ class Ledger:
         self.counts.submitted += 1
         try:
             async with self.http.post(
-                f"{self.base_url}/v1/jobs", data=form, headers=headers
+                f"{base_url or self.base_url}/v1/jobs", data=form, headers=headers
             ) as resp:
                 body = await resp.json(content_type=None)
                 result = Upload(
