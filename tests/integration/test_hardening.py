@@ -17,7 +17,7 @@ from aiohttp import web
 
 from handlers import ingress, requests
 from shared.jobs.quota import pages_in_flight
-from shared.jobs.records import record_key, result_key
+from shared.jobs.records import job_result_key, record_key
 from shared.runtime.consumer import REASON_HEADER
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
@@ -408,7 +408,8 @@ class _Seen(logging.Handler):
 async def test_a_client_leaving_mid_download_is_logged_at_info(stack: Stack) -> None:
     job = await upload(stack, make_pdf(["a"]))
     assert (await wait_done(stack, job["job_id"]))["status"] == "completed"
-    await stack.ctx.storage.put_bytes(result_key(job["job_id"]), b"x" * (32 * 1024 * 1024))
+    record = await stack.ctx.jobs.get(job["job_id"], "default")
+    await stack.ctx.storage.put_bytes(job_result_key(record), b"x" * (32 * 1024 * 1024))
     seen = _Seen("disconnected mid-download")
     watched = [logging.getLogger("handlers.ingress"), logging.getLogger("aiohttp")]
     levels = [logger.level for logger in watched]

@@ -46,6 +46,8 @@ STORED = [
     re.compile(rf"^uploads/(?P<id>{_ID})\.pdf$"),
     re.compile(rf"^jobs/(?P<id>{_ID})/[a-z_]+\.json$"),
     re.compile(rf"^results/(?P<id>{_ID})/result\.json$"),
+    re.compile(rf"^results/c-[0-9a-f]{{64}}/(?P<id>{_ID})\.json$"),
+    re.compile(rf"^results/(?P<id>{_ID})/cache-summary\.json$"),
     re.compile(rf"^results/(?P<id>{_ID})/artifacts/[A-Za-z0-9_.-]+$"),
     re.compile(rf"^index/(?:acme|globex)/\d{{13}}-(?P<id>{_ID})\.json$"),
     re.compile(rf"^inflight/(?:acme|globex)/(?P<id>{_ID})\.\d+$"),
