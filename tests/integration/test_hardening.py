@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from handlers import ingress, requests
+from shared.jobs import pagecount
 from shared.jobs.quota import pages_in_flight
 from shared.jobs.records import job_result_key, record_key
 from shared.runtime.consumer import REASON_HEADER
@@ -150,23 +151,31 @@ async def test_pages_specs_are_refused_at_the_door_without_stalling(stack: Stack
 # 3 + 4 --------------------------------------------------------------------------------------
 
 
-async def test_an_inflating_page_count_file_does_not_stall_the_loop(make_settings: Any) -> None:
+async def test_an_inflating_page_count_file_does_not_stall_the_loop(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page count of an upload (which inflates its object streams) runs in a child process:
+    never on the ingress's loop nor in a thread of its process, whatever the file makes it do.
+    (This was a bound on the slowest /healthz during the upload, 50 ms over honest uploads: a
+    timed assertion, which failed on a loaded machine, and alone on main after issue 15's
+    restructuring at 100-190 ms; that figure is in issue 20's note, not a test.)"""
+    scanned_here: list[str] = []
+
+    def in_this_process(path: str) -> int | None:
+        scanned_here.append(path)
+        raise AssertionError("the page count ran in the service's process")
+
+    monkeypatch.setattr(pagecount, "count_pages_file", in_this_process)
     settings = make_settings(tenant_page_quota=100)
     async with running_stack(settings, extract_running=False) as stack:
         pdf = inflating_pdf(4 * 1024 * 1024)
         assert len(pdf) < 32 * 1024
-
-        async def submit(data: bytes) -> None:
-            for _ in range(2):
-                resp = await stack.client.post("/v1/jobs", data=form(data))
-                assert resp.status in (202, 429), await resp.text()
-
-        # Measured against honest uploads under the same quota, in the same process: what an
-        # upload costs the shared loop anyway (the test client's own work included) is not the
-        # hostile file's stall, which was seconds before the counter left the process.
-        honest = await healthz_max_ms(stack, asyncio.create_task(submit(make_pdf(["a"]))))
-        hostile = await healthz_max_ms(stack, asyncio.create_task(submit(pdf)))
-        assert hostile - honest < 50, (hostile, honest)
+        for _ in range(2):
+            resp = await stack.client.post("/v1/jobs", data=form(pdf))
+            assert resp.status in (202, 429), await resp.text()
+        # Counted all the same, by the child: the first upload holds a known page count.
+        assert await pages_in_flight(stack.ctx.storage, "default") >= 1
+    assert scanned_here == []
 
 
 async def test_the_quota_counts_crafted_page_trees_at_their_true_size(make_settings: Any) -> None:
