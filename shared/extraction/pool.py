@@ -19,7 +19,6 @@ import asyncio
 import collections
 import contextlib
 import gc
-import hashlib
 import json
 import multiprocessing
 import os
@@ -69,7 +68,7 @@ class WorkOutput:
     warnings: tuple[str, ...]
     artifacts: tuple[ArtifactFile, ...]
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)
-    """(size, sha256 hex) by path, of the result and every artifact, computed by the worker."""
+    """(size, sha256 hex) by path of every artifact, computed by the worker."""
 
 
 def extract_limits(settings: Settings, *, range_part: bool = False) -> ExtractLimits:
@@ -139,10 +138,9 @@ def _extracted(
     path = os.path.join(req.out_dir, RESULT_FILE)
     data = out.result.model_dump_json(by_alias=True).encode()
     Path(path).write_bytes(data)
-    # Digests once, here, where the bytes are: the handler and the cache reuse them.
-    digests = {path: (len(data), hashlib.sha256(data).hexdigest())}
-    for art in out.artifacts:
-        digests[art.path] = file_digest(art.path)
+    # The artifacts' digests once, here, where the bytes are: the handler reuses them. The
+    # result needs none (the cache key is the source's digest, the S3 client checks its own).
+    digests = {art.path: file_digest(art.path) for art in out.artifacts}
     return (
         "ok",
         path,

@@ -136,14 +136,13 @@ async def plan(
             last=last,
             parts=len(spans),
         )
-        await publish(
-            ctx.channel,
-            ctx.topology.tasks,
-            ctx.topology.RANGE_KEY,
-            task,
-            message_id=f"{job.job_id}.{first}-{last}",
-        )
+        await _publish_task(ctx, ctx.topology.RANGE_KEY, task, f"{job.job_id}.{first}-{last}")
     return True
+
+
+async def _publish_task(ctx: Context, key: str, task: ExtractTask, message_id: str) -> None:
+    """A range or merge task on the tasks exchange (confirmed; `message_id` makes it unique)."""
+    await publish(ctx.channel, ctx.topology.tasks, key, task, message_id=message_id)
 
 
 async def handle_range(task: ExtractTask, ctx: ExtractContext, job: Job) -> None:
@@ -190,13 +189,7 @@ async def _store_part(ctx: Context, job: Job, task: ExtractTask, part: RangePart
         merge = ExtractTask(
             job_id=job.job_id, tenant=job.tenant, webhook=task.webhook, parts=task.parts
         )
-        await publish(
-            ctx.channel,
-            ctx.topology.tasks,
-            ctx.topology.MERGE_KEY,
-            merge,
-            message_id=f"{job.job_id}.merge",
-        )
+        await _publish_task(ctx, ctx.topology.MERGE_KEY, merge, f"{job.job_id}.merge")
 
 
 async def _report_progress(ctx: Context, job: Job, part_keys: list[str]) -> None:
