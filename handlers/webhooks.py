@@ -21,8 +21,8 @@ from shared.webhooks.dispatch import (
     Ladder,
     attempts_made,
     dispatcher_secrets,
+    enqueue,
     next_state,
-    requeue,
 )
 from shared.webhooks.sealing import Sealer
 from shared.webhooks.ssrf import SsrfConnector, SsrfPolicy
@@ -88,7 +88,7 @@ async def handle_redeliver(
         log.error("cannot redeliver the webhook of job %s: %s", req.job_id, exc)
         return
     await d.record(delivery, WebhookState(url=delivery.url))
-    await requeue(ctx, delivery)
+    await enqueue(ctx, delivery)
 
 
 async def serve(ctx: Context, stop: asyncio.Event) -> None:

@@ -12,6 +12,7 @@ from shared.errors import NotRoutable, TransientError
 from shared.jobs.records import public_view
 from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
 from shared.runtime.context import Context
+from shared.webhooks.dispatch import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,7 @@ async def queue_webhook(
         token=webhook.token,
         body=body,
     )
-    await publish(
-        ctx.channel,
-        ctx.topology.webhooks_exchange,
-        ctx.topology.webhooks,
-        delivery,
-        message_id=delivery.event_id,
-    )
+    await enqueue(ctx, delivery)
 
 
 class ProgressWebhooks:

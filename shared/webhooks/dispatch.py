@@ -167,8 +167,9 @@ class Dispatcher:
         )
 
 
-async def requeue(ctx: Context, delivery: WebhookDelivery) -> None:
-    """Send a delivery to the dispatch queue afresh (attempt count reset)."""
+async def enqueue(ctx: Context, delivery: WebhookDelivery) -> None:
+    """Send a delivery to the dispatch queue with a fresh attempt count: its first attempt, or
+    its redelivery."""
     await publish(
         ctx.channel,
         ctx.topology.webhooks_exchange,
