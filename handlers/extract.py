@@ -7,7 +7,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -82,12 +82,8 @@ async def _handle(
         job = lifecycle.started(job, attempts)
         return job
 
-    async def begin() -> Job:
-        # A split document: the planner stores it processing, with its page total, at once.
-        return started()
-
     try:
-        out = await _extract(ctx, job, task.webhook, begin, started, redelivered)
+        out = await _extract(ctx, job, started, task.webhook, redelivered)
         if out is None:
             return  # split into page ranges: the merge ends the job
     except JobCancelled:
@@ -118,9 +114,8 @@ async def _handle(
 async def _extract(
     ctx: ExtractContext,
     job: Job,
+    started: Callable[[], Job],
     webhook: WebhookSpec | None = None,
-    begin: Callable[[], Awaitable[Job]] | None = None,
-    started: Callable[[], Job] | None = None,
     redelivered: bool = False,
 ) -> Stored | None:
     """The job's stored result; None when it was split into page ranges (shared/jobs/fanout.py)."""
@@ -134,14 +129,12 @@ async def _extract(
         if found.hit is not None:
             return Stored(found.hit, cache.entry_key(found.key, job.job_id), found.sha256)
         await raise_if_requested(ctx, job, redelivered)
-        if await fanout.plan(ctx, job, webhook, pdf_path, begin):
-            return None
         # Progress webhooks asked for: progress from the start; else after progress_after_s.
         after_s = 0.0 if webhook is not None and webhook.progress else settings.progress_after_s
         progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook), after_s)
 
         async def on_slot() -> None:
-            progress.start(started() if started is not None else job)
+            progress.start(started())
 
         try:
             with ctx.metrics.extraction_seconds.time():
@@ -151,6 +144,7 @@ async def _extract(
                         out_dir=tmp,
                         options=job.options,
                         limits=extract_limits(settings),
+                        split_above=fanout.split_above(settings, job),
                     ),
                     progress.update,
                     job_id=job.job_id,
@@ -159,6 +153,10 @@ async def _extract(
         finally:
             # Before the job's ending is written: no progress write may land after it.
             await progress.flush()
+        if out.split:
+            # The planner stores it processing (started at on_slot), with its page total.
+            await fanout.plan(ctx, progress.job, webhook, pdf_path, out.page_count)
+            return None
         ctx.metrics.job_pages.observe(out.pages_extracted)
         summary, key = await _store(ctx, job, out, found.key)
         return Stored(summary, key, found.sha256)
