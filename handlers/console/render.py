@@ -9,7 +9,6 @@ import tempfile
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.console.messages import PreviewReply, PreviewRequest, preview_key
-from shared.adapters.broker import publish
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, NotRoutable, PdfRelayError, PermanentError
 from shared.extraction.pool import WorkRequest, extract_limits
@@ -28,9 +27,7 @@ async def handle(req: PreviewRequest, ctx: Context, message: AbstractIncomingMes
     if not message.reply_to:
         return
     try:
-        await publish(
-            ctx.channel, "", message.reply_to, reply, correlation_id=message.correlation_id
-        )
+        await ctx.broker.publish("", message.reply_to, reply, correlation_id=message.correlation_id)
     except NotRoutable:
         # The asking ingress has gone (or given up and restarted): the PNG stays cached.
         log.info("preview of job %s: nobody waits for the reply any more", req.job_id)

@@ -20,7 +20,6 @@ from typing import Literal
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ConfigDict, Field, ValidationError
 
-from shared.adapters.broker import publish
 from shared.errors import JobCancelled, NotRoutable
 from shared.jobs import lifecycle
 from shared.models import JOB_ID_RE, Frozen, Job, JobStatus
@@ -52,7 +51,7 @@ async def request_cancel(ctx: Context, job: Job) -> Job:
     if job.status is JobStatus.QUEUED:
         job = await lifecycle.cancel_queued(ctx, job)
     try:
-        await publish(ctx.channel, ctx.topology.control, "", CancelRequest(job_id=job.job_id))
+        await ctx.broker.publish(ctx.topology.control, "", CancelRequest(job_id=job.job_id))
     except NotRoutable:
         # No extract process is up: none runs the job, and the marker stops it when one comes.
         log.info("job %s: no extract handler to tell about its cancel", job.job_id)
