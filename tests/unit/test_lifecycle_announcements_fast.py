@@ -15,8 +15,9 @@ import pytest
 from shared.doors.outbox import outbox_key
 from shared.doors.table import DOORS
 from shared.errors import ErrorCode
-from shared.jobs import lifecycle
+from shared.jobs import lifecycle, progress
 from shared.jobs.outcome import event_id
+from shared.jobs.progress import ProgressReporter
 from shared.jobs.records import record_key
 from shared.models import Job, JobResultSummary, JobStatus, WebhookSpec, new_job_id
 from shared.runtime.context import Context
@@ -209,3 +210,22 @@ async def test_every_ending_publishes_only_to_the_events_webhooks_and_reply_exch
             (topo.webhooks_exchange, topo.webhooks): 3,
         }
     )
+
+
+async def test_progress_is_events_at_the_workers_pace_and_a_throttled_record_write(
+    fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(progress, "RECORD_INTERVAL_S", 3600.0)  # no second write, however slow
+    job = lifecycle.started(await fakes.accepted(), attempts=1)
+    reporter = ProgressReporter(fakes.ctx, job)
+    reporter.start(job)
+    for done in (1, 2, 3):
+        reporter.update(done, 3)
+        await reporter.flush()
+    kinds = [kind for kind, _ in fakes.events()]
+    assert kinds == ["job.progress"] * 3
+    assert [m for _, m in fakes.events()] == [None] * 3  # superseded, never de-duplicated
+    # accepted; then `processing` with its first progress; the rest within RECORD_INTERVAL_S
+    assert fakes.record_writes(job) == 2
+    stored = await fakes.ctx.jobs.get(job.job_id, "acme")
+    assert stored.status is JobStatus.PROCESSING
