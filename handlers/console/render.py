@@ -13,12 +13,14 @@ from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, NotRoutable, PdfRelayError, PermanentError
 from shared.extraction.pool import WorkRequest, extract_limits
 from shared.models import ExtractOptions
-from shared.runtime.context import Context
+from shared.runtime.context import ExtractContext
 
 log = logging.getLogger(__name__)
 
 
-async def handle(req: PreviewRequest, ctx: Context, message: AbstractIncomingMessage) -> None:
+async def handle(
+    req: PreviewRequest, ctx: ExtractContext, message: AbstractIncomingMessage
+) -> None:
     try:
         await _render(ctx, req)
         reply = PreviewReply(ok=True)
@@ -33,8 +35,7 @@ async def handle(req: PreviewRequest, ctx: Context, message: AbstractIncomingMes
         log.info("preview of job %s: nobody waits for the reply any more", req.job_id)
 
 
-async def _render(ctx: Context, req: PreviewRequest) -> None:
-    assert ctx.pool is not None
+async def _render(ctx: ExtractContext, req: PreviewRequest) -> None:
     with tempfile.TemporaryDirectory(prefix="pdfrelay-preview-", dir=ctx.settings.spool_dir) as tmp:
         pdf_path = f"{tmp}/source.pdf"
         try:
