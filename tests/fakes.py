@@ -10,9 +10,8 @@ from typing import Any, Unpack, cast
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from minio.lifecycleconfig import LifecycleConfig
-from pydantic import BaseModel
 
-from shared.adapters.broker import MessageProperties
+from shared.adapters.broker import Body, MessageProperties
 from shared.adapters.storage import ObjectInfo, ObjectNotFound, Storage
 from shared.adapters.topology import topology_for
 from shared.errors import NotRoutable
@@ -127,11 +126,7 @@ class InMemoryBroker:
         self.unroutable: set[str] = set()
 
     async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: BaseModel | bytes,
-        **properties: Unpack[MessageProperties],
+        self, exchange: str, routing_key: str, body: Body, **properties: Unpack[MessageProperties]
     ) -> None:
         if routing_key in self.unroutable:
             raise NotRoutable(f"no queue for {exchange!r}/{routing_key!r}")

@@ -62,6 +62,10 @@ async def publish(
         raise TransientError("the broker is unavailable") from exc
 
 
+Body = BaseModel | bytes
+"""A message's body: a pydantic message (sent as its JSON) or bytes as they are."""
+
+
 class MessageProperties(TypedDict, total=False):
     """The keyword arguments of `publish` after the body, as one type for `Broker`."""
 
@@ -78,11 +82,7 @@ class Broker(Protocol):
     tests (tests/fakes.py). The contract and errors are `publish`'s."""
 
     async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: BaseModel | bytes,
-        **properties: Unpack[MessageProperties],
+        self, exchange: str, routing_key: str, body: Body, **properties: Unpack[MessageProperties]
     ) -> None: ...
 
 
@@ -93,10 +93,6 @@ class ChannelBroker:
         self.channel = channel
 
     async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: BaseModel | bytes,
-        **properties: Unpack[MessageProperties],
+        self, exchange: str, routing_key: str, body: Body, **properties: Unpack[MessageProperties]
     ) -> None:
         await publish(self.channel, exchange, routing_key, body, **properties)
