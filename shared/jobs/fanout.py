@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
-from shared.adapters.broker import publish
 from shared.errors import ErrorCode, JobCancelled, PermanentError
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.fanout import (
@@ -137,7 +136,7 @@ async def plan(
 
 async def _publish_task(ctx: Context, key: str, task: ExtractTask, message_id: str) -> None:
     """A range or merge task on the tasks exchange (confirmed; `message_id` makes it unique)."""
-    await publish(ctx.channel, ctx.topology.tasks, key, task, message_id=message_id)
+    await ctx.broker.publish(ctx.topology.tasks, key, task, message_id=message_id)
 
 
 async def handle_range(task: ExtractTask, ctx: ExtractContext, job: Job) -> None:
