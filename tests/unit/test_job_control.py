@@ -11,7 +11,8 @@ import pymupdf
 import pytest
 
 from handlers.jobs_api import sse
-from infra.client import _out_stems, _since, sse_events
+from infra.client import _out_stems, _since
+from pdfrelay_client.sse import sse_events
 from shared.jobs.pagecount import count_pages_file, count_pages_in
 from shared.jobs.quota import RETRY_AFTER_UNMEASURED_S, retry_after_s
 from shared.jobs.records import index_key, index_name, inflight_key, parse_index_name
@@ -146,7 +147,7 @@ async def test_sse_round_trip() -> None:
     )
     reader.feed_data(payload)
     reader.feed_eof()
-    events = [(kind, json.loads(data)) async for kind, data in sse_events(reader)]  # type: ignore[arg-type]
+    events = [(kind, json.loads(data)) async for kind, data in sse_events(reader)]
     assert events == [
         ("job.state", {"status": "queued", "text": "two\nlines"}),
         ("job.completed", {"status": "completed"}),
