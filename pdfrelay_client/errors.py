@@ -9,7 +9,7 @@ after the client's own bounded retries ran out), and so on.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pdfrelay_client.models import Job
@@ -47,6 +47,8 @@ class ErrorCode(StrEnum):
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     DECOMPRESSION_LIMIT = "DECOMPRESSION_LIMIT"
+    BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+    BATCH_REFUSED = "BATCH_REFUSED"
 
 
 def as_code(raw: str) -> ErrorCode | str:
@@ -77,13 +79,20 @@ class ApiError(PdfRelayError):
     """The service answered with an error: `{"error": {"code", "message"}}`."""
 
     def __init__(
-        self, status: int, code: ErrorCode | str, message: str, retry_after: float | None = None
+        self,
+        status: int,
+        code: ErrorCode | str,
+        message: str,
+        retry_after: float | None = None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}" if code else message)
         self.status = status
         self.code = code
         self.detail = message
         self.retry_after = retry_after
+        self.body = body or {}
+        """The whole `error` object (`BATCH_REFUSED` has `items`: every file and why)."""
 
 
 class InvalidInput(ApiError):
@@ -121,7 +130,13 @@ class JobFailed(PdfRelayError):
         self.code: ErrorCode | str | None = err.code if err else None
 
 
-def error_for(status: int, code: str, message: str, retry_after: float | None = None) -> ApiError:
+def error_for(
+    status: int,
+    code: str,
+    message: str,
+    retry_after: float | None = None,
+    body: dict[str, Any] | None = None,
+) -> ApiError:
     """The `ApiError` subclass for an error answer."""
     cls: type[ApiError]
     if status == 401:
@@ -136,4 +151,4 @@ def error_for(status: int, code: str, message: str, retry_after: float | None = 
         cls = InvalidInput
     else:
         cls = ServerError
-    return cls(status, as_code(code), message, retry_after)
+    return cls(status, as_code(code), message, retry_after, body)
