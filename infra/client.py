@@ -31,6 +31,7 @@ from pdfrelay_client import (
     DEFAULT_URL,
     ApiError,
     AsyncClient,
+    Batch,
     ConnectionFailed,
     Job,
     NotFound,
@@ -138,6 +139,7 @@ class Submit:
         self.follow = bool(args.wait or args.out)
         self.stems = _out_stems(args.files)
         self.sem = asyncio.Semaphore(args.concurrency)
+        self.batches: list[Batch] = []
         client.on_retry(self._retrying)
 
     def _retrying(self, refusal: ApiError, wait: float) -> None:
@@ -159,17 +161,90 @@ class Submit:
                 self._status(task, f"[red]{escape(message)}")
         return outcome
 
+    async def batched(self, paths: list[str]) -> list[Outcome]:
+        """Several files: one batch request per `--batch-size` files, then each item followed."""
+        outcomes = [Outcome(p) for p in paths]
+        tasks = [
+            self.progress.add_task(escape(os.path.basename(p)), total=None, status="waiting")
+            for p in paths
+        ]
+        accepted: list[tuple[int, Job]] = []
+        size = self.args.batch_size
+        for start in range(0, len(paths), size):
+            chunk = paths[start : start + size]
+            for n in range(len(chunk)):
+                self._status(tasks[start + n], "uploading")
+            for n, job, error in await self._submit_chunk(chunk):
+                if error is not None:
+                    outcomes[start + n].error = error
+                    self._status(tasks[start + n], f"[red]{escape(error)}")
+                elif job is not None:
+                    accepted.append((start + n, job))
+        async with asyncio.TaskGroup() as group:
+            for i, job in accepted:
+                group.create_task(self._follow_item(paths[i], tasks[i], outcomes[i], job))
+        return outcomes
+
+    async def _submit_chunk(self, chunk: list[str]) -> list[tuple[int, Job | None, str | None]]:
+        """(place in `chunk`, its job, or why it was refused) of each file of one batch."""
+        ref = self.args.client_ref or None
+        try:
+            batch = await self.client.submit_batch(
+                chunk,
+                self._options(),
+                webhook=self.args.webhook_url or None,
+                client_refs=[ref] * len(chunk) if ref else None,
+            )
+        except ConnectionFailed:
+            raise
+        except PdfRelayError as exc:
+            message = cli_error(exc).message
+            items = exc.body.get("items") if isinstance(exc, ApiError) else None
+            if not items:
+                return [(n, None, message) for n in range(len(chunk))]
+            return [
+                (int(i["index"]), None, f"{i['error']['code']}: {i['error']['message']}")
+                for i in items
+            ]
+        self.batches.append(batch)
+        out: list[tuple[int, Job | None, str | None]] = []
+        for item in batch.items:
+            if item.job_id is None:
+                err = item.error
+                out.append((item.index, None, f"{err.code}: {err.message}" if err else "refused"))
+            else:
+                out.append((item.index, Job(item.job_id, item.status), None))
+        return out
+
+    async def _follow_item(self, path: str, task: TaskID, outcome: Outcome, job: Job) -> None:
+        _TASK.set(task)
+        async with self.sem:
+            try:
+                await self._after_upload(path, task, outcome, job)
+            except ConnectionFailed:
+                raise
+            except (PdfRelayError, CliError) as exc:
+                message = exc.message if isinstance(exc, CliError) else cli_error(exc).message
+                outcome.error = message
+                self._status(task, f"[red]{escape(message)}")
+
     def _status(self, task: TaskID, status: str, **kw: Any) -> None:
         self.progress.update(task, status=status, **kw)
+
+    def _options(self) -> dict[str, Any] | None:
+        return json.loads(self.args.options) if self.args.options else None
 
     async def _run(self, path: str, task: TaskID, outcome: Outcome) -> None:
         self._status(task, "uploading")
         job = await self.client.submit(
             path,
-            json.loads(self.args.options) if self.args.options else None,
+            self._options(),
             webhook=self.args.webhook_url or None,
             client_ref=self.args.client_ref or None,
         )
+        await self._after_upload(path, task, outcome, job)
+
+    async def _after_upload(self, path: str, task: TaskID, outcome: Outcome, job: Job) -> None:
         outcome.job_id = job.job_id
         if not self.follow:
             outcome.status = job.status
@@ -231,11 +306,23 @@ def check_submit(args: argparse.Namespace) -> None:
             json.loads(args.options)
         except ValueError as exc:
             raise CliError(f"--options is not valid JSON: {exc}", EXIT_UNREACHABLE) from exc
+    files: list[str] = []
+    for arg in args.files:
+        if os.path.isdir(arg):
+            found = sorted(str(p) for p in Path(arg).iterdir() if p.suffix.lower() == ".pdf")
+            if not found:
+                raise CliError(f"no .pdf file in the folder {arg}", EXIT_UNREACHABLE)
+            files.extend(found)
+        else:
+            files.append(arg)
+    args.files = files
     missing = [p for p in args.files if not os.path.isfile(p)]
     if missing:
         raise CliError(f"no such file: {', '.join(missing)}", EXIT_UNREACHABLE)
     if args.concurrency < 1:
         raise CliError("--concurrency must be at least 1", EXIT_UNREACHABLE)
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1", EXIT_UNREACHABLE)
     if args.out:
         try:
             Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -256,11 +343,19 @@ async def run_submit(args: argparse.Namespace) -> int:
         submit = Submit(args, api, progress)
         with progress:
             try:
-                async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(submit.one(path)) for path in args.files]
+                if len(args.files) == 1:
+                    outcomes = [await submit.one(args.files[0])]
+                else:
+                    outcomes = await submit.batched(args.files)
             except* ConnectionFailed as group_error:
                 raise group_error.exceptions[0] from None
-    outcomes = [t.result() for t in tasks]
+    for batch in submit.batches:
+        counts = batch.counts
+        print(
+            f"batch {batch.batch_id}: {counts.get('accepted', 0)} accepted, "
+            f"{counts.get('refused', 0)} refused",
+            file=sys.stderr,
+        )
     return _report(outcomes, several=len(outcomes) > 1, follow=submit.follow)
 
 
@@ -418,13 +513,22 @@ def add_parsers(sub: Any) -> None:
     submit = sub.add_parser(
         "submit", parents=[common], help="upload PDFs, follow them, print or write the results"
     )
-    submit.add_argument("files", nargs="+", metavar="FILE")
+    submit.add_argument(
+        "files", nargs="+", metavar="FILE", help="PDFs, or folders (their .pdf files)"
+    )
     submit.add_argument("--wait", action="store_true", help="wait, then print each text")
     submit.add_argument(
         "--out", metavar="DIR", help="wait, then write <name>.txt, .md, .json and artifacts here"
     )
     submit.add_argument(
-        "--concurrency", type=int, default=4, metavar="N", help="files in flight (default 4)"
+        "--concurrency", type=int, default=4, metavar="N", help="jobs followed at once (default 4)"
+    )
+    submit.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        metavar="N",
+        help="several files go as batches of up to N (default 100, the service's default limit)",
     )
     submit.add_argument("--webhook-url")
     submit.add_argument("--client-ref", help="echoed in the job, e.g. your own id")

@@ -19,7 +19,17 @@ from pdfrelay_client.errors import (
     Unauthorized,
     WaitTimeout,
 )
-from pdfrelay_client.models import Artifact, Job, JobErrorInfo, JobPage, S3Object, Webhook
+from pdfrelay_client.models import (
+    Artifact,
+    Batch,
+    BatchItem,
+    BatchResult,
+    Job,
+    JobErrorInfo,
+    JobPage,
+    S3Object,
+    Webhook,
+)
 from pdfrelay_client.sync import Client
 from pdfrelay_client.webhooks import WebhookVerificationError, verify_webhook
 
@@ -28,6 +38,9 @@ __all__ = [
     "ApiError",
     "Artifact",
     "AsyncClient",
+    "Batch",
+    "BatchItem",
+    "BatchResult",
     "Busy",
     "Client",
     "Conflict",

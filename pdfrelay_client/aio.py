@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from pdfrelay_client import batching
+from pdfrelay_client.batching import BatchFile
 from pdfrelay_client.errors import (
     ApiError,
     ConnectionFailed,
@@ -21,12 +23,11 @@ from pdfrelay_client.errors import (
     ServerError,
     WaitTimeout,
 )
-from pdfrelay_client.models import Job, JobPage, S3Object, Webhook
+from pdfrelay_client.models import Batch, BatchItem, BatchResult, Job, JobPage, S3Object, Webhook
 from pdfrelay_client.sse import sse_events
-from pdfrelay_client.transport import Transport
+from pdfrelay_client.transport import CHUNK, Transport, file_chunks
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-CHUNK = 256 * 1024
 STREAM_REOPENS = 5
 """Event streams that end early (a restart) are reopened this often, then the job is polled."""
 POLL_WAIT_S = 30
@@ -38,15 +39,6 @@ JobRef = Job | str
 
 def job_id_of(job: JobRef) -> str:
     return job.job_id if isinstance(job, Job) else job
-
-
-async def _file_chunks(path: str) -> AsyncIterator[bytes]:
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(fh.read, CHUNK):
-            yield chunk
-    finally:
-        fh.close()
 
 
 def _form_fields(
@@ -102,6 +94,11 @@ class AsyncClient:
     @property
     def base_url(self) -> str:
         return self._t.base_url
+
+    @property
+    def transport(self) -> Transport:
+        """The HTTP session and retry policy (for this package's other modules)."""
+        return self._t
 
     def on_retry(self, callback: Callable[[ApiError, float], None] | None) -> None:
         """Call `callback(refusal, seconds)` before each wait for a 429/503 retry."""
@@ -159,7 +156,7 @@ class AsyncClient:
             name = filename or os.path.basename(path)
 
             def body() -> dict[str, Any]:
-                return {"data": _form(_file_chunks(path), name, fields)}
+                return {"data": _form(file_chunks(path), name, fields)}
 
         view = await self._t.json("POST", "/v1/jobs", (202,), body=body, headers=headers)
         return Job.from_view(view)
@@ -352,6 +349,55 @@ class AsyncClient:
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+    # --- batches -------------------------------------------------------------------------------
+
+    async def submit_batch(
+        self,
+        files: Sequence[BatchFile],
+        options: Mapping[str, Any] | None = None,
+        *,
+        webhook: str | None = None,
+        client_refs: Sequence[str | None] | None = None,
+    ) -> Batch:
+        """Submit many PDFs (paths or bytes) in one request; the batch and every item.
+
+        Files the service refuses (not a PDF, empty, too large) are items with status
+        ``refused`` and an ``error``; the others are queued. ``webhook`` receives one
+        ``batch.completed`` when the last item ends.
+
+        Raises:
+            InvalidInput: No file was accepted (``BATCH_REFUSED``: ``exc.body["items"]`` says
+                why, each), or the batch is over the service's limits (``BATCH_TOO_LARGE``).
+        """
+        return await batching.submit_batch(
+            self, files, dict(options) if options is not None else None, webhook, client_refs
+        )
+
+    async def get_batch(
+        self, batch: Batch | str, *, limit: int = 100, cursor: str | None = None
+    ) -> Batch:
+        """The batch now: counts by status and one page of its items."""
+        params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+        path = f"/v1/batches/{batching.batch_id_of(batch)}"
+        return Batch.from_view(await self._t.json("GET", path, params=params))
+
+    def batch_items(self, batch: Batch | str, *, page_size: int = 1000) -> AsyncIterator[BatchItem]:
+        """Every item of the batch, page after page."""
+        return batching.items(self, batch, page_size)
+
+    async def cancel_batch(self, batch: Batch | str) -> Batch:
+        """Cancel every item of the batch that has not ended."""
+        path = f"/v1/batches/{batching.batch_id_of(batch)}"
+        return Batch.from_view(await self._t.json("DELETE", path))
+
+    def iter_results(
+        self, batch: Batch | str, *, max_concurrency: int = 4
+    ) -> AsyncIterator[BatchResult]:
+        """What became of each file, as each ends: refused items first, then each job as it
+        ends (its result fetched when it completed), at most ``max_concurrency`` followed at
+        once. Wrap it in ``asyncio.timeout`` to bound the wait."""
+        return batching.results(self, batch, max_concurrency)
 
 
 def _form(file: Any, name: str, fields: dict[str, str]) -> aiohttp.FormData:

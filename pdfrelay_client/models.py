@@ -62,11 +62,7 @@ class Job:
             status=str(view["status"]),
             pages_done=int(progress.get("pages_done") or 0),
             pages_total=progress.get("pages_total"),
-            error=(
-                JobErrorInfo(as_code(str(err.get("code", ""))), str(err.get("message", "")))
-                if isinstance(err, dict)
-                else None
-            ),
+            error=_error_of(err),
             client_ref=view.get("client_ref"),
             artifacts=tuple(
                 Artifact(str(a["name"]), a.get("size"), a.get("sha256"), a.get("content_type"))
@@ -100,3 +96,84 @@ class Webhook:
     url: str
     token: str | None = None
     progress: bool = False
+
+
+def _error_of(raw: Any) -> JobErrorInfo | None:
+    if not isinstance(raw, dict):
+        return None
+    return JobErrorInfo(as_code(str(raw.get("code", ""))), str(raw.get("message", "")))
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One file of a batch: its job, or (status ``refused``) why it has none."""
+
+    index: int
+    status: str
+    """``refused``, ``queued``, ``processing``, ``completed``, ``failed`` or ``cancelled``."""
+    job_id: str | None = None
+    filename: str | None = None
+    client_ref: str | None = None
+    error: JobErrorInfo | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.status == "refused"
+
+    @classmethod
+    def from_view(cls, view: dict[str, Any]) -> BatchItem:
+        return cls(
+            index=int(view["index"]),
+            status=str(view["status"]),
+            job_id=view.get("job_id"),
+            filename=view.get("filename"),
+            client_ref=view.get("client_ref"),
+            error=_error_of(view.get("error")),
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch as `GET /v1/batches/{batch_id}` shows it, with one page of its items."""
+
+    batch_id: str
+    status: str
+    """``accepting``, ``processing`` or ``completed`` (every accepted item ended)."""
+    counts: dict[str, int]
+    """``total``, ``refused``, ``accepted``, ``pending``, ``completed``, ``failed``,
+    ``cancelled``."""
+    items: tuple[BatchItem, ...] = ()
+    next_cursor: str | None = None
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def refused(self) -> list[BatchItem]:
+        """The refused items of this page (all of them in `submit_batch`'s answer)."""
+        return [i for i in self.items if i.refused]
+
+    @classmethod
+    def from_view(cls, view: dict[str, Any]) -> Batch:
+        return cls(
+            batch_id=str(view["batch_id"]),
+            status=str(view["status"]),
+            counts={k: int(v) for k, v in (view.get("counts") or {}).items()},
+            items=tuple(BatchItem.from_view(i) for i in view.get("items") or ()),
+            next_cursor=view.get("next_cursor"),
+            data=view,
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What became of one file of a batch (`iter_results`)."""
+
+    item: BatchItem
+    job: Job | None = None
+    """The job as it ended; None when the item was refused."""
+    result: dict[str, Any] | None = None
+    """The extraction result, when the job completed."""
+
+    @property
+    def error(self) -> JobErrorInfo | None:
+        """Why the item was refused or its job failed (None when it completed)."""
+        return self.item.error if self.job is None else self.job.error

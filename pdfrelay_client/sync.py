@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from pdfrelay_client.aio import DEFAULT_URL, AsyncClient, JobRef, Source
+from pdfrelay_client.batching import BatchFile
 from pdfrelay_client.errors import ApiError
-from pdfrelay_client.models import Job, JobPage, Webhook
+from pdfrelay_client.models import Batch, BatchItem, BatchResult, Job, JobPage, Webhook
 
 T = TypeVar("T")
 
@@ -176,3 +185,38 @@ class Client:
                 page_size=page_size,
             )
         )
+
+    # --- batches -------------------------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        files: Sequence[BatchFile],
+        options: Mapping[str, Any] | None = None,
+        *,
+        webhook: str | None = None,
+        client_refs: Sequence[str | None] | None = None,
+    ) -> Batch:
+        """See `AsyncClient.submit_batch`."""
+        return self._runner.run(
+            self.aio.submit_batch(files, options, webhook=webhook, client_refs=client_refs)
+        )
+
+    def get_batch(
+        self, batch: Batch | str, *, limit: int = 100, cursor: str | None = None
+    ) -> Batch:
+        """See `AsyncClient.get_batch`."""
+        return self._runner.run(self.aio.get_batch(batch, limit=limit, cursor=cursor))
+
+    def batch_items(self, batch: Batch | str, *, page_size: int = 1000) -> Iterator[BatchItem]:
+        """See `AsyncClient.batch_items`."""
+        return self._iterate(self.aio.batch_items(batch, page_size=page_size))
+
+    def cancel_batch(self, batch: Batch | str) -> Batch:
+        """See `AsyncClient.cancel_batch`."""
+        return self._runner.run(self.aio.cancel_batch(batch))
+
+    def iter_results(
+        self, batch: Batch | str, *, max_concurrency: int = 4
+    ) -> Iterator[BatchResult]:
+        """See `AsyncClient.iter_results`."""
+        return self._iterate(self.aio.iter_results(batch, max_concurrency=max_concurrency))

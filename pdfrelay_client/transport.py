@@ -14,6 +14,17 @@ import aiohttp
 from pdfrelay_client.errors import ApiError, ConnectionFailed, ServerError, error_for
 
 RETRY_STATUSES = frozenset({429, 503})
+CHUNK = 256 * 1024
+
+
+async def file_chunks(path: str) -> AsyncIterator[bytes]:
+    """A local file's bytes, read in a thread chunk by chunk (not on the event loop)."""
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            yield chunk
+    finally:
+        fh.close()
 
 
 def _reason(error: OSError) -> str:
@@ -49,7 +60,9 @@ async def error_of(resp: aiohttp.ClientResponse) -> ApiError:
     message = str(err.get("message", "")) if isinstance(err, dict) else ""
     if not message:
         message = f"the service answered HTTP {resp.status} {resp.reason or ''}".strip()
-    return error_for(resp.status, code, message, _retry_after(resp))
+    return error_for(
+        resp.status, code, message, _retry_after(resp), err if isinstance(err, dict) else None
+    )
 
 
 class Transport:

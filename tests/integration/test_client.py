@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from handlers import batches as batch_handler
 from pdfrelay_client import (
     AsyncClient,
     ErrorCode,
@@ -151,23 +152,64 @@ async def test_the_readme_examples_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     examples = readme_examples()
-    assert len(examples) == 4
+    assert len(examples) == 5
+    (hook,) = [code for code in examples if "verify_webhook" in code]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "report.pdf").write_bytes(make_pdf(["hello from the readme"]))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for i in range(3):
+        (reports / f"r{i}.pdf").write_bytes(make_pdf([f"report {i}", "second page"]))
+    (reports / "notes.txt").write_text("not a pdf")
     async with hook_stack(make_settings, monkeypatch) as (stack, _):
+        stack.start(batch_handler.serve)
         url = base_url(stack)
-        for code in examples[:3]:
-            # Plain code on its own thread (the sync Client runs a loop of its own there).
-            await asyncio.to_thread(run_example, code.replace(README_URL, url))
+        for code in examples:
+            if code is not hook:
+                # Plain code on its own thread (the sync Client runs a loop of its own there).
+                await asyncio.to_thread(run_example, code.replace(README_URL, url))
         out = capsys.readouterr().out
         assert "hello from the readme" in out
         assert "415" in out
+        assert "refused: notes.txt JobErrorInfo(code=<ErrorCode.NOT_A_PDF" in out
+        assert sorted(line for line in out.splitlines() if line.endswith("2 pages")) == [
+            f"r{i}.pdf 2 pages" for i in range(3)
+        ]
 
         # The webhook receiver of the README, given a real delivery of the service.
-        verify = run_example(examples[3].replace('"whsec_…"', repr(SECRET)))["on_webhook"]
+        verify = run_example(hook.replace('"whsec_…"', repr(SECRET)))["on_webhook"]
         async with receiver(status(204)) as rec, AsyncClient(url) as client:
             job = await client.submit("report.pdf", webhook=rec.url)
             (call,) = await rec.wait_calls(1)
         assert verify(call.body, call.headers) == 204
         assert f"job.completed {job.job_id} completed" in capsys.readouterr().out
         assert verify(call.body.replace(b"completed", b"failed"), call.headers) == 401
+
+
+async def test_batches_through_the_client(stack: Stack) -> None:
+    stack.start(batch_handler.serve)
+    files: list[bytes] = [make_pdf([f"item {i}"]) for i in range(5)]
+    files.insert(2, b"<html>no</html>")
+    async with AsyncClient(base_url(stack)) as client:
+        batch = await client.submit_batch(
+            files, client_refs=[f"ref-{i}" for i in range(6)], options={"outputs": ["text"]}
+        )
+        assert batch.counts["accepted"] == 5
+        assert [(i.index, i.client_ref) for i in batch.refused] == [(2, "ref-2")]
+        assert batch.refused[0].error is not None
+        assert batch.refused[0].error.code == ErrorCode.NOT_A_PDF
+        outcomes = [o async for o in client.iter_results(batch, max_concurrency=2)]
+        assert outcomes[0].item.index == 2  # refused: first, without a job
+        assert outcomes[0].job is None
+        texts = sorted(o.result["pages"][0]["text"].strip() for o in outcomes if o.result)
+        assert texts == [f"item {i}" for i in range(5)]
+        assert [i.index async for i in client.batch_items(batch, page_size=4)] == list(range(6))
+        with pytest.raises(InvalidInput) as refused:
+            await client.submit_batch([b"", b"nope"])
+        assert refused.value.code == ErrorCode.BATCH_REFUSED
+        assert [i["error"]["code"] for i in refused.value.body["items"]] == [
+            "EMPTY_FILE",
+            "NOT_A_PDF",
+        ]
+        with pytest.raises(NotFound):
+            await client.get_batch("0" * 32)
