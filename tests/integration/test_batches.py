@@ -15,7 +15,7 @@ import pytest
 from handlers import batches as batch_handler
 from shared.jobs import batches
 from shared.jobs.batches import BatchSignal
-from shared.models import WebhookDelivery
+from shared.models import WebhookDelivery, new_job_id
 from shared.runtime.context import Context
 from shared.webhooks import dispatch
 from tests.conftest import Stack, running_stack
@@ -42,6 +42,7 @@ class Arbiter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.handled = 0
+        self.batches: list[str] = []
         self.queued: list[WebhookDelivery] = []
         self.changed = asyncio.Condition()
         on_signal = batches.on_signal
@@ -49,6 +50,7 @@ class Arbiter:
         async def counted(ctx: Context, signal: BatchSignal) -> None:
             await on_signal(ctx, signal)
             self.handled += 1
+            self.batches.append(signal.batch_id)
             async with self.changed:
                 self.changed.notify_all()
 
@@ -62,6 +64,14 @@ class Arbiter:
     async def wait_handled(self, n: int) -> None:
         async with asyncio.timeout(TIMEOUT_S), self.changed:
             await self.changed.wait_for(lambda: self.handled >= n)
+
+    async def drained(self, ctx: Context) -> None:
+        """Wait until every signal sent so far is handled: a sentinel goes behind them (one
+        consumer, one message at a time, in order)."""
+        sentinel = new_job_id()
+        await batches.signal(ctx, sentinel)
+        async with asyncio.timeout(TIMEOUT_S), self.changed:
+            await self.changed.wait_for(lambda: sentinel in self.batches)
 
 
 async def get_batch(stack: Stack, batch_id: str, **params: str) -> Any:
