@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from shared.errors import ErrorCode, PdfRelayError, TransientError
+from shared.errors import PdfRelayError, TransientError
 from shared.intake.submit import Submission, Submitter
 from shared.intake.uploads import Spooled
 from shared.jobs import batches
@@ -50,8 +50,8 @@ async def submit_batch(
     """Store and queue every acceptable file; returns the batch as recorded (state `open`).
 
     Raises:
-        TransientError: no item could be queued (storage or broker away, queue full); nothing
-            of the batch was accepted.
+        PdfRelayError: no item could be queued (storage or broker away, queue full, quota):
+            the first such error; nothing of the batch was accepted.
     """
     batch = Batch(
         batch_id=new_job_id(),
@@ -70,6 +70,7 @@ async def submit_batch(
     )
     await batches.save(ctx, batch)
     slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    not_queued: list[PdfRelayError] = []
 
     async def queue(item: BatchItem, spooled: Spooled) -> BatchItem:
         sub = Submission(
@@ -86,8 +87,10 @@ async def submit_batch(
         async with slots:
             try:
                 await submitter.submit(ctx, sub)
-            except TransientError as exc:
-                # Not queued: refused with the reason, the client may send it again.
+            except PdfRelayError as exc:
+                # Not queued (storage or broker away, queue full, quota): refused with the
+                # reason, the client may send it again.
+                not_queued.append(exc)
                 return item.model_copy(update={"job_id": None, "refused": _refusal(exc)})
         return item
 
@@ -99,11 +102,9 @@ async def submit_batch(
             )
         )
     )
-    if any(isinstance(f.spooled, Spooled) for f in files) and not any(i.job_id for i in done):
+    if not_queued and not any(i.job_id for i in done):
         await ctx.storage.delete(batches.batch_key(batch.batch_id))
-        first = next(i.refused for i in done if i.refused is not None)
-        assert first is not None
-        raise TransientError(first.message, ErrorCode(first.code))
+        raise not_queued[0]
     batch = batch.model_copy(update={"items": tuple(done), "state": "open"})
     await batches.save(ctx, batch)
     try:

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from handlers import batches as batch_handler
+from shared.intake import batch as batch_intake
 from shared.jobs import batches
 from shared.jobs.batches import BatchSignal
 from shared.models import WebhookDelivery, new_job_id
@@ -217,3 +218,25 @@ async def test_another_tenant_sees_no_batch(make_settings: Any) -> None:
                 method, f"/v1/batches/{batch_id}", headers={"Authorization": "Bearer key-b"}
             )
             assert other.status == 404
+
+
+async def test_items_over_the_page_quota_are_refused_and_said_so(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One item at a time: which items fit is then certain (racing admissions may both lose).
+    monkeypatch.setattr(batch_intake, "SUBMIT_CONCURRENCY", 1)
+    async with small_stack(make_settings, tenant_page_quota=3) as stack:
+        files = [(f"{i}.pdf", make_pdf([f"page {i}"])) for i in range(5)]
+        resp = await stack.client.post("/v1/batches", data=batch_form(files))
+        assert resp.status == 202, await resp.text()
+        view = await resp.json()
+        assert [i["status"] for i in view["items"]] == ["queued"] * 3 + ["refused"] * 2
+        assert {i["error"]["code"] for i in view["items"][3:]} == {"QUOTA_EXCEEDED"}
+        assert view["counts"]["accepted"] == 3
+
+        # Nothing fits now: the whole batch is answered 429, and nothing of it stays.
+        again = await stack.client.post("/v1/batches", data=batch_form(files[:1]))
+        assert again.status == 429
+        assert (await again.json())["error"]["code"] == "QUOTA_EXCEEDED"
+        kept = await stack.ctx.storage.list_keys("batches/")
+        assert {k.split("/")[1] for k in kept} == {view["batch_id"]}
