@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -194,10 +195,13 @@ class AsyncClient:
         job_id = job_id_of(job)
         for _ in range(STREAM_REOPENS):
             try:
-                async for final, update in self._stream(job_id):
-                    yield update
-                    if final:
-                        return
+                # Closed here, not by the garbage collector, when the end comes or the caller
+                # stops: its connection goes back at once.
+                async with contextlib.aclosing(self._stream(job_id)) as stream:
+                    async for final, update in stream:
+                        yield update
+                        if final:
+                            return
             except ConnectionFailed:
                 continue  # the stream broke off (a restart): open it again
             except (ServerError, InvalidInput):
@@ -214,7 +218,7 @@ class AsyncClient:
                 return
             last = current
 
-    async def _stream(self, job_id: str) -> AsyncIterator[tuple[bool, Job]]:
+    async def _stream(self, job_id: str) -> AsyncGenerator[tuple[bool, Job], None]:
         """(whether it is the terminal event, the job) of each event of one event stream."""
         accept = {"Accept": "text/event-stream"}
         async with self._t.request("GET", f"/v1/jobs/{job_id}/events", headers=accept) as resp:

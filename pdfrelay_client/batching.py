@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -70,7 +71,7 @@ async def submit_batch(
 
 async def items(
     client: AsyncClient, batch: Batch | str, page_size: int
-) -> AsyncIterator[BatchItem]:
+) -> AsyncGenerator[BatchItem, None]:
     cursor: str | None = None
     while True:
         page = await client.get_batch(batch, limit=page_size, cursor=cursor)
@@ -101,11 +102,12 @@ async def results(
 
     tasks: list[asyncio.Task[None]] = []
     try:
-        async for item in items(client, batch, 1000):
-            if item.job_id is None:
-                yield BatchResult(item)
-            else:
-                tasks.append(asyncio.create_task(follow(item)))
+        async with contextlib.aclosing(items(client, batch, 1000)) as every:
+            async for item in every:
+                if item.job_id is None:
+                    yield BatchResult(item)
+                else:
+                    tasks.append(asyncio.create_task(follow(item)))
         for _ in tasks:
             got = await done.get()
             if isinstance(got, BaseException):
