@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+import pdfrelay_client
 from pdfrelay_client import (
     AsyncClient,
     Busy,
@@ -26,6 +29,7 @@ from pdfrelay_client import (
 from shared.errors import ErrorCode as ServiceErrorCode
 from shared.webhooks.signing import generate_secret, sign
 
+SERVICE = frozenset({"shared", "handlers", "infra", "pymupdf", "fitz", "aio_pika", "aiormq"})
 JOB = {"job_id": "a" * 32, "status": "queued", "progress": {"pages_done": 0}}
 
 
@@ -39,6 +43,22 @@ def test_importing_the_client_loads_none_of_the_service() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_client_imports_nothing_of_the_service_not_even_for_typing() -> None:
+    package = Path(pdfrelay_client.__file__).parent
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in SERVICE]
+    assert found == []
 
 
 def test_the_client_knows_every_code_of_the_service() -> None:
