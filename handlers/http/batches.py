@@ -64,7 +64,8 @@ async def create_batch(request: web.Request) -> web.Response:
         )
     finally:
         form.discard()
-    view = await batch_view(ctx, batch, 0, MAX_ITEMS_PAGE, fresh=True)
+    # Every item in the answer, however many: the refusals above all.
+    view = await batch_view(ctx, batch, 0, len(batch.items), fresh=True)
     headers = {"Location": f"/v1/batches/{batch.batch_id}"}
     return web.json_response(view, status=202, headers=headers)
 

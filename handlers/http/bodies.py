@@ -157,6 +157,7 @@ async def read_batch_form(request: web.Request, ctx: Context) -> BatchForm:
         raise PermanentError(f"malformed multipart body: {exc}", ErrorCode.INVALID_REQUEST) from exc
     form = BatchForm()
     total = 0
+    fields = 0
 
     async def counted(part: BodyPartReader) -> AsyncIterator[bytes]:
         nonlocal total
@@ -174,7 +175,8 @@ async def read_batch_form(request: web.Request, ctx: Context) -> BatchForm:
             if not isinstance(part, BodyPartReader):
                 raise PermanentError("nested multipart is not supported", ErrorCode.INVALID_REQUEST)
             if part.name != "file":
-                if len(form.fields) >= settings.max_form_fields:
+                fields += 1
+                if fields > settings.max_form_fields:
                     raise PermanentError(
                         f"the form has more than {settings.max_form_fields} fields",
                         ErrorCode.REQUEST_TOO_LARGE,
