@@ -16,7 +16,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,14 +151,7 @@ class Submit:
         task = self.progress.add_task(escape(os.path.basename(path)), total=None, status="waiting")
         _TASK.set(task)
         async with self.sem:
-            try:
-                await self._run(path, task, outcome)
-            except ConnectionFailed:
-                raise
-            except (PdfRelayError, CliError) as exc:
-                message = exc.message if isinstance(exc, CliError) else cli_error(exc).message
-                outcome.error = message
-                self._status(task, f"[red]{escape(message)}")
+            await self._reported(self._run(path, task, outcome), task, outcome)
         return outcome
 
     async def batched(self, paths: list[str]) -> list[Outcome]:
@@ -219,14 +212,19 @@ class Submit:
     async def _follow_item(self, path: str, task: TaskID, outcome: Outcome, job: Job) -> None:
         _TASK.set(task)
         async with self.sem:
-            try:
-                await self._after_upload(path, task, outcome, job)
-            except ConnectionFailed:
-                raise
-            except (PdfRelayError, CliError) as exc:
-                message = exc.message if isinstance(exc, CliError) else cli_error(exc).message
-                outcome.error = message
-                self._status(task, f"[red]{escape(message)}")
+            await self._reported(self._after_upload(path, task, outcome, job), task, outcome)
+
+    async def _reported(self, work: Awaitable[None], task: TaskID, outcome: Outcome) -> None:
+        """Run one file's `work`; its refusal or failure becomes its outcome's error and status
+        (a lost connection ends the whole command)."""
+        try:
+            await work
+        except ConnectionFailed:
+            raise
+        except (PdfRelayError, CliError) as exc:
+            message = exc.message if isinstance(exc, CliError) else cli_error(exc).message
+            outcome.error = message
+            self._status(task, f"[red]{escape(message)}")
 
     def _status(self, task: TaskID, status: str, **kw: Any) -> None:
         self.progress.update(task, status=status, **kw)
