@@ -21,9 +21,9 @@ from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
 from shared.intake.fetch import fetch_to_file
 from shared.jobs import cache, fanout, lifecycle
 from shared.jobs.cancel import listen as listen_for_cancels
-from shared.jobs.cancel import may_have_missed, raise_if_requested
+from shared.jobs.cancel import raise_if_requested
 from shared.jobs.outcome import ProgressWebhooks, publish_event
-from shared.jobs.records import artifact_key
+from shared.jobs.records import RECORD_ETAG_HEADER, Revision, artifact_key
 from shared.models import (
     Artifact,
     ExtractTask,
@@ -53,19 +53,28 @@ class Stored(NamedTuple):
 async def handle(task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage) -> None:
     redelivered = bool(message.redelivered)
     if task.job is not None and task.first is None and not redelivered:
-        # The record as accepted travels in the task: no read of it (a redelivery reads it, as
-        # do tasks of older versions, which carry none).
+        # The record as accepted travels in the task, its version beside it: no read of it (a
+        # redelivery reads it, as do tasks of older versions, which carry none). The ending is
+        # written over that version only: a cancel at the ingress meanwhile wins.
         job = task.job
+        etag = (message.headers or {}).get(RECORD_ETAG_HEADER)
+        rev = Revision(etag if isinstance(etag, str) else None)
     else:
-        job = await ctx.jobs.get(task.job_id, task.tenant)
+        job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
     # The job's trace (from the message, else the record), down to its webhook.
     with job_span("extract", job.job_id, job.traceparent):
-        await _handle(task, ctx, job, redelivered)
+        await _handle(task, ctx, job, rev, redelivered)
 
 
 async def _handle(
-    task: ExtractTask, ctx: ExtractContext, job: Job, redelivered: bool = False
+    task: ExtractTask,
+    ctx: ExtractContext,
+    job: Job,
+    rev: Revision | None = None,
+    redelivered: bool = False,
 ) -> None:
+    if rev is None:
+        rev = Revision()
     if task.first is not None:
         await fanout.handle_range(task, ctx, job)
         return
@@ -87,7 +96,7 @@ async def _handle(
         return started()
 
     try:
-        out = await _extract(ctx, job, task.webhook, begin, started, redelivered)
+        out = await _extract(ctx, job, rev, task.webhook, begin, started, redelivered)
         if out is None:
             return  # split into page ranges: the merge ends the job
     except JobCancelled:
@@ -104,20 +113,16 @@ async def _handle(
         job = job.model_copy(
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
         )
-    if ctx.cancels.heard(job.job_id) or may_have_missed(ctx, job, redelivered):
-        stored = await ctx.jobs.get(job.job_id, job.tenant)
-        if stored.status.terminal:
-            # Cancelled at the ingress while its record still said queued (this task waited
-            # for a worker slot, a cache hit, or a short job whose record is written only at
-            # its end): that first ending stands, never a second one.
-            await lifecycle.announce_again(ctx, stored, task.webhook)
-            return
-    await lifecycle.end(ctx, job, task.webhook, first=not redelivered)
+    # Over the version last seen: if the ingress ended the job as cancelled while its record
+    # still said queued (this task waited for a worker slot, a cache hit, or a short job whose
+    # record is written only at its end), that first ending stands and is announced again.
+    await lifecycle.end(ctx, job, task.webhook, rev=rev, first=not redelivered)
 
 
 async def _extract(
     ctx: ExtractContext,
     job: Job,
+    rev: Revision,
     webhook: WebhookSpec | None = None,
     begin: Callable[[], Awaitable[Job]] | None = None,
     started: Callable[[], Job] | None = None,
@@ -134,11 +139,11 @@ async def _extract(
         if found.hit is not None:
             return Stored(found.hit, cache.entry_key(found.key, job.job_id), found.sha256)
         await raise_if_requested(ctx, job, redelivered)
-        if await fanout.plan(ctx, job, webhook, pdf_path, begin):
+        if await fanout.plan(ctx, job, rev, webhook, pdf_path, begin):
             return None
         # Progress webhooks asked for: progress from the start; else after progress_after_s.
         after_s = 0.0 if webhook is not None and webhook.progress else settings.progress_after_s
-        progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook), after_s)
+        progress = _ProgressReporter(ctx, job, rev, ProgressWebhooks(ctx, webhook), after_s)
 
         async def on_slot() -> None:
             progress.start(started() if started is not None else job)
@@ -221,11 +226,14 @@ class _ProgressReporter:
         self,
         ctx: Context,
         job: Job,
+        rev: Revision,
         hooks: ProgressWebhooks | None = None,
         after_s: float = 0.0,
     ) -> None:
         self._ctx = ctx
         self.job = job
+        self._rev = rev
+        """Shared with the job's ending: each record write here moves it on."""
         self._hooks = hooks
         self._after_s = after_s
         self._live = after_s <= 0
@@ -267,11 +275,17 @@ class _ProgressReporter:
             except TransientError as exc:
                 # Progress is a courtesy: a lost update must not fail (and redo) the extraction.
                 log.warning("job %s: a progress update was lost: %s", self.job.job_id, exc.message)
+            except JobCancelled as exc:
+                # Ended elsewhere: no more updates; the job's ending finds the stored one.
+                log.info("job %s: no more progress: %s", self.job.job_id, exc.message)
+                self._latest = None
+                self._record_due = False
+                return
 
     async def _send_next(self) -> None:
         if self._latest is None:
             self._record_due = False
-            await lifecycle.save_progress(self._ctx, self.job)
+            await lifecycle.save_progress(self._ctx, self.job, self._rev)
             return
         self._record_due = False
         done, total = self._latest
@@ -280,7 +294,7 @@ class _ProgressReporter:
         now = time.monotonic()
         if now - self._saved_at >= RECORD_INTERVAL_S:
             self._saved_at = now
-            await lifecycle.save_progress(self._ctx, job)
+            await lifecycle.save_progress(self._ctx, job, self._rev)
         await publish_event(self._ctx, job, "job.progress")
         if self._hooks is not None:
             await self._hooks.send(job)
@@ -299,7 +313,8 @@ async def handle_dead(
     task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage
 ) -> None:
     """A task the extract queue gave up on (delivery limit): its job fails, and everyone hears."""
-    await lifecycle.dead_letter(ctx, await ctx.jobs.get(task.job_id, task.tenant), task.webhook)
+    job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
+    await lifecycle.dead_letter(ctx, job, task.webhook, rev)
 
 
 async def handle_merge(

@@ -21,6 +21,7 @@ from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.intake.pages import MAX_PAGE_NUMBER, PagesSpecError, parse_spec
 from shared.jobs import pagecount
 from shared.jobs.pagecount import count_pages, count_pages_in
+from shared.jobs.records import Revision
 from shared.models import ExtractOptions, Job
 from shared.runtime.context import Context
 from shared.settings import Settings
@@ -115,11 +116,11 @@ def test_access_denied_is_permanent(tmp_path: Path) -> None:
 
 
 async def test_a_lost_progress_update_does_not_fail_the_attempt() -> None:
-    async def save(job: Job) -> None:
+    async def save(job: Job, rev: Revision | None = None) -> None:
         raise TransientError("storage is unreachable")
 
     ctx = cast(Context, SimpleNamespace(jobs=SimpleNamespace(save=save)))
-    reporter = _ProgressReporter(ctx, Job(job_id="a" * 32))
+    reporter = _ProgressReporter(ctx, Job(job_id="a" * 32), Revision("etag"))
     reporter.update(1, 2)
     await reporter.flush()  # no TransientError
 
