@@ -14,11 +14,13 @@ from typing import Any, cast
 import pytest
 from minio.error import S3Error
 
+from handlers import object_drop
 from handlers.extract import _ProgressReporter
-from shared.adapters.storage import Storage
+from shared.adapters.storage import ObjectInfo, Storage
 from shared.adapters.topology import topology_for
 from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.intake.pages import MAX_PAGE_NUMBER, PagesSpecError, parse_spec
+from shared.intake.submit import Submitter
 from shared.jobs import pagecount
 from shared.jobs.pagecount import count_pages, count_pages_in
 from shared.jobs.records import Revision
@@ -123,6 +125,37 @@ async def test_a_lost_progress_update_does_not_fail_the_attempt() -> None:
     reporter = _ProgressReporter(ctx, Job(job_id="a" * 32), Revision("etag"))
     reporter.update(1, 2)
     await reporter.flush()  # no TransientError
+
+
+async def test_the_inbox_poller_outlives_a_storage_outage() -> None:
+    """The soak's object-drop process ended with its poller at an S3 outage (issue 21)."""
+    passes = 0
+    again = asyncio.Event()
+
+    async def list_objects(prefix: str) -> list[ObjectInfo]:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise TransientError("storage is unreachable")
+        again.set()
+        return []
+
+    ctx = cast(
+        Context,
+        SimpleNamespace(
+            storage=SimpleNamespace(list_objects=list_objects),
+            settings=SimpleNamespace(s3_bucket="b"),
+        ),
+    )
+    stop = asyncio.Event()
+    poller = asyncio.create_task(object_drop.poll_forever(ctx, Submitter(), 0.01, stop))
+    try:
+        async with asyncio.timeout(10):
+            await again.wait()
+    finally:
+        stop.set()
+        await poller  # no TransientError
+    assert passes >= 2
 
 
 def test_the_states_queue_dead_letters_instead_of_dropping() -> None:
