@@ -237,6 +237,8 @@ class _ProgressReporter:
         self._hooks = hooks
         self._after_s = after_s
         self._live = after_s <= 0
+        self._ended = False
+        """The job has ended elsewhere (its record says so): nothing more is sent."""
         self._latest: tuple[int, int] | None = None
         self._record_due = False
         """The record is to say `processing` (no progress reported yet: no event)."""
@@ -265,11 +267,13 @@ class _ProgressReporter:
             self._kick()
 
     def _kick(self) -> None:
+        if self._ended:
+            return
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
-        while self._latest is not None or self._record_due:
+        while not self._ended and (self._latest is not None or self._record_due):
             try:
                 await self._send_next()
             except TransientError as exc:
@@ -278,8 +282,7 @@ class _ProgressReporter:
             except JobCancelled as exc:
                 # Ended elsewhere: no more updates; the job's ending finds the stored one.
                 log.info("job %s: no more progress: %s", self.job.job_id, exc.message)
-                self._latest = None
-                self._record_due = False
+                self._ended = True
                 return
 
     async def _send_next(self) -> None:

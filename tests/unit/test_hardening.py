@@ -18,10 +18,10 @@ from handlers import object_drop
 from handlers.extract import _ProgressReporter
 from shared.adapters.storage import ObjectInfo, Storage
 from shared.adapters.topology import topology_for
-from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.errors import ErrorCode, PermanentError, TransientError, WriteConflict
 from shared.intake.pages import MAX_PAGE_NUMBER, PagesSpecError, parse_spec
 from shared.intake.submit import Submitter
-from shared.jobs import pagecount
+from shared.jobs import lifecycle, pagecount
 from shared.jobs.pagecount import count_pages, count_pages_in
 from shared.jobs.records import Revision
 from shared.models import ExtractOptions, Job
@@ -125,6 +125,28 @@ async def test_a_lost_progress_update_does_not_fail_the_attempt() -> None:
     reporter = _ProgressReporter(ctx, Job(job_id="a" * 32), Revision("etag"))
     reporter.update(1, 2)
     await reporter.flush()  # no TransientError
+
+
+async def test_progress_stops_once_the_job_has_ended_elsewhere() -> None:
+    """A cancel at the ingress ended the job while its record said queued: the handler's next
+    progress write is refused (its version is stale), finds the ending, and stops there."""
+    job = Job(job_id="a" * 32)
+    saves: list[Job] = []
+
+    async def save(job: Job, rev: Revision | None = None) -> None:
+        saves.append(job)
+        raise WriteConflict("the object changed since it was read")
+
+    async def get_revision(job_id: str, tenant: str) -> tuple[Job, Revision]:
+        return lifecycle.cancelled(job), Revision("later")
+
+    ctx = cast(Context, SimpleNamespace(jobs=SimpleNamespace(save=save, get_revision=get_revision)))
+    reporter = _ProgressReporter(ctx, job, Revision("accepted"))
+    reporter.start(lifecycle.started(job, 1))
+    await reporter.flush()
+    reporter.update(1, 2)
+    await reporter.flush()
+    assert len(saves) == 1
 
 
 async def test_the_inbox_poller_outlives_a_storage_outage() -> None:
