@@ -19,10 +19,10 @@ from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
 from shared.intake.fetch import fetch_to_file
 from shared.jobs import cache, fanout, lifecycle
 from shared.jobs.cancel import listen as listen_for_cancels
-from shared.jobs.cancel import may_have_missed, raise_if_requested
+from shared.jobs.cancel import raise_if_requested
 from shared.jobs.outcome import ProgressWebhooks
 from shared.jobs.progress import ProgressReporter
-from shared.jobs.records import artifact_key
+from shared.jobs.records import RECORD_ETAG_HEADER, Revision, artifact_key
 from shared.models import (
     Artifact,
     ExtractTask,
@@ -51,19 +51,28 @@ class Stored(NamedTuple):
 async def handle(task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage) -> None:
     redelivered = bool(message.redelivered)
     if task.job is not None and task.first is None and not redelivered:
-        # The record as accepted travels in the task: no read of it (a redelivery reads it, as
-        # do tasks of older versions, which carry none).
+        # The record as accepted travels in the task, its version beside it: no read of it (a
+        # redelivery reads it, as do tasks of older versions, which carry none). The ending is
+        # written over that version only: a cancel at the ingress meanwhile wins.
         job = task.job
+        etag = (message.headers or {}).get(RECORD_ETAG_HEADER)
+        rev = Revision(etag if isinstance(etag, str) else None)
     else:
-        job = await ctx.jobs.get(task.job_id, task.tenant)
+        job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
     # The job's trace (from the message, else the record), down to its webhook.
     with job_span("extract", job.job_id, job.traceparent):
-        await _handle(task, ctx, job, redelivered)
+        await _handle(task, ctx, job, rev, redelivered)
 
 
 async def _handle(
-    task: ExtractTask, ctx: ExtractContext, job: Job, redelivered: bool = False
+    task: ExtractTask,
+    ctx: ExtractContext,
+    job: Job,
+    rev: Revision | None = None,
+    redelivered: bool = False,
 ) -> None:
+    if rev is None:
+        rev = Revision()
     if task.first is not None:
         await fanout.handle_range(task, ctx, job)
         return
@@ -81,7 +90,7 @@ async def _handle(
         return job
 
     try:
-        out = await _extract(ctx, job, started, task.webhook, redelivered)
+        out = await _extract(ctx, job, rev, started, task.webhook, redelivered)
         if out is None:
             return  # split into page ranges: the merge ends the job
     except JobCancelled:
@@ -98,20 +107,16 @@ async def _handle(
         job = job.model_copy(
             update={"started_at": job.started_at or utcnow(), "attempts": attempts}
         )
-    if ctx.cancels.heard(job.job_id) or may_have_missed(ctx, job, redelivered):
-        stored = await ctx.jobs.get(job.job_id, job.tenant)
-        if stored.status.terminal:
-            # Cancelled at the ingress while its record still said queued (this task waited
-            # for a worker slot, a cache hit, or a short job whose record is written only at
-            # its end): that first ending stands, never a second one.
-            await lifecycle.announce_again(ctx, stored, task.webhook)
-            return
-    await lifecycle.end(ctx, job, task.webhook, first=not redelivered)
+    # Over the version last seen: if the ingress ended the job as cancelled while its record
+    # still said queued (this task waited for a worker slot, a cache hit, or a short job whose
+    # record is written only at its end), that first ending stands and is announced again.
+    await lifecycle.end(ctx, job, task.webhook, rev=rev, first=not redelivered)
 
 
 async def _extract(
     ctx: ExtractContext,
     job: Job,
+    rev: Revision,
     started: Callable[[], Job],
     webhook: WebhookSpec | None = None,
     redelivered: bool = False,
@@ -129,7 +134,7 @@ async def _extract(
         await raise_if_requested(ctx, job, redelivered)
         # Progress webhooks asked for: progress from the start; else after progress_after_s.
         after_s = 0.0 if webhook is not None and webhook.progress else settings.progress_after_s
-        progress = ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook), after_s)
+        progress = ProgressReporter(ctx, job, rev, ProgressWebhooks(ctx, webhook), after_s)
 
         async def on_slot() -> None:
             progress.start(started())
@@ -153,7 +158,7 @@ async def _extract(
             await progress.flush()
         if out.split:
             # The planner stores it processing (started at on_slot), with its page total.
-            await fanout.plan(ctx, progress.job, webhook, pdf_path, out.page_count)
+            await fanout.plan(ctx, progress.job, rev, webhook, pdf_path, out.page_count)
             return None
         ctx.metrics.job_pages.observe(out.pages_extracted)
         summary, key = await _store(ctx, job, out, found.key)
@@ -204,7 +209,8 @@ async def handle_dead(
     task: ExtractTask, ctx: ExtractContext, message: AbstractIncomingMessage
 ) -> None:
     """A task the extract queue gave up on (delivery limit): its job fails, and everyone hears."""
-    await lifecycle.dead_letter(ctx, await ctx.jobs.get(task.job_id, task.tenant), task.webhook)
+    job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
+    await lifecycle.dead_letter(ctx, job, task.webhook, rev)
 
 
 async def handle_merge(

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from shared.adapters.storage import ObjectNotFound
 from shared.doors.outbox import INBOX, outbox_key
 from shared.doors.s3events import CreatedObject, S3Notification, created_objects
-from shared.errors import ErrorCode, PermanentError
+from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.intake.submit import Submission, Submitter
 from shared.models import ExtractOptions, WebhookSpec
 from shared.runtime.consumer import consume
@@ -67,21 +67,40 @@ async def handle_notification(
         await submit_object(ctx, obj, submitter)
 
 
-async def poll_inbox(ctx: Context, submitter: Submitter) -> int:
-    """One pass over `inbox/` for S3 servers without notifications; returns jobs considered."""
+async def poll_inbox(
+    ctx: Context, submitter: Submitter, done: set[tuple[str, str]] | None = None
+) -> int:
+    """One pass over `inbox/` for S3 servers without notifications; returns jobs considered.
+
+    `done`: the (key, version)s a previous pass of this poller submitted; they are skipped, and
+    the set keeps only what is still listed. Without it every object dropped so far cost three
+    requests a pass (stat, idempotency, record), a pass per second, ever more of them."""
     objects = await ctx.storage.list_objects(INBOX)
+    listed = {(info.key, info.etag.strip('"')) for info in objects}
+    if done is not None:
+        done &= listed
     for info in objects:
-        if not info.key.endswith("/"):
-            obj = CreatedObject(ctx.settings.s3_bucket, info.key, info.etag.strip('"'))
-            await submit_object(ctx, obj, submitter)
+        version = (info.key, info.etag.strip('"'))
+        if info.key.endswith("/") or (done is not None and version in done):
+            continue
+        await submit_object(ctx, CreatedObject(ctx.settings.s3_bucket, *version), submitter)
+        if done is not None:
+            done.add(version)
     return len(objects)
 
 
-async def _poll_forever(
+async def poll_forever(
     ctx: Context, submitter: Submitter, every_s: float, stop: asyncio.Event
 ) -> None:
+    """`poll_inbox` every `every_s` until `stop`. A pass that meets storage or the broker away
+    ends there and the next one tries again: the poller outlives an outage (it ended with the
+    first one, and its process with it: the soak's door jobs that never ended, issue 21)."""
+    done: set[tuple[str, str]] = set()
     while not stop.is_set():
-        await poll_inbox(ctx, submitter)
+        try:
+            await poll_inbox(ctx, submitter, done)
+        except TransientError as exc:
+            log.warning("inbox poll stopped short, retried in %.1f s: %s", every_s, exc.message)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every_s)
         except TimeoutError:
@@ -108,5 +127,5 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
         ),
     ]
     if ctx.settings.object_drop_poll_s:
-        tasks.append(_poll_forever(ctx, submitter, ctx.settings.object_drop_poll_s, stop))
+        tasks.append(poll_forever(ctx, submitter, ctx.settings.object_drop_poll_s, stop))
     await asyncio.gather(*tasks)

@@ -34,7 +34,32 @@ def _serving() -> tuple[Any, Any]:
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             """Not a line per request (errors are still logged)."""
 
-    return create_backend_app("s3"), QuietHandler
+    return ConditionalWrites(create_backend_app("s3")), QuietHandler
+
+
+class ConditionalWrites:
+    """A WSGI middleware that makes moto's conditional PutObject atomic.
+
+    moto checks `If-Match` / `If-None-Match` and then stores, in two steps, on a threaded
+    server: two writers that saw one version could both pass the check. S3 and MinIO check and
+    store at once, and the job records rely on it (shared/jobs/lifecycle.py: a job ends once),
+    so conditional PUTs go through one at a time here. Only they wait: every write of a record
+    after its creation is conditional, and other objects are never written so.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        conditional = environ.get("REQUEST_METHOD") == "PUT" and (
+            "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ
+        )
+        if not conditional:
+            return self._app(environ, start_response)
+        with self._lock:
+            # The body is read and the object stored within the call; the answer is built.
+            return list(self._app(environ, start_response))
 
 
 COUNTS_PATH = "/__counts__"

@@ -73,6 +73,12 @@ class QueueFullError(TransientError):
     code = ErrorCode.QUEUE_FULL
 
 
+class WriteConflict(TransientError):
+    """A conditional write was refused: the object is no longer at the version its writer
+    last saw (someone else wrote it since). Transient where nobody resolves it: a retry reads
+    again."""
+
+
 class JobCancelled(PdfRelayError):
     """The job was cancelled: its worker was stopped, or never started."""
 

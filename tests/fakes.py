@@ -14,7 +14,7 @@ from minio.lifecycleconfig import LifecycleConfig
 from shared.adapters.broker import Body, MessageProperties
 from shared.adapters.storage import ObjectInfo, ObjectNotFound, Storage
 from shared.adapters.topology import topology_for
-from shared.errors import NotRoutable
+from shared.errors import NotRoutable, WriteConflict
 from shared.jobs.records import JobStore
 from shared.models import WebhookDelivery
 from shared.runtime.context import Context, DoorAnnouncements
@@ -43,6 +43,21 @@ class InMemoryStore:
 
     async def put_json(self, key: str, obj: Any) -> None:
         await self.put_bytes(key, json.dumps(obj, separators=(",", ":")).encode())
+
+    async def put_versioned(self, key: str, data: bytes, if_match: str | None = None) -> str:
+        self.requests.append(("put", key))
+        if if_match is not None:
+            held = self.objects.get((None, key))
+            if held is None:
+                raise ObjectNotFound(key)
+            if hashlib.md5(held[0]).hexdigest() != if_match:
+                raise WriteConflict("the object changed since it was read")
+        self.objects[(None, key)] = (bytes(data), "application/json")
+        return hashlib.md5(data).hexdigest()
+
+    async def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = await self.get_bytes(key)
+        return data, hashlib.md5(data).hexdigest()
 
     async def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
         self.requests.append(("get", key))

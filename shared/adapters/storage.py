@@ -19,7 +19,7 @@ from minio.commonconfig import CopySource
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.lifecycleconfig import LifecycleConfig
 
-from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.errors import ErrorCode, PermanentError, TransientError, WriteConflict
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -62,8 +62,17 @@ class ObjectStore(Protocol):
 
     async def put_json(self, key: str, obj: Any) -> None: ...
 
+    async def put_versioned(self, key: str, data: bytes, if_match: str | None = None) -> str:
+        """Store JSON `data` at `key` and return its new ETag; with `if_match`, only if the
+        object is still at that ETag (WriteConflict if not, ObjectNotFound if there is none)."""
+        ...
+
     async def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
         """The object's bytes; ObjectNotFound when there is none."""
+        ...
+
+    async def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag, in one GET; ObjectNotFound when there is none."""
         ...
 
     async def get_json(self, key: str) -> Any: ...
@@ -115,6 +124,8 @@ class Storage:
         except S3Error as exc:
             if exc.code in _NOT_FOUND:
                 raise ObjectNotFound(args[1] if len(args) > 1 else "") from exc
+            if exc.code == "PreconditionFailed":
+                raise WriteConflict("the object changed since it was read") from exc
             if exc.code in _DENIED:
                 bucket = args[0] if args and isinstance(args[0], str) else self.bucket
                 if bucket != self.bucket:  # a caller's source bucket: the caller's problem
@@ -163,6 +174,27 @@ class Storage:
     async def put_json(self, key: str, obj: Any) -> None:
         await self.put_bytes(key, json.dumps(obj, separators=(",", ":")).encode())
 
+    async def put_versioned(self, key: str, data: bytes, if_match: str | None = None) -> str:
+        """Store JSON `data` at `key` and return its new ETag; with `if_match`, only if the
+        object is still at that ETag: the server checks and writes at once (S3, MinIO and the
+        test server honour `If-Match` on PutObject), so of two writers that saw one version
+        exactly one succeeds.
+
+        Raises:
+            WriteConflict: the object is at another ETag.
+            ObjectNotFound: there is no object at `key` (with `if_match`).
+        """
+        headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/json"}
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+
+        def put(bucket_name: str, object_key: str) -> str:
+            # put_object would send If-Match as user metadata (x-amz-meta-if-match).
+            result = self.client._put_object(bucket_name, object_key, data, headers=headers)
+            return _etag(result.etag)
+
+        return await self._run(put, self.bucket, key)
+
     async def put_file(
         self, key: str, path: str, content_type: str, metadata: dict[str, str] | None = None
     ) -> None:
@@ -185,6 +217,17 @@ class Storage:
                 resp.release_conn()
 
         return await self._run(read, bucket or self.bucket, key)
+
+    async def get_versioned(self, key: str) -> tuple[bytes, str]:
+        def read(bucket_name: str, object_key: str) -> tuple[bytes, str]:
+            resp = self.client.get_object(bucket_name, object_key)
+            try:
+                return bytes(resp.read()), _etag(resp.headers.get("etag"))
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return await self._run(read, self.bucket, key)
 
     async def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
         """The object and its user metadata (names without `x-amz-meta-`), in one GET."""
@@ -290,6 +333,11 @@ class Storage:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._http.clear()
+
+
+def _etag(raw: object) -> str:
+    """An ETag without its quotes (as minio's results give it)."""
+    return str(raw or "").strip('"')
 
 
 def user_metadata(headers: Any) -> dict[str, str]:

@@ -14,7 +14,7 @@ from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
 from shared.intake.fetch import check_source_url
 from shared.jobs import lifecycle
 from shared.jobs.quota import release, reserve
-from shared.jobs.records import inflight_key, upload_key
+from shared.jobs.records import RECORD_ETAG_HEADER, inflight_key, upload_key
 from shared.models import (
     ExtractOptions,
     ExtractTask,
@@ -156,10 +156,18 @@ async def _create_job(
         pages_reserved=pages_reserved,
         batch_id=sub.batch_id,
     )
-    await lifecycle.accept(ctx, job)
+    rev = await lifecycle.accept(ctx, job)
     task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook, job=job)
     try:
-        await ctx.broker.publish(ctx.topology.tasks, ctx.topology.TASK_KEY, task, message_id=job_id)
+        # The record's version travels beside it (a header: tasks of this version stay readable
+        # by handlers of the previous one); the handler's ending is written over it.
+        await ctx.broker.publish(
+            ctx.topology.tasks,
+            ctx.topology.TASK_KEY,
+            task,
+            message_id=job_id,
+            headers={RECORD_ETAG_HEADER: rev.etag} if rev.etag else None,
+        )
     except TransientError:
         # Not accepted: take the record back so no half-made job lingers.
         with contextlib.suppress(TransientError):

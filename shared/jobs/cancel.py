@@ -2,13 +2,14 @@
 
 `request_cancel` (ingress) writes a durable cancel marker (`jobs/{id}/cancel.json`), ends a
 queued job at once (record, `job.cancelled` event; the webhook follows when the extract handler
-meets the job's task, which is where its token travels), and tells every extract process on the
-fanout exchange `pdfrelay.control`. `listen` (extract process) kills the worker of a job it is
-running, or keeps it from starting (`WorkerPool.cancel`), and remembers the job
-(`ctx.cancels`). Before it extracts, the extract handler asks that memory; only when the process
-may have missed the message (it was not listening yet when the job was created, or a
-redelivery) does it read the marker, so a job is cancelled all the same, and a job this
-process heard nothing about costs no request.
+meets the job's task, which is where its token travels; the record is written only over the
+version read, so a handler that completed the job meanwhile keeps its ending), and tells every
+extract process on the fanout exchange `pdfrelay.control`. `listen` (extract process) kills
+the worker of a job it is running, or keeps it from starting (`WorkerPool.cancel`), and
+remembers the job (`ctx.cancels`). Before it extracts, the extract handler asks that memory;
+only when the process may have missed the message (it was not listening yet when the job was
+created, or a redelivery) does it read the marker, so a job is cancelled all the same, and a
+job this process heard nothing about costs no request.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ async def request_cancel(ctx: Context, job: Job) -> Job:
     """
     await ctx.jobs.request_cancel(job.job_id)
     # After the marker: a handler starting now sees one.
-    job = await ctx.jobs.get(job.job_id, job.tenant)
+    job, rev = await ctx.jobs.get_revision(job.job_id, job.tenant)
     if job.status is JobStatus.QUEUED:
-        job = await lifecycle.cancel_queued(ctx, job)
+        # Only over the version read: a handler may hold the task (and the record it carries)
+        # and end the job first; then that ending stands (shared/jobs/lifecycle.py).
+        job = await lifecycle.cancel_queued(ctx, job, rev)
     try:
         await ctx.broker.publish(ctx.topology.control, "", CancelRequest(job_id=job.job_id))
     except NotRoutable:

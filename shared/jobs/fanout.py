@@ -37,7 +37,7 @@ from shared.extraction.pool import WorkRequest, extract_limits
 from shared.jobs import lifecycle
 from shared.jobs.cancel import raise_if_requested
 from shared.jobs.outcome import publish_event
-from shared.jobs.records import artifact_key, result_key, upload_key
+from shared.jobs.records import Revision, artifact_key, result_key, upload_key
 from shared.models import (
     Artifact,
     ExtractOptions,
@@ -108,6 +108,7 @@ def split_above(settings: Settings, job: Job) -> int | None:
 async def plan(
     ctx: Context,
     job: Job,
+    rev: Revision,
     webhook: WebhookSpec | None,
     pdf_path: str,
     pages: int,
@@ -119,7 +120,7 @@ async def plan(
         # The ranges read the stored copy; none of them fetches the URL again.
         await ctx.storage.put_file(upload_key(job.job_id), pdf_path, "application/pdf")
     job = job.model_copy(update={"progress": Progress(pages_done=0, pages_total=pages)})
-    await lifecycle.save_progress(ctx, job)
+    await lifecycle.save_progress(ctx, job, rev)
     spans = ranges(pages, settings.fanout_range_pages)
     log.info("job %s: %d pages in %d ranges", job.job_id, pages, len(spans))
     for first, last in spans:
@@ -252,17 +253,17 @@ async def _run_range(
 
 async def _end(ctx: Context, task: ExtractTask, outcome: Callable[[Job], Job]) -> None:
     """End the job with `outcome` unless it has ended already (then only announce it)."""
-    job = await ctx.jobs.get(task.job_id, task.tenant)
+    job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
     if job.status.terminal:
         await lifecycle.announce_again(ctx, job, task.webhook)
         return
     note = f" (range {task.first}-{task.last})"
-    await lifecycle.end(ctx, outcome(job), task.webhook, first=False, note=note)
+    await lifecycle.end(ctx, outcome(job), task.webhook, rev=rev, first=False, note=note)
 
 
 async def handle_merge(task: ExtractTask, ctx: Context) -> None:
     """Merge a job's parts into its result and complete it; a repeated merge only announces."""
-    job = await ctx.jobs.get(task.job_id, task.tenant)
+    job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
     if job.status.terminal:
         await lifecycle.announce_again(ctx, job, task.webhook)
         return
@@ -307,4 +308,5 @@ async def handle_merge(task: ExtractTask, ctx: Context) -> None:
 
     job = lifecycle.completed(job, summary, processed)
     note = f" from {len(parts)} ranges"
-    await lifecycle.end(ctx, job, task.webhook, first=False, note=note, stored=drop_parts)
+    # Over the version read: a cancel meanwhile stands (the parts stay for the sweeper then).
+    await lifecycle.end(ctx, job, task.webhook, rev=rev, first=False, note=note, stored=drop_parts)

@@ -7,6 +7,14 @@ webhook, reply, outbox: shared/jobs/outcome.py).
 
 The extract handler, the fan-out, cancel, the dead-letter drain and the doors
 (shared/intake/submit.py) call these; none of them writes a job record itself.
+
+A job ends once. Every write after `accept` is conditional on the version of the record its
+writer last saw (`Revision`, the record's ETag): the ingress cancelling a queued job and an
+extract handler completing it from the record its task carried both write over the version
+`accept` stored, and exactly one of them lands. The other reads the record again and stands
+back: the handler announces the stored ending again (same event ids) and acks; the ingress
+reports it. This costs no request while nobody races (the version comes with the task and
+with every read and write); a lost race costs one GET.
 """
 
 from __future__ import annotations
@@ -14,9 +22,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from shared.errors import ErrorCode
+from shared.errors import ErrorCode, JobCancelled, WriteConflict
 from shared.jobs.outcome import announce_terminal, publish_event
-from shared.jobs.records import public_view
+from shared.jobs.records import Revision, public_view
 from shared.models import (
     Job,
     JobError,
@@ -31,9 +39,15 @@ from shared.runtime.context import Context
 log = logging.getLogger(__name__)
 
 
-async def accept(ctx: Context, job: Job) -> None:
-    """Store a new job's record (and its index entry); the door publishes its task next."""
-    await ctx.jobs.create(job)
+CONFLICT_TRIES = 4
+"""Conditional writes of one transition before it is left to a retry (TransientError): the
+record changes under a writer only while another writer of it is at work, which ends."""
+
+
+async def accept(ctx: Context, job: Job) -> Revision:
+    """Store a new job's record (and its index entry); the door publishes its task next, with
+    the record's version (`RECORD_ETAG_HEADER`), which the extract handler writes over."""
+    return await ctx.jobs.create(job)
 
 
 async def announce_accepted(ctx: Context, job: Job) -> None:
@@ -50,9 +64,27 @@ def started(job: Job, attempts: int) -> Job:
     )
 
 
-async def save_progress(ctx: Context, job: Job) -> None:
-    """A running job's record with its status and progress (throttled by the caller)."""
-    await ctx.jobs.save(job)
+async def save_progress(ctx: Context, job: Job, rev: Revision) -> None:
+    """A running job's record with its status and progress (throttled by the caller), over the
+    version `rev` names (then `rev` names the new one).
+
+    Raises:
+        JobCancelled: the job has ended meanwhile (a cancel at the ingress while its record
+            said queued, or another delivery of its task): nothing is written, and the
+            caller's own ending will find the stored one and announce it.
+    """
+    for _ in range(CONFLICT_TRIES):
+        if rev.etag is not None:
+            try:
+                await ctx.jobs.save(job, rev)
+                return
+            except WriteConflict:
+                pass
+        current, fresh = await ctx.jobs.get_revision(job.job_id, job.tenant)
+        if current.status.terminal:
+            raise JobCancelled(f"the job has ended ({current.status.value})")
+        rev.etag = fresh.etag  # someone else's progress: ours is as good
+    raise WriteConflict("the job's record kept changing")
 
 
 def completed(
@@ -88,22 +120,74 @@ def cancelled(job: Job) -> Job:
     return job.model_copy(update={"status": JobStatus.CANCELLED, "finished_at": utcnow()})
 
 
+async def _store_ending(
+    ctx: Context, job: Job, rev: Revision | None, only_from: JobStatus | None = None
+) -> Job:
+    """Store `job`'s ending unless the record holds one already; returns the job as stored.
+
+    That is `job` when its write landed, else the ending found (or, with `only_from`, the job
+    found when its record has left that status: nothing written). Without a known version the
+    record is read first (a task of an older ingress carries none).
+    """
+    for _ in range(CONFLICT_TRIES):
+        if rev is not None and rev.etag is not None:
+            try:
+                await ctx.jobs.save(job, rev)
+                return job
+            except WriteConflict:
+                pass
+        current, rev = await ctx.jobs.get_revision(job.job_id, job.tenant)
+        if current.status.terminal:
+            # Equal: our own write landed and only its answer was lost (a retried PUT).
+            return job if current == job else current
+        if only_from is not None and current.status is not only_from:
+            return current
+    raise WriteConflict("the job's record kept changing")
+
+
 async def end(
     ctx: Context,
     job: Job,
     webhook: WebhookSpec | None,
     *,
+    rev: Revision | None = None,
     first: bool = True,
     note: str = "",
     stored: Callable[[], Awaitable[None]] | None = None,
 ) -> Job:
-    """Store the job's ending (`job` is terminal), count it, announce it once.
+    """Store the job's ending (`job` is terminal), count it, announce it once; returns the
+    ending that stands.
 
+    `rev`: the version of the record the caller last saw (None: read it now). When another
+    ending was stored since, that one stands and is announced again (same event ids).
     `first`: no webhook of the job was delivered before (the view skips reading its state).
     `stored`: runs once the ending is stored, before it is announced (clean-up).
     """
     assert job.status.terminal
-    await ctx.jobs.save(job)
+    won = await _store_ending(ctx, job, rev)
+    if won is not job:
+        log.info(
+            "job %s had ended %s already; %s not stored%s",
+            job.job_id,
+            won.status.value,
+            job.status.value,
+            note,
+        )
+        await announce_again(ctx, won, webhook)
+        return won
+    return await _ended(ctx, job, webhook, first=first, note=note, stored=stored)
+
+
+async def _ended(
+    ctx: Context,
+    job: Job,
+    webhook: WebhookSpec | None,
+    *,
+    first: bool,
+    note: str = "",
+    stored: Callable[[], Awaitable[None]] | None = None,
+) -> Job:
+    """`job`'s ending was stored just now: clean up, count it, announce it."""
     if stored is not None:
         await stored()
     code = job.error.code if job.error else None
@@ -118,13 +202,21 @@ async def announce_again(ctx: Context, job: Job, webhook: WebhookSpec | None) ->
     await announce_terminal(ctx, job, webhook)
 
 
-async def cancel_queued(ctx: Context, job: Job) -> Job:
-    """End a job whose record says queued as cancelled (ingress; its webhook token travels
-    with the task, so the extract handler announces the webhook when it meets the task)."""
-    return await end(ctx, cancelled(job), None, first=False)
+async def cancel_queued(ctx: Context, job: Job, rev: Revision) -> Job:
+    """End a job whose record said queued (at version `rev`) as cancelled (ingress; its webhook
+    token travels with the task, so the extract handler announces the webhook when it meets
+    the task). Returns the job as it is: when its record changed meanwhile (a handler started
+    or ended it), nothing is written and that is returned; the ending's writer announces it."""
+    mine = cancelled(job)
+    won = await _store_ending(ctx, mine, rev, only_from=JobStatus.QUEUED)
+    if won is not mine:
+        return won
+    return await _ended(ctx, mine, None, first=False)
 
 
-async def dead_letter(ctx: Context, job: Job, webhook: WebhookSpec | None) -> None:
+async def dead_letter(
+    ctx: Context, job: Job, webhook: WebhookSpec | None, rev: Revision | None = None
+) -> None:
     """The extract queue gave up on the job's task (delivery limit): it fails, once."""
     if job.status.terminal:
         await announce_again(ctx, job, webhook)
@@ -139,5 +231,6 @@ async def dead_letter(ctx: Context, job: Job, webhook: WebhookSpec | None) -> No
             "the document crashed the extraction worker on every attempt",
         ),
         webhook,
+        rev=rev,
         first=False,
     )

@@ -8,9 +8,10 @@ import contextlib
 import logging
 import time
 
-from shared.errors import TransientError
+from shared.errors import JobCancelled, TransientError
 from shared.jobs import lifecycle
 from shared.jobs.outcome import ProgressWebhooks, publish_event
+from shared.jobs.records import Revision
 from shared.models import Job, Progress
 from shared.runtime.context import Context
 
@@ -33,14 +34,19 @@ class ProgressReporter:
         self,
         ctx: Context,
         job: Job,
+        rev: Revision,
         hooks: ProgressWebhooks | None = None,
         after_s: float = 0.0,
     ) -> None:
         self._ctx = ctx
         self.job = job
+        self._rev = rev
+        """Shared with the job's ending: each record write here moves it on."""
         self._hooks = hooks
         self._after_s = after_s
         self._live = after_s <= 0
+        self._ended = False
+        """The job has ended elsewhere (its record says so): nothing more is sent."""
         self._latest: tuple[int, int] | None = None
         self._record_due = False
         """The record is to say `processing` (no progress reported yet: no event)."""
@@ -69,21 +75,28 @@ class ProgressReporter:
             self._kick()
 
     def _kick(self) -> None:
+        if self._ended:
+            return
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
-        while self._latest is not None or self._record_due:
+        while not self._ended and (self._latest is not None or self._record_due):
             try:
                 await self._send_next()
             except TransientError as exc:
                 # Progress is a courtesy: a lost update must not fail (and redo) the extraction.
                 log.warning("job %s: a progress update was lost: %s", self.job.job_id, exc.message)
+            except JobCancelled as exc:
+                # Ended elsewhere: no more updates; the job's ending finds the stored one.
+                log.info("job %s: no more progress: %s", self.job.job_id, exc.message)
+                self._ended = True
+                return
 
     async def _send_next(self) -> None:
         if self._latest is None:
             self._record_due = False
-            await lifecycle.save_progress(self._ctx, self.job)
+            await lifecycle.save_progress(self._ctx, self.job, self._rev)
             return
         self._record_due = False
         done, total = self._latest
@@ -92,7 +105,7 @@ class ProgressReporter:
         now = time.monotonic()
         if now - self._saved_at >= RECORD_INTERVAL_S:
             self._saved_at = now
-            await lifecycle.save_progress(self._ctx, job)
+            await lifecycle.save_progress(self._ctx, job, self._rev)
         await publish_event(self._ctx, job, "job.progress")
         if self._hooks is not None:
             await self._hooks.send(job)

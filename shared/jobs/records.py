@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -124,30 +125,65 @@ def idempotency_key(tenant: str, key: str) -> str:
     return f"idempotency/{digest}.json"
 
 
+RECORD_ETAG_HEADER = "record_etag"
+"""On an extract task: the version (`Revision`) of the record the task carries, as stored."""
+
+
+@dataclass
+class Revision:
+    """The version of a job's record (its ETag) that its holder last read or wrote.
+
+    A write with a revision lands only over that version and moves the revision on; so of two
+    writers that saw the same version (the ingress cancelling a queued job, the extract handler
+    completing it from the record its task carried) exactly one stores its ending.
+    """
+
+    etag: str | None = None
+    """None: not known (a task of an older ingress); lifecycle reads the record first."""
+
+
 class JobStore:
-    """Reads and writes job records; each record has one writer at a time."""
+    """Reads and writes job records; a write after the record's creation is conditional on the
+    version its writer saw (`Revision`), so concurrent writers cannot overwrite each other."""
 
     def __init__(self, storage: ObjectStore) -> None:
         self.storage = storage
 
-    async def save(self, job: Job) -> None:
-        """Store the record; a job that has ended gives back its hold on the page quota."""
-        await self.storage.put_bytes(
-            record_key(job.tenant, job.job_id), job.model_dump_json(by_alias=True).encode()
-        )
+    async def save(self, job: Job, rev: Revision | None = None) -> Revision:
+        """Store the record and return its new version; with `rev` (its `etag` known), only over
+        that version, and `rev` then names the new one. A job that has ended gives back its
+        hold on the page quota.
+
+        Raises:
+            WriteConflict: the record is no longer at `rev` (someone else wrote it).
+            JobNotFound: there is no record to write over.
+        """
+        try:
+            etag = await self.storage.put_versioned(
+                record_key(job.tenant, job.job_id),
+                job.model_dump_json(by_alias=True).encode(),
+                rev.etag if rev is not None else None,
+            )
+        except ObjectNotFound as exc:  # a conditional write of a record taken away
+            raise JobNotFound(f"no job {job.job_id!r}") from exc
+        if rev is None:
+            rev = Revision(etag)
+        else:
+            rev.etag = etag
         if job.status.terminal and job.pages_reserved is not None:
             try:
                 await self.storage.delete(inflight_key(job.tenant, job.job_id, job.pages_reserved))
             except TransientError as exc:
                 # The outcome is stored; the sweeper removes holds of ended jobs later.
                 log.warning("job %s: quota hold not released: %s", job.job_id, exc.message)
+        return rev
 
-    async def create(self, job: Job) -> None:
+    async def create(self, job: Job) -> Revision:
         """Store a new job's record, which is its entry in the tenant's index (GET /v1/jobs);
         an id without a time (previous layout) gets an empty entry beside the record."""
-        await self.save(job)
+        rev = await self.save(job)
         if id_time_ms(job.job_id) is not None:
-            return
+            return rev
         try:
             await self.storage.put_bytes(
                 index_key(job.tenant, job.created_at, job.job_id), b"", "application/octet-stream"
@@ -156,6 +192,7 @@ class JobStore:
             with contextlib.suppress(TransientError):
                 await self.storage.delete(record_key(job.tenant, job.job_id))
             raise
+        return rev
 
     async def discard(self, job: Job) -> None:
         """Take back what `create` (and a quota hold) wrote, for a job that was not accepted,
@@ -187,16 +224,21 @@ class JobStore:
 
         One GET at the key the id and tenant give; a record of the previous layout is read
         at its old key (`legacy_record_key`)."""
+        return (await self.get_revision(job_id, tenant))[0]
+
+    async def get_revision(self, job_id: str, tenant: str) -> tuple[Job, Revision]:
+        """The tenant's job and the version of its record read (for a write after it), in the
+        same one GET as `get`."""
         if not JOB_ID_RE.match(job_id):
             raise JobNotFound(f"no job {job_id!r}")
         try:
-            raw = await self.storage.get_bytes(record_key(tenant, job_id))
+            raw, etag = await self.storage.get_versioned(record_key(tenant, job_id))
         except ObjectNotFound as exc:
             raise JobNotFound(f"no job {job_id!r}") from exc
         job = Job.model_validate_json(raw)
         if job.tenant != tenant:
             raise JobNotFound(f"no job {job_id!r}")
-        return job
+        return job, Revision(etag)
 
     async def webhook_state(self, job_id: str) -> WebhookState | None:
         try:

@@ -164,6 +164,31 @@ async def test_polling_finds_dropped_files_once(stack: Stack) -> None:
     assert len(records) == 1
 
 
+async def test_a_pollers_next_pass_skips_what_it_submitted(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = stack.ctx.storage
+    await storage.put_bytes("inbox/once.pdf", make_pdf(["once"]), "application/pdf")
+    done: set[tuple[str, str]] = set()
+    assert await object_drop.poll_inbox(stack.ctx, Submitter(), done) == 1
+    stats: list[str] = []
+    stat = storage.stat
+
+    async def counted(key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith("inbox/"):  # not the extract handler's
+            stats.append(key)
+        return await stat(key, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "stat", counted)
+    assert await object_drop.poll_inbox(stack.ctx, Submitter(), done) == 1
+    assert stats == []  # one LIST, nothing per object
+    # A new version of the object is a new drop.
+    await storage.put_bytes("inbox/once.pdf", make_pdf(["twice"]), "application/pdf")
+    assert await object_drop.poll_inbox(stack.ctx, Submitter(), done) == 1
+    assert "inbox/once.pdf" in stats  # submitted (a new job: its source is checked too)
+    assert len(done) == 1  # the old version is forgotten
+
+
 async def request_message(stack: Stack, body: dict[str, Any] | bytes, **props: Any) -> None:
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     await publish(

@@ -16,6 +16,8 @@ import pytest
 from aiohttp import web
 
 from handlers import ingress, requests
+from shared.adapters.storage import ObjectNotFound
+from shared.errors import WriteConflict
 from shared.jobs import pagecount
 from shared.jobs.quota import pages_in_flight
 from shared.jobs.records import job_result_key, record_key
@@ -444,3 +446,30 @@ async def test_a_client_leaving_mid_download_is_logged_at_info(stack: Stack) -> 
             logger.removeHandler(seen)
             logger.setLevel(level)
     assert [r for r in seen.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_of_concurrent_conditional_writes_over_one_version_exactly_one_lands(
+    stack: Stack,
+) -> None:
+    """What the job records rely on (a job ends once): the S3 server checks `If-Match` and
+    stores at once; a stale or unknown version is refused, a missing object is not created."""
+    storage = stack.ctx.storage
+    etag = await storage.put_versioned("race/record.json", b'{"n":0}')
+    assert etag == (await storage.stat("race/record.json")).etag.strip('"')
+    _, read = await storage.get_versioned("race/record.json")
+    assert read == etag
+
+    async def write(n: int) -> int | None:
+        try:
+            await storage.put_versioned("race/record.json", f'{{"n":{n}}}'.encode(), etag)
+        except WriteConflict:
+            return None
+        return n
+
+    landed = [n for n in await asyncio.gather(*(write(n) for n in range(1, 13))) if n]
+    assert len(landed) == 1, landed
+    assert json.loads(await storage.get_bytes("race/record.json")) == {"n": landed[0]}
+    with pytest.raises(WriteConflict):
+        await storage.put_versioned("race/record.json", b"{}", etag)
+    with pytest.raises(ObjectNotFound):
+        await storage.put_versioned("race/none.json", b"{}", etag)

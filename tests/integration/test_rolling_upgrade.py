@@ -38,3 +38,19 @@ async def test_an_old_task_without_the_record_is_extracted(make_settings: Any) -
         assert done["status"] == "completed", done
         resp = await stack.client.get(f"/v1/jobs/{job.job_id}/result")
         assert "from an older ingress" in (await resp.json())["pages"][0]["text"]
+
+
+async def test_a_task_without_the_records_version_is_extracted(make_settings: Any) -> None:
+    """An ingress of the version before puts the record in the task but no version header: the
+    handler reads the record's version before its ending (one GET), and the job ends."""
+    async with running_stack(make_settings()) as stack:
+        ctx = stack.ctx
+        job = Job(job_id="c" * 32, source_key=upload_key("c" * 32))
+        await ctx.storage.put_bytes(
+            upload_key(job.job_id), make_pdf(["no version header"]), "application/pdf"
+        )
+        await ctx.jobs.create(job)
+        task = ExtractTask(job_id=job.job_id, job=job)
+        await publish(ctx.channel, ctx.topology.tasks, ctx.topology.TASK_KEY, task)
+        done = await wait_done(stack, job.job_id)
+        assert done["status"] == "completed", done

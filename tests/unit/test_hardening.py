@@ -14,13 +14,16 @@ from typing import Any, cast
 import pytest
 from minio.error import S3Error
 
-from shared.adapters.storage import Storage
+from handlers import object_drop
+from shared.adapters.storage import ObjectInfo, Storage
 from shared.adapters.topology import topology_for
-from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.errors import ErrorCode, PermanentError, TransientError, WriteConflict
 from shared.intake.pages import MAX_PAGE_NUMBER, PagesSpecError, parse_spec
-from shared.jobs import pagecount
+from shared.intake.submit import Submitter
+from shared.jobs import lifecycle, pagecount
 from shared.jobs.pagecount import count_pages, count_pages_in
 from shared.jobs.progress import ProgressReporter
+from shared.jobs.records import Revision
 from shared.models import ExtractOptions, Job
 from shared.runtime.context import Context
 from shared.settings import Settings
@@ -115,13 +118,66 @@ def test_access_denied_is_permanent(tmp_path: Path) -> None:
 
 
 async def test_a_lost_progress_update_does_not_fail_the_attempt() -> None:
-    async def save(job: Job) -> None:
+    async def save(job: Job, rev: Revision | None = None) -> None:
         raise TransientError("storage is unreachable")
 
     ctx = cast(Context, SimpleNamespace(jobs=SimpleNamespace(save=save)))
-    reporter = ProgressReporter(ctx, Job(job_id="a" * 32))
+    reporter = ProgressReporter(ctx, Job(job_id="a" * 32), Revision("etag"))
     reporter.update(1, 2)
     await reporter.flush()  # no TransientError
+
+
+async def test_progress_stops_once_the_job_has_ended_elsewhere() -> None:
+    """A cancel at the ingress ended the job while its record said queued: the handler's next
+    progress write is refused (its version is stale), finds the ending, and stops there."""
+    job = Job(job_id="a" * 32)
+    saves: list[Job] = []
+
+    async def save(job: Job, rev: Revision | None = None) -> None:
+        saves.append(job)
+        raise WriteConflict("the object changed since it was read")
+
+    async def get_revision(job_id: str, tenant: str) -> tuple[Job, Revision]:
+        return lifecycle.cancelled(job), Revision("later")
+
+    ctx = cast(Context, SimpleNamespace(jobs=SimpleNamespace(save=save, get_revision=get_revision)))
+    reporter = ProgressReporter(ctx, job, Revision("accepted"))
+    reporter.start(lifecycle.started(job, 1))
+    await reporter.flush()
+    reporter.update(1, 2)
+    await reporter.flush()
+    assert len(saves) == 1
+
+
+async def test_the_inbox_poller_outlives_a_storage_outage() -> None:
+    """The soak's object-drop process ended with its poller at an S3 outage (issue 21)."""
+    passes = 0
+    again = asyncio.Event()
+
+    async def list_objects(prefix: str) -> list[ObjectInfo]:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise TransientError("storage is unreachable")
+        again.set()
+        return []
+
+    ctx = cast(
+        Context,
+        SimpleNamespace(
+            storage=SimpleNamespace(list_objects=list_objects),
+            settings=SimpleNamespace(s3_bucket="b"),
+        ),
+    )
+    stop = asyncio.Event()
+    poller = asyncio.create_task(object_drop.poll_forever(ctx, Submitter(), 0.01, stop))
+    try:
+        async with asyncio.timeout(10):
+            await again.wait()
+    finally:
+        stop.set()
+        await poller  # no TransientError
+    assert passes >= 2
 
 
 def test_the_states_queue_dead_letters_instead_of_dropping() -> None:

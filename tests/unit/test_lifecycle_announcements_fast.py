@@ -134,7 +134,8 @@ async def test_a_cancel_at_the_ingress_is_an_event_and_the_webhook_comes_with_th
     fakes: Fakes,
 ) -> None:
     job = await fakes.accepted(webhook_url=HOOK.url)
-    cancelled = await lifecycle.cancel_queued(fakes.ctx, job)
+    _, rev = await fakes.ctx.jobs.get_revision(job.job_id, job.tenant)
+    cancelled = await lifecycle.cancel_queued(fakes.ctx, job, rev)
     assert cancelled.status is JobStatus.CANCELLED
     assert fakes.events() == [_ids(job, "job.cancelled")]
     assert fakes.hooks() == []  # the ingress has no token: the extract handler announces it
@@ -216,8 +217,10 @@ async def test_progress_is_events_at_the_workers_pace_and_a_throttled_record_wri
     fakes: Fakes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(progress, "RECORD_INTERVAL_S", 3600.0)  # no second write, however slow
-    job = lifecycle.started(await fakes.accepted(), attempts=1)
-    reporter = ProgressReporter(fakes.ctx, job)
+    accepted = await fakes.accepted()
+    _, rev = await fakes.ctx.jobs.get_revision(accepted.job_id, accepted.tenant)
+    job = lifecycle.started(accepted, attempts=1)
+    reporter = ProgressReporter(fakes.ctx, job, rev)
     reporter.start(job)
     for done in (1, 2, 3):
         reporter.update(done, 3)

@@ -8,14 +8,17 @@ and keeps secrets out of the public view.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from shared.errors import JobNotFound
+from shared.errors import JobNotFound, WriteConflict
 from shared.jobs import lifecycle
 from shared.jobs.listing import JobFilter, list_jobs
 from shared.jobs.records import (
     JobStore,
+    Revision,
     cancel_key,
     inflight_key,
     record_key,
@@ -28,6 +31,7 @@ from shared.models import (
     WebhookState,
     new_job_id,
 )
+from shared.runtime.context import Context
 from tests.fakes import InMemoryStore
 
 
@@ -57,6 +61,67 @@ async def test_a_job_lives_from_queued_to_completed_one_write_per_transition() -
     assert read.finished_at is not None
     assert read.progress.pages_done == read.progress.pages_total == 3
     assert read.result == summary
+
+
+async def test_of_two_writers_that_saw_one_version_exactly_one_lands() -> None:
+    jobs = JobStore(InMemoryStore())
+    job = _job()
+    accepted = await jobs.create(job)
+    handler, ingress = Revision(accepted.etag), Revision(accepted.etag)
+    await jobs.save(lifecycle.cancelled(job), ingress)
+    assert ingress.etag != accepted.etag  # moved on with its write
+    summary = JobResultSummary(page_count=1, pages_extracted=1)
+    with pytest.raises(WriteConflict):
+        await jobs.save(lifecycle.completed(job, summary), handler)
+    assert (await jobs.get(job.job_id, "acme")).status is JobStatus.CANCELLED
+    # The winner's next write is over its own version.
+    await jobs.save(lifecycle.cancelled(job), ingress)
+
+
+async def test_an_ending_over_a_stale_version_finds_the_one_stored() -> None:
+    store = InMemoryStore()
+    jobs = JobStore(store)
+    ctx = cast(Context, SimpleNamespace(jobs=jobs))
+    summary = JobResultSummary(page_count=1, pages_extracted=1)
+
+    job = _job()
+    accepted = await jobs.create(job)
+    cancelled = lifecycle.cancelled(job)
+    await jobs.save(cancelled, Revision(accepted.etag))
+    completed = lifecycle.completed(job, summary)
+    stored = await lifecycle._store_ending(ctx, completed, Revision(accepted.etag))
+    assert stored == cancelled  # the first ending stands, nothing else written
+    assert (await jobs.get(job.job_id, "acme")).status is JobStatus.CANCELLED
+
+    # A version moved on by progress (another delivery's) is no ending: written over.
+    job = _job()
+    accepted = await jobs.create(job)
+    await jobs.save(lifecycle.started(job, attempts=2), Revision(accepted.etag))
+    completed = lifecycle.completed(job, summary)
+    assert await lifecycle._store_ending(ctx, completed, Revision(accepted.etag)) is completed
+    assert (await jobs.get(job.job_id, "acme")).status is JobStatus.COMPLETED
+    # ...but the ingress cancels only a job still queued.
+    job = _job()
+    accepted = await jobs.create(job)
+    running = lifecycle.started(job, attempts=1)
+    await jobs.save(running, Revision(accepted.etag))
+    found = await lifecycle._store_ending(
+        ctx, lifecycle.cancelled(job), Revision(accepted.etag), only_from=JobStatus.QUEUED
+    )
+    assert found == running
+
+    # Our own write landed and its answer was lost (a retried PUT meets its own version).
+    job = _job()
+    accepted = await jobs.create(job)
+    completed = lifecycle.completed(job, summary)
+    await jobs.save(completed, Revision(accepted.etag))
+    assert await lifecycle._store_ending(ctx, completed, Revision(accepted.etag)) is completed
+
+    # No version known (a task of an older ingress): the record is read first.
+    job = _job()
+    await jobs.create(job)
+    completed = lifecycle.completed(job, summary)
+    assert await lifecycle._store_ending(ctx, completed, Revision()) is completed
 
 
 async def test_failed_and_cancelled_are_terminal_with_their_reason() -> None:
