@@ -15,7 +15,7 @@ from shared.intake.pages import parse_spec
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 Output = Literal[
-    "text", "markdown", "metadata", "page_images", "images", "tables", "blocks", "chunks"
+    "text", "markdown", "metadata", "page_images", "images", "tables", "blocks", "chunks", "llm"
 ]
 OcrMode = Literal["auto", "always", "never"]
 
@@ -26,7 +26,14 @@ SEED_METHODS: dict[str, tuple[tuple[Output, ...], OcrMode]] = {
     "both": (("text", "metadata"), "auto"),
     "preview": (("metadata", "page_images"), "never"),
     "preview_and_native": (("text", "metadata", "page_images"), "never"),
+    # A vision model transcribes each page (README "LLM methods"): `llm` alone puts its
+    # Markdown in the pages' `text`; with native or OCR text, that stays in `text` and the
+    # model's goes to `llm`.
+    "llm": (("llm", "metadata"), "never"),
+    "llm_and_native": (("text", "llm", "metadata"), "never"),
+    "llm_and_ocr": (("text", "llm", "metadata"), "always"),
 }
+LLM_OUTPUT: Output = "llm"
 
 
 def utcnow() -> datetime:
@@ -267,6 +274,8 @@ class PageText(Frozen):
     ocr: bool = False
     ocr_unavailable: bool = False
     """`ocr: auto` found the page needs OCR, but this worker has none: `text` is its text layer."""
+    llm: str | None = None
+    """The model's Markdown of the page (output `llm`); also `text` when no `text` was asked."""
 
 
 class ExtractionResult(BaseModel):

@@ -15,7 +15,15 @@ from pydantic import ValidationError
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, PermanentError
 from shared.jobs.records import job_result_key, public_view
-from shared.models import ExtractionResult, ExtractOptions, Job, JobStatus, Output, WebhookState
+from shared.models import (
+    LLM_OUTPUT,
+    ExtractionResult,
+    ExtractOptions,
+    Job,
+    JobStatus,
+    Output,
+    WebhookState,
+)
 from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,8 @@ MAX_JOB_ID_CHARS = 256
 MAX_WAIT_S = 60.0
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
+SEED_ONLY_ON_V1 = frozenset({"llm_and_native", "llm_and_ocr"})
+"""Methods whose combined Secretary shapes this door does not build yet."""
 _METHOD_ALIASES = {"ocr": "tesseract_ocr"}
 """Older Secretary releases called `tesseract_ocr` just `ocr`."""
 
@@ -77,6 +87,8 @@ def options_from_form(fields: Mapping[str, str]) -> ExtractOptions:
         # client raw text where it expects a transformed document.
         raise _invalid("template transformations are not supported; send no template")
     method = fields.get("extraction_method", "").strip() or "native"
+    if method in SEED_ONLY_ON_V1:
+        raise _invalid(f"extraction_method {method} is served on /v1 only (README, LLM methods)")
     start, end = _page(fields, "page_start"), _page(fields, "page_end")
     if start is not None and end is not None and end < start:
         raise _invalid("page_end must not be before page_start")
@@ -142,6 +154,10 @@ def archive_name(job: Job) -> str | None:
 def extraction_method(job: Job) -> str:
     """The seed `extraction_method` the job's options correspond to."""
     outputs, ocr = set(job.options.outputs), job.options.ocr
+    if LLM_OUTPUT in outputs:
+        if "text" not in outputs:
+            return "llm"
+        return "llm_and_ocr" if ocr == "always" else "llm_and_native"
     if ocr == "always":
         return "tesseract_ocr"
     if ocr == "auto":
