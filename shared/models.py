@@ -123,7 +123,10 @@ class ExtractOptions(Frozen):
         if self.method not in SEED_METHODS:
             raise ValueError(f"unknown method {self.method!r}; one of {sorted(SEED_METHODS)}")
         outputs, ocr = SEED_METHODS[self.method]
-        merged = tuple(dict.fromkeys((*outputs, *self.outputs)))
+        asked = self.outputs
+        if LLM_OUTPUT in outputs and "outputs" not in self.model_fields_set:
+            asked = ()  # `llm` alone: the default `text` would make it `llm_and_native`
+        merged = tuple(dict.fromkeys((*outputs, *asked)))
         object.__setattr__(self, "outputs", merged)
         object.__setattr__(self, "ocr", ocr)
         object.__setattr__(self, "method", None)
@@ -349,5 +352,28 @@ class ExtractRequest(BaseModel):
     options: ExtractOptions = ExtractOptions()
     webhook: WebhookSpec | None = None
     client_ref: Annotated[str, Field(max_length=512)] | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+LlmStep = Literal["page", "merge", "failed", "cancelled"]
+
+
+class LlmTask(Frozen):
+    """A job's vision-model work (README "LLM methods"). On `pdfrelay.llm`: one page (`step`
+    "page"); on `pdfrelay.llm.merge`: its pages are all there ("merge"), or a page ended it
+    ("failed" with `error`, "cancelled")."""
+
+    schema_: Literal["pdfrelay.llm-task/1"] = Field(default="pdfrelay.llm-task/1", alias="schema")
+    job_id: Annotated[str, Field(pattern=JOB_ID_RE.pattern)]
+    tenant: str = "default"
+    webhook: WebhookSpec | None = None
+    step: LlmStep = "page"
+    pages: Annotated[int, Field(ge=1)]
+    """How many pages of the job go to the model."""
+    page: Annotated[int, Field(ge=1)] | None = None
+    image_key: str | None = None
+    image_sha256: str | None = None
+    error: JobError | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.webhooks.retry import parse_schedule
 
-METRICS_PORTS = {"extract": 9100, "webhooks": 9101, "object-drop": 9102}
+METRICS_PORTS = {"extract": 9100, "webhooks": 9101, "object-drop": 9102, "llm": 9103}
 """The default metrics port of each handler without HTTP (PDFRELAY_METRICS_PORT unset)."""
 
 DEFAULT_LLM_PROMPT = (

@@ -26,6 +26,7 @@ from shared.adapters.storage import ObjectInfo, ObjectNotFound
 from shared.extraction.base import EXTRACTOR_VERSION
 from shared.jobs.records import artifact_key
 from shared.models import (
+    LLM_OUTPUT,
     Artifact,
     ExtractionResult,
     ExtractOptions,
@@ -159,7 +160,10 @@ async def lookup(
         await fetch()
         _, digest = await asyncio.to_thread(file_digest, pdf_path)
     key = cache_key(digest, job.options, job.tenant)
-    hit = None if job.options.force_refresh else await _reuse(ctx, key, job)
+    # A job for the vision model is never answered whole: its pages are cached one by one, by
+    # their image, model and prompt (shared/jobs/llm.py), which this key does not know.
+    fresh = job.options.force_refresh or LLM_OUTPUT in job.options.outputs
+    hit = None if fresh else await _reuse(ctx, key, job)
     if hit is None and not fetched:
         await fetch()
     return Lookup(key=key, hit=hit, sha256=digest)

@@ -124,6 +124,18 @@ class Metrics:
         self.cache_hits = Counter(
             f"{PREFIX}_cache_hits", "Jobs answered from the result cache.", registry=r
         )
+        self.llm_calls = Counter(
+            f"{PREFIX}_llm_calls",
+            "Pages for the vision model by outcome: ok (a call), cached (none), failed, refused.",
+            ["outcome"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            f"{PREFIX}_llm_tokens",
+            "Tokens the vision model reported, by direction (in: prompt, out: completion).",
+            ["direction"],
+            registry=r,
+        )
         self._queues = _QueueDepths()
         self._pool = _PoolCollector()
         r.register(self._queues)

@@ -1,17 +1,248 @@
-"""The Secretary's LLM methods: a vision model behind any OpenAI-compatible endpoint."""
+"""The Secretary's LLM methods: a vision model behind any OpenAI-compatible endpoint, faked
+here by a local aiohttp server that checks each request's shape and answers on command."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import pymupdf
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from tests.conftest import running_stack
+from handlers import llm
+from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
-from tests.helpers import form
+from tests.helpers import form, upload, wait_done
 
 pytestmark = pytest.mark.integration
+
+KEY = "sk-test-9c1f7e2ab44d0d5e"
+MODEL = "vision-test-1"
+PROMPT = "Transcribe the page into Markdown."
+BASE_WIDTH = 200
+"""Page n of a test document is BASE_WIDTH + n points wide: rendered at 72 dpi, its image is
+as many pixels wide, which is how the fake model tells the pages apart."""
+
+
+def numbered_pdf(pages: int, salt: str = "") -> bytes:
+    doc = pymupdf.open()
+    for n in range(1, pages + 1):
+        page = doc.new_page(width=BASE_WIDTH + n, height=300)
+        page.insert_text((20, 40), f"native text of page {n} {salt}", fontsize=11)
+    data: bytes = doc.tobytes()
+    doc.close()
+    return data
+
+
+def png_width(png: bytes) -> int:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "the image is not a PNG"
+    width: int = struct.unpack(">I", png[16:20])[0]
+    return width
+
+
+@dataclass
+class FakeModel:
+    """An OpenAI-compatible chat-completions endpoint that checks what it is sent."""
+
+    mode: str = "ok"
+    """ok, 500 (always fails) or 400 (refuses)."""
+    rate_limited: int = 0
+    """Answer this many requests first with 429 and `Retry-After: retry_after`."""
+    retry_after: str = "1"
+    crowd: int = 1
+    """An answer waits (2 s at most) until this many calls are in flight at once."""
+    calls: list[float] = field(default_factory=list)
+    limited_at: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _crowded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.append(time.monotonic())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            png = self._check(request, await request.json())
+            if self.rate_limited > 0:
+                self.rate_limited -= 1
+                self.limited_at.append(time.monotonic())
+                return web.json_response(
+                    {"error": {"message": "slow down"}},
+                    status=429,
+                    headers={"Retry-After": self.retry_after},
+                )
+            if self.mode == "500":
+                return web.json_response({"error": {"message": "overloaded"}}, status=500)
+            if self.mode == "400":
+                return web.json_response({"error": {"message": "image rejected"}}, status=400)
+            if self.in_flight >= self.crowd:
+                self._crowded.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._crowded.wait(), 2)
+            page = png_width(png) - BASE_WIDTH
+            return web.json_response(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": f"# Page {page}\n"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 700, "completion_tokens": 9},
+                }
+            )
+        finally:
+            self.in_flight -= 1
+
+    def _check(self, request: web.Request, body: Any) -> bytes:
+        def expect(ok: bool, what: str) -> None:
+            if not ok:
+                self.problems.append(what)
+
+        expect(request.path == "/v1/chat/completions", f"path {request.path}")
+        expect(request.headers.get("Authorization") == f"Bearer {KEY}", "the bearer key")
+        expect(body.get("model") == MODEL, "the model")
+        content = body["messages"][0]["content"]
+        texts = [c["text"] for c in content if c["type"] == "text"]
+        expect(texts == [PROMPT], "the prompt")
+        urls = [c["image_url"]["url"] for c in content if c["type"] == "image_url"]
+        expect(len(urls) == 1, "one image")
+        prefix = "data:image/png;base64,"
+        expect(urls[0].startswith(prefix), "a base64 PNG data URL")
+        return base64.b64decode(urls[0].removeprefix(prefix))
+
+
+@contextlib.asynccontextmanager
+async def fake_model(fake: FakeModel) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.handle)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield str(server.make_url("/v1"))
+
+
+def llm_settings(make_settings: Any, url: str, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "llm_base_url": url,
+        "llm_api_key": KEY,
+        "llm_model": MODEL,
+        "llm_prompt": PROMPT,
+        "llm_concurrency": 2,
+        "llm_dpi": 72,
+        "llm_retry_budget": 2,
+        "transient_backoff_s": 0.2,
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
+async def submit(stack: Stack, pdf: bytes, method: str = "llm") -> Any:
+    job = await upload(stack, pdf, options=json.dumps({"method": method}))
+    return await wait_done(stack, job["job_id"])
+
+
+async def result_of(stack: Stack, job_id: str) -> Any:
+    resp = await stack.client.get(f"/v1/jobs/{job_id}/result")
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def assert_no_key_stored(stack: Stack) -> None:
+    for key in await stack.ctx.storage.list_keys(""):
+        assert KEY.encode() not in await stack.ctx.storage.get_bytes(key), key
+
+
+async def test_six_pages_in_parallel_in_order_and_a_repeat_costs_no_call(
+    make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake = FakeModel(crowd=2)
+    async with fake_model(fake) as url, running_stack(llm_settings(make_settings, url)) as stack:
+        stack.start(llm.serve)
+        pdf = numbered_pdf(6)
+        job = await submit(stack, pdf)
+        assert job["status"] == "completed", job
+        assert job["progress"] == {"pages_done": 6, "pages_total": 6}
+        result = await result_of(stack, job["job_id"])
+        assert [p["number"] for p in result["pages"]] == [1, 2, 3, 4, 5, 6]
+        assert [p["text"] for p in result["pages"]] == [f"# Page {n}\n" for n in range(1, 7)]
+        assert [p["llm"] for p in result["pages"]] == [f"# Page {n}\n" for n in range(1, 7)]
+        assert fake.problems == []
+        assert len(fake.calls) == 6
+        assert fake.max_in_flight == 2  # in parallel, never more than PDFRELAY_LLM_CONCURRENCY
+
+        again = await submit(stack, pdf)
+        assert again["status"] == "completed", again
+        assert len(fake.calls) == 6  # every page from the cache: no second call
+        assert (await result_of(stack, again["job_id"]))["pages"] == result["pages"]
+
+        both = await submit(stack, pdf, "llm_and_native")
+        assert both["status"] == "completed", both
+        pages = (await result_of(stack, both["job_id"]))["pages"]
+        assert [p["text"].strip() for p in pages] == [
+            f"native text of page {n}" for n in range(1, 7)
+        ]
+        assert [p["llm"] for p in pages] == [f"# Page {n}\n" for n in range(1, 7)]
+        assert len(fake.calls) == 6
+
+        for answer in (job, again, both, result):
+            assert KEY not in json.dumps(answer)
+        await assert_no_key_stored(stack)
+    assert KEY not in caplog.text
+
+
+async def test_a_429_storm_pauses_the_consumer_and_nothing_fails(make_settings: Any) -> None:
+    fake = FakeModel(rate_limited=4, retry_after="1")
+    async with fake_model(fake) as url, running_stack(llm_settings(make_settings, url)) as stack:
+        stack.start(llm.serve)
+        job = await submit(stack, numbered_pdf(3))
+        assert job["status"] == "completed", job
+        pages = (await result_of(stack, job["job_id"]))["pages"]
+        assert [p["text"] for p in pages] == [f"# Page {n}\n" for n in (1, 2, 3)]
+        assert len(fake.limited_at) == 4
+        assert len(fake.calls) == 4 + 3
+        # After each 429 no call starts for the whole consumer until its Retry-After is over
+        # (calls already on their way when it was answered excepted).
+        for limited in fake.limited_at:
+            assert not [t for t in fake.calls if limited + 0.2 < t < limited + 0.9]
+
+
+async def test_a_failing_provider_fails_the_job_with_a_clear_code_and_no_text(
+    make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake = FakeModel(mode="500")
+    async with fake_model(fake) as url, running_stack(llm_settings(make_settings, url)) as stack:
+        stack.start(llm.serve)
+        job = await submit(stack, numbered_pdf(1))
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "LLM_UNAVAILABLE"
+        assert "page 1 after 3 tries" in job["error"]["message"]
+        assert len(fake.calls) == 3  # the first call and PDFRELAY_LLM_RETRY_BUDGET more
+        resp = await stack.client.get(f"/v1/jobs/{job['job_id']}/result")
+        assert resp.status == 404
+
+        fake.mode = "400"
+        refused = await submit(stack, numbered_pdf(2, salt="other"))
+        assert refused["status"] == "failed", refused
+        assert refused["error"]["code"] == "LLM_REFUSED"
+        assert "image rejected" in refused["error"]["message"]
+        assert KEY not in json.dumps([job, refused])
+        await assert_no_key_stored(stack)
+    assert KEY not in caplog.text
 
 
 async def test_without_an_endpoint_the_llm_methods_name_the_setting(make_settings: Any) -> None:

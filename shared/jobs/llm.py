@@ -1,0 +1,283 @@
+"""The vision model's part of a job (README "LLM methods"), after the extraction workers
+rendered its pages (shared/jobs/llm_dispatch.py): each page on `pdfrelay.llm` becomes a part,
+answered from the per-page cache or by one model call; when every part is there, the merge
+queue (one active consumer) puts them into the result in page order and completes the job,
+once. A page that fails, and a cancel, end the job through the same queue."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+
+from shared.adapters.broker import publish
+from shared.adapters.llm import ModelClient
+from shared.adapters.storage import ObjectNotFound
+from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.jobs import lifecycle
+from shared.jobs.outcome import publish_event
+from shared.jobs.records import result_key
+from shared.models import (
+    Artifact,
+    ExtractionResult,
+    Frozen,
+    Job,
+    JobError,
+    JobResultSummary,
+    LlmStep,
+    LlmTask,
+    PageText,
+    Progress,
+)
+from shared.runtime.context import Context
+
+log = logging.getLogger(__name__)
+
+CACHE_PREFIX = "results/llm-c/"
+
+
+def llm_prefix(job_id: str) -> str:
+    return f"results/{job_id}/llm/"
+
+
+def image_key(job_id: str, page: int) -> str:
+    return f"{llm_prefix(job_id)}page-{page:05d}.png"
+
+
+def parts_prefix(job_id: str) -> str:
+    return f"{llm_prefix(job_id)}part-"
+
+
+def part_key(job_id: str, page: int) -> str:
+    return f"{parts_prefix(job_id)}{page:05d}.json"
+
+
+def plan_key(job_id: str) -> str:
+    return f"{llm_prefix(job_id)}plan.json"
+
+
+def base_key(job_id: str) -> str:
+    """The extraction's own result (native or OCR text, metadata…), before the model's pages."""
+    return f"{llm_prefix(job_id)}base.json"
+
+
+def cache_key(tenant: str, image_sha256: str, model: str, prompt: str) -> str:
+    """The per-page cache entry: page image content, model and prompt (and the tenant: a shared
+    entry would tell one tenant that another has had the same page)."""
+    material = json.dumps([tenant, image_sha256.lower(), model, prompt], separators=(",", ":"))
+    return f"{CACHE_PREFIX}{hashlib.sha256(material.encode()).hexdigest()}.json"
+
+
+class LlmPlan(Frozen):
+    """What the merge needs besides the parts: the extraction's summary and the pages sent."""
+
+    pages: tuple[int, ...]
+    page_count: int
+    pages_extracted: int
+    warnings: tuple[str, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
+    text_output: bool
+    """`text` was asked for too: it keeps the extraction's text, the model's goes to `llm`."""
+
+
+class LlmAnswer(Frozen):
+    """One page's transcription: a part of the job, and the cache entry of its page."""
+
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+class LlmPart(LlmAnswer):
+    page: int
+    cached: bool = False
+
+
+async def handle_page(
+    ctx: Context, client: ModelClient | None, task: LlmTask, failures: int
+) -> None:
+    """Transcribe one page into its part; `failures`: this page's failed calls so far.
+
+    Raises:
+        TransientError: the call failed and the page's budget allows another try.
+    """
+    page, _, _ = _page_of(task)
+    job = await ctx.jobs.get(task.job_id, task.tenant)
+    if job.status.terminal:
+        return  # cancelled, or failed by another page: the rest of the pages are skipped
+    if await ctx.jobs.cancel_requested(job.job_id):
+        await _publish_step(ctx, task, "cancelled")
+        return
+    if client is None:
+        await _publish_step(
+            ctx,
+            task,
+            "failed",
+            JobError(
+                code=ErrorCode.LLM_NOT_CONFIGURED,
+                message="this llm handler has no model endpoint (PDFRELAY_LLM_BASE_URL)",
+            ),
+        )
+        return
+    try:
+        part = await _part(ctx, client, task)
+    except PermanentError as exc:
+        ctx.metrics.llm_calls.labels(outcome="refused").inc()
+        await _publish_step(ctx, task, "failed", _page_error(task, exc))
+        return
+    except TransientError as exc:
+        if exc.code is not ErrorCode.LLM_UNAVAILABLE:
+            raise  # storage or broker away: the consumer's own ladder
+        ctx.metrics.llm_calls.labels(outcome="failed").inc()
+        if failures + 1 > ctx.settings.llm_retry_budget:
+            await _publish_step(ctx, task, "failed", _page_error(task, exc, failures + 1))
+            return
+        raise
+    await ctx.storage.put_bytes(
+        part_key(job.job_id, page), part.model_dump_json().encode(), "application/json"
+    )
+    done = len(await ctx.storage.list_keys(parts_prefix(job.job_id)))
+    progress = Progress(pages_done=min(done, task.pages), pages_total=task.pages)
+    await publish_event(ctx, job.model_copy(update={"progress": progress}), "job.progress")
+    if done >= task.pages:
+        # Two last pages may both get here: the merge queue's one consumer and its terminal
+        # check make the second merge a no-op.
+        await _publish_step(ctx, task, "merge")
+
+
+def _page_of(task: LlmTask) -> tuple[int, str, str]:
+    """(page, image key, image sha256) of a page task (PermanentError for one without)."""
+    if task.page is None or task.image_key is None or task.image_sha256 is None:
+        raise PermanentError("a page task without its page image", ErrorCode.INVALID_REQUEST)
+    return task.page, task.image_key, task.image_sha256
+
+
+def _page_error(task: LlmTask, exc: PermanentError | TransientError, tries: int = 1) -> JobError:
+    after = f" after {tries} tries" if tries > 1 else ""
+    return JobError(code=exc.code, message=f"page {task.page}{after}: {exc.message}")
+
+
+async def _part(ctx: Context, client: ModelClient, task: LlmTask) -> LlmPart:
+    """The page's part: from the cache, or one call of the model (then cached)."""
+    page, image, digest = _page_of(task)
+    key = cache_key(task.tenant, digest, client.model, client.prompt)
+    try:
+        answer = LlmAnswer.model_validate_json(await ctx.storage.get_bytes(key))
+    except ObjectNotFound:
+        pass
+    else:
+        ctx.metrics.llm_calls.labels(outcome="cached").inc()
+        return LlmPart(page=page, text=answer.text, cached=True)
+    png = await ctx.storage.get_bytes(image)
+    found = await client.transcribe(png)
+    ctx.metrics.llm_calls.labels(outcome="ok").inc()
+    ctx.metrics.llm_tokens.labels(direction="in").inc(found.tokens_in)
+    ctx.metrics.llm_tokens.labels(direction="out").inc(found.tokens_out)
+    answer = LlmAnswer(text=found.text, tokens_in=found.tokens_in, tokens_out=found.tokens_out)
+    await ctx.storage.put_bytes(key, answer.model_dump_json().encode(), "application/json")
+    return LlmPart(page=page, **answer.model_dump())
+
+
+async def _publish_step(
+    ctx: Context, task: LlmTask, step: LlmStep, error: JobError | None = None
+) -> None:
+    msg = task.model_copy(update={"step": step, "error": error})
+    await publish(
+        ctx.channel,
+        ctx.topology.tasks,
+        ctx.topology.LLM_MERGE_KEY,
+        msg,
+        message_id=f"{task.job_id}.llm.{step}",
+    )
+
+
+async def handle_merge(ctx: Context, task: LlmTask) -> None:
+    """End the job as `task.step` says: merged (completed), failed or cancelled; once."""
+    job = await ctx.jobs.get(task.job_id, task.tenant)
+    if job.status.terminal:
+        await lifecycle.announce_again(ctx, job, task.webhook)
+        return
+
+    async def clean_up() -> None:
+        for key in await ctx.storage.list_keys(llm_prefix(job.job_id)):
+            await ctx.storage.delete(key)
+
+    if task.step == "cancelled":
+        ended = lifecycle.cancelled(job)
+    elif task.step == "failed":
+        error = task.error or JobError(code=ErrorCode.LLM_UNAVAILABLE, message="a page failed")
+        ended = lifecycle.failed(job, error.code, error.message)
+    else:
+        ended = await _merged(ctx, job)
+    await lifecycle.end(ctx, ended, task.webhook, first=False, note=" (llm)", stored=clean_up)
+
+
+async def _merged(ctx: Context, job: Job) -> Job:
+    """The job completed: the model's pages put into the extraction's result, in page order."""
+    plan = LlmPlan.model_validate_json(await ctx.storage.get_bytes(plan_key(job.job_id)))
+    parts: dict[int, LlmPart] = {}
+    for key in await ctx.storage.list_keys(parts_prefix(job.job_id)):
+        part = LlmPart.model_validate_json(await ctx.storage.get_bytes(key))
+        parts[part.page] = part
+    missing = [n for n in plan.pages if n not in parts]
+    if missing:
+        raise TransientError(f"pages {missing[:5]} have no part yet")
+    raw = await ctx.storage.get_bytes(base_key(job.job_id))
+    dumped = await asyncio.to_thread(_merge, raw, plan, parts, job.job_id)
+    await ctx.storage.put_bytes(result_key(job.job_id), dumped, "application/json")
+    calls = sum(1 for p in parts.values() if not p.cached)
+    tokens_in = sum(p.tokens_in for p in parts.values())
+    tokens_out = sum(p.tokens_out for p in parts.values())
+    log.info(
+        "job %s: %d pages from the model (%d calls, %d cached; tokens %d in, %d out)",
+        job.job_id,
+        len(parts),
+        calls,
+        len(parts) - calls,
+        tokens_in,
+        tokens_out,
+    )
+    summary = JobResultSummary(
+        page_count=plan.page_count,
+        pages_extracted=plan.pages_extracted,
+        artifacts=plan.artifacts,
+        warnings=plan.warnings,
+    )
+    return lifecycle.completed(job.model_copy(update={"result_key": None}), summary)
+
+
+def _merge(raw: bytes, plan: LlmPlan, parts: dict[int, LlmPart], job_id: str) -> bytes:
+    """CPU work (parsing and dumping the result): run in a thread."""
+    result = ExtractionResult.model_validate_json(raw)
+    result.job_id = job_id
+    if plan.text_output:
+        result.pages = [
+            p.model_copy(update={"llm": parts[p.number].text}) if p.number in parts else p
+            for p in result.pages
+        ]
+    else:
+        result.pages = [
+            PageText(number=n, text=parts[n].text, llm=parts[n].text) for n in sorted(parts)
+        ]
+    return result.model_dump_json(by_alias=True).encode()
+
+
+async def handle_dead(ctx: Context, task: LlmTask) -> None:
+    """A task the llm queues gave up on: a page's job fails (through the merge queue); a merge
+    that kept failing ends its job here."""
+    if task.step == "page":
+        error = JobError(
+            code=ErrorCode.LLM_UNAVAILABLE,
+            message=f"page {task.page}: the vision model step gave up on it",
+        )
+        await _publish_step(ctx, task, "failed", error)
+        return
+    job = await ctx.jobs.get(task.job_id, task.tenant)
+    if job.status.terminal:
+        await lifecycle.announce_again(ctx, job, task.webhook)
+        return
+    error = task.error or JobError(
+        code=ErrorCode.INTERNAL, message="merging the model's pages failed on every attempt"
+    )
+    await lifecycle.end(ctx, lifecycle.failed(job, error.code, error.message), task.webhook)

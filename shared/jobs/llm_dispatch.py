@@ -1,0 +1,98 @@
+"""Handing a job's rendered pages to the vision model (extract process): the extraction's
+result and artifacts are stored, each page image goes to S3 and its task to `pdfrelay.llm`;
+the job stays `processing` until the merge (shared/jobs/llm.py) ends it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+from shared.adapters.broker import publish
+from shared.adapters.digests import file_digest
+from shared.errors import ErrorCode, PermanentError
+from shared.extraction.base import ArtifactFile
+from shared.extraction.modelpages import model_page_number
+from shared.jobs import lifecycle
+from shared.jobs.llm import LlmPlan, base_key, image_key, plan_key
+from shared.jobs.records import artifact_key
+from shared.models import LLM_OUTPUT, Artifact, Job, LlmTask, Progress, WebhookSpec
+from shared.runtime.context import Context
+
+
+def wants_model(job: Job) -> bool:
+    return LLM_OUTPUT in job.options.outputs
+
+
+async def dispatch(
+    ctx: Context,
+    job: Job,
+    webhook: WebhookSpec | None,
+    *,
+    result_path: str,
+    artifacts: Sequence[ArtifactFile],
+    digests: Mapping[str, tuple[int, str]],
+    page_count: int,
+    pages_extracted: int,
+    warnings: Sequence[str],
+) -> None:
+    """Store what the worker made and queue one model task per rendered page."""
+    pages: list[tuple[int, ArtifactFile]] = []
+    stored: list[Artifact] = []
+    for art in artifacts:
+        number = model_page_number(art.name)
+        if number is not None:
+            pages.append((number, art))
+            continue
+        await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
+        size, digest = await _digest(digests, art.path)
+        stored.append(
+            Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
+        )
+    if not pages:
+        raise PermanentError(
+            "no page of the document could be rendered for the model", ErrorCode.PDF_DAMAGED
+        )
+    pages.sort()
+    plan = LlmPlan(
+        pages=tuple(n for n, _ in pages),
+        page_count=page_count,
+        pages_extracted=pages_extracted,
+        warnings=tuple(warnings),
+        artifacts=tuple(stored),
+        text_output="text" in job.options.outputs,
+    )
+    await ctx.storage.put_file(base_key(job.job_id), result_path, "application/json")
+    await ctx.storage.put_bytes(
+        plan_key(job.job_id), plan.model_dump_json().encode(), "application/json"
+    )
+    tasks: list[LlmTask] = []
+    for number, art in pages:
+        await ctx.storage.put_file(image_key(job.job_id, number), art.path, "image/png")
+        _, digest = await _digest(digests, art.path)
+        tasks.append(
+            LlmTask(
+                job_id=job.job_id,
+                tenant=job.tenant,
+                webhook=webhook,
+                pages=len(pages),
+                page=number,
+                image_key=image_key(job.job_id, number),
+                image_sha256=digest,
+            )
+        )
+    progress = Progress(pages_done=0, pages_total=len(pages))
+    await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}))
+    for task in tasks:
+        await publish(
+            ctx.channel,
+            ctx.topology.tasks,
+            ctx.topology.LLM_KEY,
+            task,
+            message_id=f"{job.job_id}.llm.{task.page}",
+        )
+
+
+async def _digest(digests: Mapping[str, tuple[int, str]], path: str) -> tuple[int, str]:
+    """(size, sha256) of an artifact: the worker's, else taken here (off the event loop)."""
+    known = digests.get(path)
+    return known if known is not None else await asyncio.to_thread(file_digest, path)
