@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shared.adapters.llm import ModelClient
 from shared.jobs import llm
+from shared.jobs.cancel import hear as hear_cancels
 from shared.models import LlmTask
 from shared.runtime.consumer import TRANSIENT_HEADER, consume
 from shared.runtime.context import Context
@@ -46,10 +47,12 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             # Jobs are refused at the doors then; a page that comes anyway fails its job.
             log.info("llm handler: no model endpoint (PDFRELAY_LLM_BASE_URL); llm jobs fail")
 
+        calls = llm.InFlightCalls()
+
         async def handle_page(
             task: LlmTask, ctx: Context, message: AbstractIncomingMessage
         ) -> None:
-            await llm.handle_page(ctx, client, task, failures_so_far(message))
+            await llm.handle_page(ctx, client, calls, task, failures_so_far(message))
 
         topology = ctx.topology
         await asyncio.gather(
@@ -72,4 +75,5 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
                 backoff=topology.backoff(topology.llm_merge),
             ),
             consume(ctx, topology.llm_dead, LlmTask, handle_dead, prefetch=4, stop=stop),
+            hear_cancels(ctx, stop, calls.cancel),
         )

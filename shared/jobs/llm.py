@@ -10,12 +10,15 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from shared.adapters.broker import publish
 from shared.adapters.llm import ModelClient
 from shared.adapters.storage import ObjectNotFound
-from shared.errors import ErrorCode, PermanentError, TransientError
+from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
 from shared.jobs import lifecycle
+from shared.jobs.cancel import raise_if_requested
 from shared.jobs.outcome import publish_event
 from shared.jobs.records import result_key
 from shared.models import (
@@ -94,8 +97,45 @@ class LlmPart(LlmAnswer):
     cached: bool = False
 
 
+class InFlightCalls:
+    """The model calls this process is making, by job: a cancel request stops them."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, set[asyncio.Task[LlmPart]]] = {}
+        self._stopped: set[str] = set()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop the job's calls in flight (`run` raises JobCancelled in their handlers)."""
+        calls = self._calls.get(job_id)
+        if calls:
+            self._stopped.add(job_id)
+            for call in calls:
+                call.cancel()
+
+    async def run(self, job_id: str, work: Coroutine[Any, Any, LlmPart]) -> LlmPart:
+        call = asyncio.ensure_future(work)
+        self._calls.setdefault(job_id, set()).add(call)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job_id in self._stopped and current is not None and not current.cancelling():
+                raise JobCancelled("the job was cancelled") from None
+            raise
+        finally:
+            calls = self._calls[job_id]
+            calls.discard(call)
+            if not calls:
+                del self._calls[job_id]
+                self._stopped.discard(job_id)
+
+
 async def handle_page(
-    ctx: Context, client: ModelClient | None, task: LlmTask, failures: int
+    ctx: Context,
+    client: ModelClient | None,
+    calls: InFlightCalls,
+    task: LlmTask,
+    failures: int,
 ) -> None:
     """Transcribe one page into its part; `failures`: this page's failed calls so far.
 
@@ -106,7 +146,9 @@ async def handle_page(
     job = await ctx.jobs.get(task.job_id, task.tenant)
     if job.status.terminal:
         return  # cancelled, or failed by another page: the rest of the pages are skipped
-    if await ctx.jobs.cancel_requested(job.job_id):
+    try:
+        await raise_if_requested(ctx, job)
+    except JobCancelled:
         await _publish_step(ctx, task, "cancelled")
         return
     if client is None:
@@ -121,7 +163,10 @@ async def handle_page(
         )
         return
     try:
-        part = await _part(ctx, client, task)
+        part = await calls.run(job.job_id, _part(ctx, client, task))
+    except JobCancelled:
+        await _publish_step(ctx, task, "cancelled")
+        return
     except PermanentError as exc:
         ctx.metrics.llm_calls.labels(outcome="refused").inc()
         await _publish_step(ctx, task, "failed", _page_error(task, exc))

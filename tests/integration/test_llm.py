@@ -64,6 +64,9 @@ class FakeModel:
     calls: list[float] = field(default_factory=list)
     limited_at: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    """When set up, an answer waits for it (after `arrived` is set)."""
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight: int = 0
     max_in_flight: int = 0
     _crowded: asyncio.Event = field(default_factory=asyncio.Event)
@@ -86,6 +89,9 @@ class FakeModel:
                 return web.json_response({"error": {"message": "overloaded"}}, status=500)
             if self.mode == "400":
                 return web.json_response({"error": {"message": "image rejected"}}, status=400)
+            self.arrived.set()
+            if self.gate is not None:
+                await asyncio.wait_for(self.gate.wait(), 30)
             if self.in_flight >= self.crowd:
                 self._crowded.set()
             with contextlib.suppress(TimeoutError):
@@ -243,6 +249,23 @@ async def test_a_failing_provider_fails_the_job_with_a_clear_code_and_no_text(
         assert KEY not in json.dumps([job, refused])
         await assert_no_key_stored(stack)
     assert KEY not in caplog.text
+
+
+async def test_a_cancel_stops_the_pages_not_yet_sent(make_settings: Any) -> None:
+    gate = asyncio.Event()
+    fake = FakeModel(gate=gate)
+    async with fake_model(fake) as url:
+        settings = llm_settings(make_settings, url, llm_concurrency=1)
+        async with running_stack(settings) as stack:
+            stack.start(llm.serve)
+            job = await upload(stack, numbered_pdf(4), options=json.dumps({"method": "llm"}))
+            await asyncio.wait_for(fake.arrived.wait(), 60)
+            # The call in flight is stopped (the fake holds it), the job ends while DELETE waits.
+            resp = await stack.client.delete(f"/v1/jobs/{job['job_id']}")
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["status"] == "cancelled"
+            gate.set()
+            assert len(fake.calls) == 1  # the page in flight; none of the three after it
 
 
 async def test_without_an_endpoint_the_llm_methods_name_the_setting(make_settings: Any) -> None:
