@@ -18,6 +18,8 @@ passive `queue.declare` per queue, cached for `QUEUE_DEPTH_TTL_S`).
 | `pdfrelay_webhook_attempt_seconds` | histogram | |
 | `pdfrelay_dead_letters_total` | counter | `queue` (the queue the message was given up from) |
 | `pdfrelay_cache_hits_total` | counter | |
+| `pdfrelay_llm_calls_total` | counter | `outcome` (ok, cached, failed, refused) |
+| `pdfrelay_llm_tokens_total` | counter | `direction` (in, out) |
 | `pdfrelay_worker_processes_started_total` | counter | |
 | `pdfrelay_worker_restarts_total` | counter | (worker processes that died without an answer) |
 """
