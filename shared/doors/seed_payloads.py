@@ -22,6 +22,7 @@ from shared.models import (
     Job,
     JobStatus,
     Output,
+    PageText,
     WebhookState,
 )
 from shared.runtime.context import Context
@@ -44,8 +45,6 @@ MAX_JOB_ID_CHARS = 256
 MAX_WAIT_S = 60.0
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
-SEED_ONLY_ON_V1 = frozenset({"llm_and_native", "llm_and_ocr"})
-"""Methods whose combined Secretary shapes this door does not build yet."""
 _METHOD_ALIASES = {"ocr": "tesseract_ocr"}
 """Older Secretary releases called `tesseract_ocr` just `ocr`."""
 
@@ -87,8 +86,6 @@ def options_from_form(fields: Mapping[str, str]) -> ExtractOptions:
         # client raw text where it expects a transformed document.
         raise _invalid("template transformations are not supported; send no template")
     method = fields.get("extraction_method", "").strip() or "native"
-    if method in SEED_ONLY_ON_V1:
-        raise _invalid(f"extraction_method {method} is served on /v1 only (README, LLM methods)")
     start, end = _page(fields, "page_start"), _page(fields, "page_end")
     if start is not None and end is not None and end < start:
         raise _invalid("page_end must not be before page_start")
@@ -167,6 +164,16 @@ def extraction_method(job: Job) -> str:
     return "native"
 
 
+def page_content(method: str, page: PageText) -> str:
+    """A page's text as the Secretary gave it: the combined LLM methods in its two-part shape
+    (on /v1 they are the separate fields `text` and `llm`)."""
+    if method == "llm_and_native":
+        return f"=== Native Text ===\n{page.text}\n\n=== LLM Markdown ===\n{page.llm or ''}"
+    if method == "llm_and_ocr":
+        return f"=== LLM Markdown ===\n{page.llm or ''}\n\n=== Tesseract OCR ===\n{page.text}"
+    return page.text
+
+
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
@@ -219,20 +226,22 @@ def result_data(job: Job, result: ExtractionResult | None, base_url: str) -> dic
     parts: list[str] = []
     contents: list[dict[str, Any]] = []
     used, truncated = 0, False
+    method = extraction_method(job)
     for page in result.pages if result else ():
-        if used + len(page.text) > MAX_INLINE_CHARS:
+        content = page_content(method, page)
+        if used + len(content) > MAX_INLINE_CHARS:
             truncated = True
             break
-        used += len(page.text)
-        parts.append(f"\n--- Seite {page.number} ---\n{page.text}")
-        contents.append({"page": page.number, "content": page.text})
+        used += len(content)
+        parts.append(f"\n--- Seite {page.number} ---\n{content}")
+        contents.append({"page": page.number, "content": content})
     metadata: dict[str, Any] = dict(result.metadata or {}) if result else {}
     metadata.update(
         file_name=job.filename,
         file_size=job.source_size,
         page_count=result.page_count if result else None,
         format="pdf",
-        extraction_method=extraction_method(job),
+        extraction_method=method,
         text_contents=contents,
     )
     link = f"{base_url}/v1/jobs/{job.job_id}"

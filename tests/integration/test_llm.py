@@ -210,6 +210,39 @@ async def test_six_pages_in_parallel_in_order_and_a_repeat_costs_no_call(
     assert KEY not in caplog.text
 
 
+async def test_the_seed_door_answers_in_the_secretarys_combined_shape(make_settings: Any) -> None:
+    fake = FakeModel()
+    async with fake_model(fake) as url, running_stack(llm_settings(make_settings, url)) as stack:
+        stack.start(llm.serve)
+        pdf = numbered_pdf(2)
+        fields = {"extraction_method": "llm_and_native", "wait_ms": "60000"}
+        resp = await stack.client.post("/api/pdf/process", data=form(pdf, **fields))
+        assert resp.status == 200, await resp.text()
+        done = await resp.json()
+        assert done["status"] == "completed"
+        data = done["data"]
+        assert data["metadata"]["extraction_method"] == "llm_and_native"
+        contents = [
+            f"=== Native Text ===\nnative text of page {n} \n\n\n=== LLM Markdown ===\n# Page {n}\n"
+            for n in (1, 2)
+        ]
+        assert data["metadata"]["text_contents"] == [
+            {"page": n, "content": c} for n, c in zip((1, 2), contents, strict=True)
+        ]
+        assert data["extracted_text"] == "".join(
+            f"\n--- Seite {n} ---\n{c}" for n, c in zip((1, 2), contents, strict=True)
+        )
+        fields = {"extraction_method": "llm", "wait_ms": "60000"}
+        resp = await stack.client.post("/api/pdf/process", data=form(pdf, **fields))
+        assert resp.status == 200, await resp.text()
+        data = (await resp.json())["data"]
+        assert data["metadata"]["extraction_method"] == "llm"
+        assert (
+            data["extracted_text"] == "\n--- Seite 1 ---\n# Page 1\n\n--- Seite 2 ---\n# Page 2\n"
+        )
+        assert len(fake.calls) == 2  # the second job's pages came from the cache
+
+
 async def test_a_429_storm_pauses_the_consumer_and_nothing_fails(make_settings: Any) -> None:
     fake = FakeModel(rate_limited=4, retry_after="1")
     async with fake_model(fake) as url, running_stack(llm_settings(make_settings, url)) as stack:

@@ -66,7 +66,6 @@ def test_every_seed_field_takes_effect() -> None:
     "fields",
     [
         {"extraction_method": "gpt"},
-        {"extraction_method": "llm_and_native"},
         {"page_start": "0"},
         {"page_end": "two"},
         {"page_start": "5", "page_end": "4"},
