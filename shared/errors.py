@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     LLM_NOT_CONFIGURED = "LLM_NOT_CONFIGURED"
     LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
     LLM_REFUSED = "LLM_REFUSED"
+    LLM_BUDGET_EXCEEDED = "LLM_BUDGET_EXCEEDED"
 
 
 class PdfRelayError(Exception):
@@ -103,6 +104,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DECOMPRESSION_LIMIT: 422,
     ErrorCode.PAGE_TOO_LARGE: 422,
     ErrorCode.LLM_NOT_CONFIGURED: 422,
+    ErrorCode.LLM_BUDGET_EXCEEDED: 429,
 }
 
 

@@ -212,6 +212,16 @@ class WebhookState(BaseModel):
     never dumped."""
 
 
+class LlmUsage(Frozen):
+    """A job's vision-model work (the `llm` methods): calls made, pages from the page cache,
+    and the tokens the model endpoint reported."""
+
+    calls: int = 0
+    cached_pages: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
 class Job(BaseModel):
     """The job record, stored at `jobs/{job_id}/record.json`; what GET /v1/jobs/{id} shows."""
 
@@ -243,6 +253,8 @@ class Job(BaseModel):
     attempts: int = 0
     pages_reserved: int | None = None
     """Pages this job holds of its tenant's page quota (shared/jobs/quota.py) until it ends."""
+    llm: LlmUsage | None = None
+    """Vision-model calls and tokens (the `llm` methods), once the job has ended."""
     result_key: str | None = None
     """Where its result document is stored when not at `results/{job_id}/result.json`: under
     its cache key, `results/c-{key}/{job_id}.json` (shared/jobs/cache.py); see `job_result_key`."""

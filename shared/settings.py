@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     llm_max_pause_s: float = Field(default=900.0, gt=0)
     """Longest one page waits out the provider's `Retry-After` pauses before that counts as a
     failed call."""
+    llm_tenant_monthly_tokens: int | None = Field(default=None, ge=1)
+    """Tokens (in + out) one tenant's llm jobs may use per calendar month (UTC); once spent, new
+    llm jobs get `429 LLM_BUDGET_EXCEEDED` until the month ends. Unset: no budget."""
     extract_trace_dir: str | None = None
     """Test aid: each worker process appends its start/end times here."""
 

@@ -19,6 +19,7 @@ from shared.models import (
     JobError,
     JobResultSummary,
     JobStatus,
+    LlmUsage,
     Progress,
     Source,
     WebhookSpec,
@@ -26,7 +27,16 @@ from shared.models import (
 )
 
 Door = Literal["http", "broker", "object-drop", "seed"]
-SeedMethod = Literal["native", "tesseract_ocr", "both", "preview", "preview_and_native"]
+SeedMethod = Literal[
+    "native",
+    "tesseract_ocr",
+    "both",
+    "preview",
+    "preview_and_native",
+    "llm",
+    "llm_and_native",
+    "llm_and_ocr",
+]
 
 
 class ApiModel(BaseModel):
@@ -69,6 +79,9 @@ class JobView(ApiModel):
     error: JobError | None = Field(default=None, description="Set when the job failed.")
     result: JobResultSummary | None = Field(
         default=None, description="Set when the job completed: page count and artifacts."
+    )
+    llm: LlmUsage | None = Field(
+        default=None, description="Vision-model calls and tokens (llm methods), once ended."
     )
     created_at: datetime
     started_at: datetime | None = None

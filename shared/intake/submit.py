@@ -13,7 +13,7 @@ from shared.adapters.broker import publish
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
 from shared.intake.fetch import check_source_url
-from shared.jobs import lifecycle
+from shared.jobs import lifecycle, llm_usage
 from shared.jobs.quota import release, reserve
 from shared.jobs.records import inflight_key, upload_key
 from shared.models import (
@@ -72,6 +72,8 @@ class Submitter:
             PermanentError: LLM_NOT_CONFIGURED for an `llm` method without a model endpoint.
         """
         check_llm_configured(ctx.settings, sub.options)
+        if LLM_OUTPUT in sub.options.outputs:
+            await llm_usage.check_budget(ctx, sub.tenant)
         if sub.idempotency_key is None:
             return await _create(ctx, sub), True
         # The broker's message ids live in a namespace of their own (never an HTTP key's job).

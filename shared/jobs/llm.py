@@ -19,6 +19,7 @@ from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
 from shared.jobs import lifecycle
 from shared.jobs.cancel import raise_if_requested
+from shared.jobs.llm_usage import charge
 from shared.jobs.outcome import publish_event
 from shared.jobs.records import result_key
 from shared.models import (
@@ -30,6 +31,7 @@ from shared.models import (
     JobResultSummary,
     LlmStep,
     LlmTask,
+    LlmUsage,
     PageText,
     Progress,
 )
@@ -248,41 +250,52 @@ async def handle_merge(ctx: Context, task: LlmTask) -> None:
         for key in await ctx.storage.list_keys(llm_prefix(job.job_id)):
             await ctx.storage.delete(key)
 
+    parts = await _parts(ctx, job.job_id)
     if task.step == "cancelled":
         ended = lifecycle.cancelled(job)
     elif task.step == "failed":
         error = task.error or JobError(code=ErrorCode.LLM_UNAVAILABLE, message="a page failed")
         ended = lifecycle.failed(job, error.code, error.message)
     else:
-        ended = await _merged(ctx, job)
+        ended = await _merged(ctx, job, parts)
+    usage = LlmUsage(
+        calls=sum(1 for p in parts.values() if not p.cached),
+        cached_pages=sum(1 for p in parts.values() if p.cached),
+        tokens_in=sum(p.tokens_in for p in parts.values()),
+        tokens_out=sum(p.tokens_out for p in parts.values()),
+    )
+    ended = ended.model_copy(update={"llm": usage})
+    if ctx.settings.llm_tenant_monthly_tokens is not None:
+        await charge(ctx, job.tenant, usage)
+    log.info(
+        "job %s: %d pages from the model (%d calls, %d cached; tokens %d in, %d out)",
+        job.job_id,
+        len(parts),
+        usage.calls,
+        usage.cached_pages,
+        usage.tokens_in,
+        usage.tokens_out,
+    )
     await lifecycle.end(ctx, ended, task.webhook, first=False, note=" (llm)", stored=clean_up)
 
 
-async def _merged(ctx: Context, job: Job) -> Job:
-    """The job completed: the model's pages put into the extraction's result, in page order."""
-    plan = LlmPlan.model_validate_json(await ctx.storage.get_bytes(plan_key(job.job_id)))
+async def _parts(ctx: Context, job_id: str) -> dict[int, LlmPart]:
     parts: dict[int, LlmPart] = {}
-    for key in await ctx.storage.list_keys(parts_prefix(job.job_id)):
+    for key in await ctx.storage.list_keys(parts_prefix(job_id)):
         part = LlmPart.model_validate_json(await ctx.storage.get_bytes(key))
         parts[part.page] = part
+    return parts
+
+
+async def _merged(ctx: Context, job: Job, parts: dict[int, LlmPart]) -> Job:
+    """The job completed: the model's pages put into the extraction's result, in page order."""
+    plan = LlmPlan.model_validate_json(await ctx.storage.get_bytes(plan_key(job.job_id)))
     missing = [n for n in plan.pages if n not in parts]
     if missing:
         raise TransientError(f"pages {missing[:5]} have no part yet")
     raw = await ctx.storage.get_bytes(base_key(job.job_id))
     dumped = await asyncio.to_thread(_merge, raw, plan, parts, job.job_id)
     await ctx.storage.put_bytes(result_key(job.job_id), dumped, "application/json")
-    calls = sum(1 for p in parts.values() if not p.cached)
-    tokens_in = sum(p.tokens_in for p in parts.values())
-    tokens_out = sum(p.tokens_out for p in parts.values())
-    log.info(
-        "job %s: %d pages from the model (%d calls, %d cached; tokens %d in, %d out)",
-        job.job_id,
-        len(parts),
-        calls,
-        len(parts) - calls,
-        tokens_in,
-        tokens_out,
-    )
     summary = JobResultSummary(
         page_count=plan.page_count,
         pages_extracted=plan.pages_extracted,

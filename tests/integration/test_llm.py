@@ -189,10 +189,16 @@ async def test_six_pages_in_parallel_in_order_and_a_repeat_costs_no_call(
         assert fake.problems == []
         assert len(fake.calls) == 6
         assert fake.max_in_flight == 2  # in parallel, never more than PDFRELAY_LLM_CONCURRENCY
+        usage = {"calls": 6, "cached_pages": 0, "tokens_in": 6 * 700, "tokens_out": 6 * 9}
+        assert job["llm"] == usage
+        sample = stack.ctx.metrics.registry.get_sample_value
+        assert sample("pdfrelay_llm_tokens_total", {"direction": "in"}) == 6 * 700
+        assert sample("pdfrelay_llm_calls_total", {"outcome": "ok"}) == 6
 
         again = await submit(stack, pdf)
         assert again["status"] == "completed", again
         assert len(fake.calls) == 6  # every page from the cache: no second call
+        assert again["llm"] == {"calls": 0, "cached_pages": 6, "tokens_in": 0, "tokens_out": 0}
         assert (await result_of(stack, again["job_id"]))["pages"] == result["pages"]
 
         both = await submit(stack, pdf, "llm_and_native")
@@ -241,6 +247,28 @@ async def test_the_seed_door_answers_in_the_secretarys_combined_shape(make_setti
             data["extracted_text"] == "\n--- Seite 1 ---\n# Page 1\n\n--- Seite 2 ---\n# Page 2\n"
         )
         assert len(fake.calls) == 2  # the second job's pages came from the cache
+
+
+async def test_a_spent_tenant_budget_refuses_new_llm_jobs(make_settings: Any) -> None:
+    fake = FakeModel()
+    async with fake_model(fake) as url:
+        settings = llm_settings(make_settings, url, llm_tenant_monthly_tokens=1000)
+        async with running_stack(settings) as stack:
+            stack.start(llm.serve)
+            for salt in ("a", "b"):  # 709 tokens each: under the budget when accepted
+                job = await submit(stack, numbered_pdf(1, salt=salt))
+                assert job["status"] == "completed", job
+            resp = await stack.client.post(
+                "/v1/jobs",
+                data=form(numbered_pdf(1, salt="c"), options=json.dumps({"method": "llm"})),
+            )
+            assert resp.status == 429, await resp.text()
+            error = (await resp.json())["error"]
+            assert error["code"] == "LLM_BUDGET_EXCEEDED"
+            assert "PDFRELAY_LLM_TENANT_MONTHLY_TOKENS" in error["message"]
+            # Other methods are not budgeted.
+            native = await upload(stack, numbered_pdf(1, salt="c"))
+            assert (await wait_done(stack, native["job_id"]))["status"] == "completed"
 
 
 async def test_a_429_storm_pauses_the_consumer_and_nothing_fails(make_settings: Any) -> None:
