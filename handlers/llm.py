@@ -13,7 +13,7 @@ import logging
 from aio_pika.abc import AbstractIncomingMessage
 
 from shared.adapters.llm import ModelClient
-from shared.jobs import llm
+from shared.jobs import llm, llm_transform
 from shared.jobs.cancel import hear as hear_cancels
 from shared.models import LlmTask
 from shared.runtime.consumer import TRANSIENT_HEADER, consume
@@ -52,7 +52,8 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
         async def handle_page(
             task: LlmTask, ctx: Context, message: AbstractIncomingMessage
         ) -> None:
-            await llm.handle_page(ctx, client, calls, task, failures_so_far(message))
+            step = llm_transform.handle_transform if task.step == "transform" else llm.handle_page
+            await step(ctx, client, calls, task, failures_so_far(message))
 
         topology = ctx.topology
         await asyncio.gather(

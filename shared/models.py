@@ -100,6 +100,21 @@ class ExtractOptions(Frozen):
     method: str | None = Field(default=None, description="Seed alias: native, tesseract_ocr, …")
     chunking: ChunkOptions = ChunkOptions()
     """Budget and overlap of the `chunks` output."""
+    template: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = Field(
+        default=None,
+        description="A language model transforms the document's text by this named template "
+        "into `transformed.md` (README, LLM methods)",
+    )
+    context: dict[str, object] | None = Field(
+        default=None, description="Values for the template's {{placeholders}}"
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None and ".." in v:
+            raise ValueError("template must be a plain name")
+        return v
 
     @field_validator("outputs")
     @classmethod
@@ -303,6 +318,8 @@ class ExtractionResult(BaseModel):
     markdown: str | None = None
     metadata: dict[str, object] | None = None
     tables: list[dict[str, object]] | None = None
+    transformed: str | None = None
+    """The document transformed by `options.template` (also the artifact `transformed.md`)."""
     warnings: list[str] = []
 
     model_config = ConfigDict(populate_by_name=True)
@@ -368,21 +385,21 @@ class ExtractRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-LlmStep = Literal["page", "merge", "failed", "cancelled"]
+LlmStep = Literal["page", "transform", "merge", "failed", "cancelled"]
 
 
 class LlmTask(Frozen):
-    """A job's vision-model work (README "LLM methods"). On `pdfrelay.llm`: one page (`step`
-    "page"); on `pdfrelay.llm.merge`: its pages are all there ("merge"), or a page ended it
-    ("failed" with `error`, "cancelled")."""
+    """A job's language-model work (README "LLM methods"). On `pdfrelay.llm`: one page (`step`
+    "page") or the template's transformation ("transform"); on `pdfrelay.llm.merge`: all of it
+    is there ("merge"), or a step ended it ("failed" with `error`, "cancelled")."""
 
     schema_: Literal["pdfrelay.llm-task/1"] = Field(default="pdfrelay.llm-task/1", alias="schema")
     job_id: Annotated[str, Field(pattern=JOB_ID_RE.pattern)]
     tenant: str = "default"
     webhook: WebhookSpec | None = None
     step: LlmStep = "page"
-    pages: Annotated[int, Field(ge=1)]
-    """How many pages of the job go to the model."""
+    pages: Annotated[int, Field(ge=0)]
+    """How many pages of the job go to the model (0: only its template)."""
     page: Annotated[int, Field(ge=1)] | None = None
     image_key: str | None = None
     image_sha256: str | None = None

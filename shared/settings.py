@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     llm_max_pause_s: float = Field(default=900.0, gt=0)
     """Longest one page waits out the provider's `Retry-After` pauses before that counts as a
     failed call."""
+    llm_templates_dir: str | None = None
+    """Folder of the `template` option's templates, `{name}.md`: `{{key}}` is filled from the
+    job's `context`, `{{text}}` with the document's text (else the text follows the template);
+    unset: `template` answers `422 LLM_NOT_CONFIGURED`."""
     llm_tenant_monthly_tokens: int | None = Field(default=None, ge=1)
     """Tokens (in + out) one tenant's llm jobs may use per calendar month (UTC); once spent, new
     llm jobs get `429 LLM_BUDGET_EXCEEDED` until the month ends. Unset: no budget."""

@@ -114,6 +114,15 @@ def request_body(model: str, prompt: str, png: bytes) -> bytes:
     return json.dumps(body).encode()
 
 
+def text_request_body(model: str, system: str | None, user: str) -> bytes:
+    """The chat-completions request of a text transformation (a template)."""
+    messages: list[dict[str, str]] = []
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": user})
+    return json.dumps({"model": model, "temperature": 0, "messages": messages}).encode()
+
+
 class ModelClient:
     """One HTTP session to the model endpoint, opened and closed with the handler."""
 
@@ -157,6 +166,16 @@ class ModelClient:
             PermanentError: LLM_REFUSED.
         """
         body = await asyncio.to_thread(request_body, self.model, self.prompt, png)
+        return await self._complete(body)
+
+    async def transform(self, system: str | None, user: str) -> Transcription:
+        """The model's answer to a text request (a template over the document's text); raises
+        as `transcribe` does."""
+        body = await asyncio.to_thread(text_request_body, self.model, system, user)
+        return await self._complete(body)
+
+    async def _complete(self, body: bytes) -> Transcription:
+        """One chat completion, waiting out the provider's pauses."""
         waited = 0.0
         while True:
             started = time.monotonic()
@@ -199,7 +218,7 @@ class ModelClient:
             )
         if status >= 400:
             raise PermanentError(
-                f"the model endpoint refused the page ({status}){self._detail(raw)}",
+                f"the model endpoint refused the request ({status}){self._detail(raw)}",
                 ErrorCode.LLM_REFUSED,
             )
         return self._parse(raw)
@@ -216,11 +235,9 @@ class ModelClient:
                 "the model endpoint's answer is not a chat completion", ErrorCode.LLM_UNAVAILABLE
             ) from exc
         if finish == "content_filter":
-            raise PermanentError(
-                "the model refused the page (content filter)", ErrorCode.LLM_REFUSED
-            )
+            raise PermanentError("the model refused (content filter)", ErrorCode.LLM_REFUSED)
         if not isinstance(content, str) or not content.strip():
-            raise PermanentError("the model gave no text for the page", ErrorCode.LLM_REFUSED)
+            raise PermanentError("the model gave no text", ErrorCode.LLM_REFUSED)
         return Transcription(
             text=content,
             tokens_in=_count(usage, "prompt_tokens"),

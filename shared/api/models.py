@@ -164,6 +164,12 @@ class SeedForm(ApiModel):
     callback_url: str | None = None
     callback_token: str | None = None
     jobId: str | None = None
+    template: str | None = Field(
+        default=None, description="A named template: the answer's `transformed_text`."
+    )
+    context: str | None = Field(
+        default=None, description="A JSON object for the template's {{placeholders}}."
+    )
     wait_ms: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="Wait up to this long (capped) and answer the result."
     )

@@ -75,16 +75,27 @@ def _page(fields: Mapping[str, str], name: str) -> int | None:
     return page
 
 
+def _context(raw: str) -> dict[str, object] | None:
+    """The seed's `context`: a JSON object (as text) for the template's placeholders."""
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise _invalid("context must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise _invalid("context must be a JSON object")
+    return value
+
+
 def options_from_form(fields: Mapping[str, str]) -> ExtractOptions:
     """The job options the seed's form fields ask for; every field takes effect.
 
     Raises:
         PermanentError: INVALID_OPTIONS for a value the seed would not have accepted either.
     """
-    if fields.get("template", "").strip():
-        # The Secretary ran an LLM over the text with it; silently dropping it would hand the
-        # client raw text where it expects a transformed document.
-        raise _invalid("template transformations are not supported; send no template")
+    template = fields.get("template", "").strip() or None
+    context = _context(fields.get("context", "")) if template is not None else None
     method = fields.get("extraction_method", "").strip() or "native"
     start, end = _page(fields, "page_start"), _page(fields, "page_end")
     if start is not None and end is not None and end < start:
@@ -101,6 +112,8 @@ def options_from_form(fields: Mapping[str, str]) -> ExtractOptions:
             outputs=outputs,
             pages=pages,
             force_refresh=force,
+            template=template,
+            context=context,
         )
     except ValidationError as exc:
         raise _invalid("; ".join(e["msg"] for e in exc.errors())) from exc
@@ -253,6 +266,9 @@ def result_data(job: Job, result: ExtractionResult | None, base_url: str) -> dic
     }
     if truncated:
         data["truncated"] = True
+    if result is not None and result.transformed is not None:
+        # The template's document (README "LLM methods"); also the artifact transformed.md.
+        data["transformed_text"] = result.transformed
     if archive_name(job) is not None:
         data["images_archive_url"] = f"{base_url}/api/jobs/{job.job_id}/download-archive"
     return data

@@ -14,6 +14,7 @@ from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
 from shared.intake.fetch import check_source_url
 from shared.jobs import lifecycle, llm_usage
+from shared.jobs.llm_templates import load_template
 from shared.jobs.quota import release, reserve
 from shared.jobs.records import inflight_key, upload_key
 from shared.models import (
@@ -72,7 +73,9 @@ class Submitter:
             PermanentError: LLM_NOT_CONFIGURED for an `llm` method without a model endpoint.
         """
         check_llm_configured(ctx.settings, sub.options)
-        if LLM_OUTPUT in sub.options.outputs:
+        if sub.options.template is not None:
+            await load_template(ctx.settings, sub.options.template)
+        if LLM_OUTPUT in sub.options.outputs or sub.options.template is not None:
             await llm_usage.check_budget(ctx, sub.tenant)
         if sub.idempotency_key is None:
             return await _create(ctx, sub), True

@@ -160,9 +160,11 @@ async def lookup(
         await fetch()
         _, digest = await asyncio.to_thread(file_digest, pdf_path)
     key = cache_key(digest, job.options, job.tenant)
-    # A job for the vision model is never answered whole: its pages are cached one by one, by
-    # their image, model and prompt (shared/jobs/llm.py), which this key does not know.
-    fresh = job.options.force_refresh or LLM_OUTPUT in job.options.outputs
+    # A job for a language model is never answered whole: its pages (and its template's answer)
+    # are cached one by one, by image or text, model and prompt (shared/jobs/llm.py), which this
+    # key does not know.
+    options = job.options
+    fresh = options.force_refresh or LLM_OUTPUT in options.outputs or options.template is not None
     hit = None if fresh else await _reuse(ctx, key, job)
     if hit is None and not fetched:
         await fetch()

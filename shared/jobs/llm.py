@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.adapters.broker import publish
 from shared.adapters.llm import ModelClient
@@ -21,7 +21,7 @@ from shared.jobs import lifecycle
 from shared.jobs.cancel import raise_if_requested
 from shared.jobs.llm_usage import charge
 from shared.jobs.outcome import publish_event
-from shared.jobs.records import result_key
+from shared.jobs.records import artifact_key, result_key
 from shared.models import (
     Artifact,
     ExtractionResult,
@@ -38,6 +38,8 @@ from shared.models import (
 from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CACHE_PREFIX = "results/llm-c/"
 
@@ -60,6 +62,11 @@ def part_key(job_id: str, page: int) -> str:
 
 def plan_key(job_id: str) -> str:
     return f"{llm_prefix(job_id)}plan.json"
+
+
+def transformed_key(job_id: str) -> str:
+    """The template's answer (`LlmTransformed`), until the merge stores `transformed.md`."""
+    return f"{llm_prefix(job_id)}transformed.json"
 
 
 def base_key(job_id: str) -> str:
@@ -99,11 +106,20 @@ class LlmPart(LlmAnswer):
     cached: bool = False
 
 
+class LlmTransformed(LlmAnswer):
+    cached: bool = False
+    cut: bool = False
+    """The document's text was longer than a template takes: only its first pages went."""
+
+
+TRANSFORMED_ARTIFACT = "transformed.md"
+
+
 class InFlightCalls:
     """The model calls this process is making, by job: a cancel request stops them."""
 
     def __init__(self) -> None:
-        self._calls: dict[str, set[asyncio.Task[LlmPart]]] = {}
+        self._calls: dict[str, set[asyncio.Future[Any]]] = {}
         self._stopped: set[str] = set()
 
     def cancel(self, job_id: str) -> None:
@@ -114,8 +130,8 @@ class InFlightCalls:
             for call in calls:
                 call.cancel()
 
-    async def run(self, job_id: str, work: Coroutine[Any, Any, LlmPart]) -> LlmPart:
-        call = asyncio.ensure_future(work)
+    async def run(self, job_id: str, work: Coroutine[Any, Any, T]) -> T:
+        call: asyncio.Future[T] = asyncio.ensure_future(work)
         self._calls.setdefault(job_id, set()).add(call)
         try:
             return await call
@@ -132,6 +148,57 @@ class InFlightCalls:
                 self._stopped.discard(job_id)
 
 
+async def start(ctx: Context, client: ModelClient | None, task: LlmTask) -> Job | None:
+    """The job of a page or transform task, if the task is still to run (else: the job has
+    ended, or its cancel or a missing endpoint ends it now, through the merge queue)."""
+    job = await ctx.jobs.get(task.job_id, task.tenant)
+    if job.status.terminal:
+        return None  # cancelled, or failed by another page: the rest of the work is skipped
+    try:
+        await raise_if_requested(ctx, job)
+    except JobCancelled:
+        await publish_step(ctx, task, "cancelled")
+        return None
+    if client is None:
+        error = JobError(
+            code=ErrorCode.LLM_NOT_CONFIGURED,
+            message="this llm handler has no model endpoint (PDFRELAY_LLM_BASE_URL)",
+        )
+        await publish_step(ctx, task, "failed", error)
+        return None
+    return job
+
+
+async def guarded(
+    ctx: Context,
+    calls: InFlightCalls,
+    task: LlmTask,
+    failures: int,
+    work: Coroutine[Any, Any, T],
+) -> T | None:
+    """`work` (a model call of the task's job); None when it ended the job (cancelled, refused,
+    failed past the budget: published to the merge queue).
+
+    Raises:
+        TransientError: the call failed and the budget allows another try.
+    """
+    try:
+        return await calls.run(task.job_id, work)
+    except JobCancelled:
+        await publish_step(ctx, task, "cancelled")
+    except PermanentError as exc:
+        ctx.metrics.llm_calls.labels(outcome="refused").inc()
+        await publish_step(ctx, task, "failed", _step_error(task, exc))
+    except TransientError as exc:
+        if exc.code is not ErrorCode.LLM_UNAVAILABLE:
+            raise  # storage or broker away: the consumer's own ladder
+        ctx.metrics.llm_calls.labels(outcome="failed").inc()
+        if failures + 1 <= ctx.settings.llm_retry_budget:
+            raise
+        await publish_step(ctx, task, "failed", _step_error(task, exc, failures + 1))
+    return None
+
+
 async def handle_page(
     ctx: Context,
     client: ModelClient | None,
@@ -145,42 +212,12 @@ async def handle_page(
         TransientError: the call failed and the page's budget allows another try.
     """
     page, _, _ = _page_of(task)
-    job = await ctx.jobs.get(task.job_id, task.tenant)
-    if job.status.terminal:
-        return  # cancelled, or failed by another page: the rest of the pages are skipped
-    try:
-        await raise_if_requested(ctx, job)
-    except JobCancelled:
-        await _publish_step(ctx, task, "cancelled")
+    job = await start(ctx, client, task)
+    if job is None or client is None:
         return
-    if client is None:
-        await _publish_step(
-            ctx,
-            task,
-            "failed",
-            JobError(
-                code=ErrorCode.LLM_NOT_CONFIGURED,
-                message="this llm handler has no model endpoint (PDFRELAY_LLM_BASE_URL)",
-            ),
-        )
+    part = await guarded(ctx, calls, task, failures, _part(ctx, client, task))
+    if part is None:
         return
-    try:
-        part = await calls.run(job.job_id, _part(ctx, client, task))
-    except JobCancelled:
-        await _publish_step(ctx, task, "cancelled")
-        return
-    except PermanentError as exc:
-        ctx.metrics.llm_calls.labels(outcome="refused").inc()
-        await _publish_step(ctx, task, "failed", _page_error(task, exc))
-        return
-    except TransientError as exc:
-        if exc.code is not ErrorCode.LLM_UNAVAILABLE:
-            raise  # storage or broker away: the consumer's own ladder
-        ctx.metrics.llm_calls.labels(outcome="failed").inc()
-        if failures + 1 > ctx.settings.llm_retry_budget:
-            await _publish_step(ctx, task, "failed", _page_error(task, exc, failures + 1))
-            return
-        raise
     await ctx.storage.put_bytes(
         part_key(job.job_id, page), part.model_dump_json().encode(), "application/json"
     )
@@ -188,9 +225,14 @@ async def handle_page(
     progress = Progress(pages_done=min(done, task.pages), pages_total=task.pages)
     await publish_event(ctx, job.model_copy(update={"progress": progress}), "job.progress")
     if done >= task.pages:
-        # Two last pages may both get here: the merge queue's one consumer and its terminal
-        # check make the second merge a no-op.
-        await _publish_step(ctx, task, "merge")
+        # Two last pages may both get here: the queues' terminal checks (and the merge queue's
+        # one consumer) make the second a no-op.
+        await publish_step(ctx, task, after_pages(job))
+
+
+def after_pages(job: Job) -> LlmStep:
+    """What follows the pages: the template's transformation, or the merge."""
+    return "transform" if job.options.template is not None else "merge"
 
 
 def _page_of(task: LlmTask) -> tuple[int, str, str]:
@@ -200,9 +242,10 @@ def _page_of(task: LlmTask) -> tuple[int, str, str]:
     return task.page, task.image_key, task.image_sha256
 
 
-def _page_error(task: LlmTask, exc: PermanentError | TransientError, tries: int = 1) -> JobError:
+def _step_error(task: LlmTask, exc: PermanentError | TransientError, tries: int = 1) -> JobError:
     after = f" after {tries} tries" if tries > 1 else ""
-    return JobError(code=exc.code, message=f"page {task.page}{after}: {exc.message}")
+    where = f"page {task.page}" if task.step == "page" else "the template"
+    return JobError(code=exc.code, message=f"{where}{after}: {exc.message}")
 
 
 async def _part(ctx: Context, client: ModelClient, task: LlmTask) -> LlmPart:
@@ -226,17 +269,18 @@ async def _part(ctx: Context, client: ModelClient, task: LlmTask) -> LlmPart:
     return LlmPart(page=page, **answer.model_dump())
 
 
-async def _publish_step(
+async def publish_step(
     ctx: Context, task: LlmTask, step: LlmStep, error: JobError | None = None
 ) -> None:
-    msg = task.model_copy(update={"step": step, "error": error})
-    await publish(
-        ctx.channel,
-        ctx.topology.tasks,
-        ctx.topology.LLM_MERGE_KEY,
-        msg,
-        message_id=f"{task.job_id}.llm.{step}",
+    """The job's next step: a transform on `pdfrelay.llm`, the rest on the merge queue."""
+    msg = task.model_copy(
+        update={"step": step, "error": error, "page": None, "image_key": None}
+        if step != "page"
+        else {}
     )
+    topology = ctx.topology
+    key = topology.LLM_KEY if step in ("page", "transform") else topology.LLM_MERGE_KEY
+    await publish(ctx.channel, topology.tasks, key, msg, message_id=f"{task.job_id}.llm.{step}")
 
 
 async def handle_merge(ctx: Context, task: LlmTask) -> None:
@@ -250,19 +294,23 @@ async def handle_merge(ctx: Context, task: LlmTask) -> None:
         for key in await ctx.storage.list_keys(llm_prefix(job.job_id)):
             await ctx.storage.delete(key)
 
-    parts = await _parts(ctx, job.job_id)
+    parts = await read_parts(ctx, job.job_id)
+    transformed = await _transformed(ctx, job)
     if task.step == "cancelled":
         ended = lifecycle.cancelled(job)
     elif task.step == "failed":
         error = task.error or JobError(code=ErrorCode.LLM_UNAVAILABLE, message="a page failed")
         ended = lifecycle.failed(job, error.code, error.message)
     else:
-        ended = await _merged(ctx, job, parts)
+        ended = await _merged(ctx, job, parts, transformed)
+    answers: list[LlmPart | LlmTransformed] = [*parts.values()]
+    if transformed is not None:
+        answers.append(transformed)
     usage = LlmUsage(
-        calls=sum(1 for p in parts.values() if not p.cached),
+        calls=sum(1 for a in answers if not a.cached),
         cached_pages=sum(1 for p in parts.values() if p.cached),
-        tokens_in=sum(p.tokens_in for p in parts.values()),
-        tokens_out=sum(p.tokens_out for p in parts.values()),
+        tokens_in=sum(a.tokens_in for a in answers),
+        tokens_out=sum(a.tokens_out for a in answers),
     )
     ended = ended.model_copy(update={"llm": usage})
     if ctx.settings.llm_tenant_monthly_tokens is not None:
@@ -279,7 +327,17 @@ async def handle_merge(ctx: Context, task: LlmTask) -> None:
     await lifecycle.end(ctx, ended, task.webhook, first=False, note=" (llm)", stored=clean_up)
 
 
-async def _parts(ctx: Context, job_id: str) -> dict[int, LlmPart]:
+async def _transformed(ctx: Context, job: Job) -> LlmTransformed | None:
+    if job.options.template is None:
+        return None
+    try:
+        raw = await ctx.storage.get_bytes(transformed_key(job.job_id))
+    except ObjectNotFound:
+        return None
+    return LlmTransformed.model_validate_json(raw)
+
+
+async def read_parts(ctx: Context, job_id: str) -> dict[int, LlmPart]:
     parts: dict[int, LlmPart] = {}
     for key in await ctx.storage.list_keys(parts_prefix(job_id)):
         part = LlmPart.model_validate_json(await ctx.storage.get_bytes(key))
@@ -287,29 +345,66 @@ async def _parts(ctx: Context, job_id: str) -> dict[int, LlmPart]:
     return parts
 
 
-async def _merged(ctx: Context, job: Job, parts: dict[int, LlmPart]) -> Job:
-    """The job completed: the model's pages put into the extraction's result, in page order."""
-    plan = LlmPlan.model_validate_json(await ctx.storage.get_bytes(plan_key(job.job_id)))
+async def read_plan(ctx: Context, job_id: str) -> LlmPlan:
+    return LlmPlan.model_validate_json(await ctx.storage.get_bytes(plan_key(job_id)))
+
+
+async def combined(
+    ctx: Context, job: Job, plan: LlmPlan, parts: dict[int, LlmPart]
+) -> ExtractionResult:
+    """The extraction's result with the model's pages in it (an ExtractionResult)."""
     missing = [n for n in plan.pages if n not in parts]
     if missing:
         raise TransientError(f"pages {missing[:5]} have no part yet")
     raw = await ctx.storage.get_bytes(base_key(job.job_id))
-    dumped = await asyncio.to_thread(_merge, raw, plan, parts, job.job_id)
-    await ctx.storage.put_bytes(result_key(job.job_id), dumped, "application/json")
+    return await asyncio.to_thread(combine, raw, plan, parts, job.job_id)
+
+
+async def _merged(
+    ctx: Context, job: Job, parts: dict[int, LlmPart], transformed: LlmTransformed | None
+) -> Job:
+    """The job completed: the model's pages put into the extraction's result, in page order,
+    and the template's answer as `transformed.md`."""
+    plan = await read_plan(ctx, job.job_id)
+    result = await combined(ctx, job, plan, parts)
+    artifacts = list(plan.artifacts)
+    warnings = list(plan.warnings)
+    if job.options.template is not None:
+        if transformed is None:
+            raise TransientError("the template's answer is not there yet")
+        result.transformed = transformed.text
+        data = transformed.text.encode()
+        await ctx.storage.put_bytes(
+            artifact_key(job.job_id, TRANSFORMED_ARTIFACT), data, "text/markdown; charset=utf-8"
+        )
+        artifacts.append(
+            Artifact(
+                name=TRANSFORMED_ARTIFACT,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                content_type="text/markdown; charset=utf-8",
+            )
+        )
+        if transformed.cut:
+            note = "the template was given the document's first pages only (text too long)"
+            result.warnings.append(note)
+            warnings.append(note)
+    dumped = await asyncio.to_thread(result.model_dump_json, by_alias=True)
+    await ctx.storage.put_bytes(result_key(job.job_id), dumped.encode(), "application/json")
     summary = JobResultSummary(
         page_count=plan.page_count,
         pages_extracted=plan.pages_extracted,
-        artifacts=plan.artifacts,
-        warnings=plan.warnings,
+        artifacts=tuple(artifacts),
+        warnings=tuple(warnings),
     )
     return lifecycle.completed(job.model_copy(update={"result_key": None}), summary)
 
 
-def _merge(raw: bytes, plan: LlmPlan, parts: dict[int, LlmPart], job_id: str) -> bytes:
-    """CPU work (parsing and dumping the result): run in a thread."""
+def combine(raw: bytes, plan: LlmPlan, parts: dict[int, LlmPart], job_id: str) -> ExtractionResult:
+    """The result with the model's pages (CPU work: run in a thread)."""
     result = ExtractionResult.model_validate_json(raw)
     result.job_id = job_id
-    if plan.text_output:
+    if plan.text_output or not plan.pages:
         result.pages = [
             p.model_copy(update={"llm": parts[p.number].text}) if p.number in parts else p
             for p in result.pages
@@ -318,18 +413,18 @@ def _merge(raw: bytes, plan: LlmPlan, parts: dict[int, LlmPart], job_id: str) ->
         result.pages = [
             PageText(number=n, text=parts[n].text, llm=parts[n].text) for n in sorted(parts)
         ]
-    return result.model_dump_json(by_alias=True).encode()
+    return result
 
 
 async def handle_dead(ctx: Context, task: LlmTask) -> None:
     """A task the llm queues gave up on: a page's job fails (through the merge queue); a merge
     that kept failing ends its job here."""
-    if task.step == "page":
+    if task.step in ("page", "transform"):
+        where = f"page {task.page}" if task.step == "page" else "the template"
         error = JobError(
-            code=ErrorCode.LLM_UNAVAILABLE,
-            message=f"page {task.page}: the vision model step gave up on it",
+            code=ErrorCode.LLM_UNAVAILABLE, message=f"{where}: the llm step gave up on it"
         )
-        await _publish_step(ctx, task, "failed", error)
+        await publish_step(ctx, task, "failed", error)
         return
     job = await ctx.jobs.get(task.job_id, task.tenant)
     if job.status.terminal:

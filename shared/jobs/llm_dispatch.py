@@ -13,14 +13,15 @@ from shared.errors import ErrorCode, PermanentError
 from shared.extraction.base import ArtifactFile
 from shared.extraction.modelpages import model_page_number
 from shared.jobs import lifecycle
-from shared.jobs.llm import LlmPlan, base_key, image_key, plan_key
+from shared.jobs.llm import LlmPlan, base_key, image_key, plan_key, publish_step
 from shared.jobs.records import artifact_key
 from shared.models import LLM_OUTPUT, Artifact, Job, LlmTask, Progress, WebhookSpec
 from shared.runtime.context import Context
 
 
 def wants_model(job: Job) -> bool:
-    return LLM_OUTPUT in job.options.outputs
+    """The job has model work after its extraction: pages to transcribe, or a template."""
+    return LLM_OUTPUT in job.options.outputs or job.options.template is not None
 
 
 async def dispatch(
@@ -48,7 +49,7 @@ async def dispatch(
         stored.append(
             Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
         )
-    if not pages:
+    if not pages and LLM_OUTPUT in job.options.outputs:
         raise PermanentError(
             "no page of the document could be rendered for the model", ErrorCode.PDF_DAMAGED
         )
@@ -82,6 +83,9 @@ async def dispatch(
         )
     progress = Progress(pages_done=0, pages_total=len(pages))
     await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}))
+    if not tasks:  # only a template: its step comes at once
+        only = LlmTask(job_id=job.job_id, tenant=job.tenant, webhook=webhook, pages=0)
+        await publish_step(ctx, only, "transform")
     for task in tasks:
         await publish(
             ctx.channel,

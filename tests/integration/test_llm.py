@@ -12,6 +12,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pymupdf
@@ -62,6 +63,8 @@ class FakeModel:
     crowd: int = 1
     """An answer waits (2 s at most) until this many calls are in flight at once."""
     calls: list[float] = field(default_factory=list)
+    texts: list[list[dict[str, str]]] = field(default_factory=list)
+    """The messages of each text (template) request."""
     limited_at: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     gate: asyncio.Event | None = None
@@ -76,7 +79,10 @@ class FakeModel:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            png = self._check(request, await request.json())
+            body = await request.json()
+            if isinstance(body["messages"][-1]["content"], str):
+                return self._text(request, body)
+            png = self._check(request, body)
             if self.rate_limited > 0:
                 self.rate_limited -= 1
                 self.limited_at.append(time.monotonic())
@@ -113,6 +119,23 @@ class FakeModel:
             )
         finally:
             self.in_flight -= 1
+
+    def _text(self, request: web.Request, body: Any) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {KEY}" or body["model"] != MODEL:
+            self.problems.append("a text request without the key or the model")
+        self.texts.append(body["messages"])
+        user = body["messages"][-1]["content"]
+        return web.json_response(
+            {
+                "choices": [
+                    {
+                        "message": {"content": f"SUMMARY of {len(user)} chars"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 5},
+            }
+        )
 
     def _check(self, request: web.Request, body: Any) -> bytes:
         def expect(ok: bool, what: str) -> None:
@@ -269,6 +292,70 @@ async def test_a_spent_tenant_budget_refuses_new_llm_jobs(make_settings: Any) ->
             # Other methods are not budgeted.
             native = await upload(stack, numbered_pdf(1, salt="c"))
             assert (await wait_done(stack, native["job_id"]))["status"] == "completed"
+
+
+async def test_a_template_transforms_the_document_into_transformed_md(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "Besprechung.md").write_text("Fasse die Besprechung {{title}} zusammen.\n{{text}}")
+    (templates / "Notiz.md").write_text("Schreibe eine Notiz für {{who}}.")
+    fake = FakeModel()
+    async with fake_model(fake) as url:
+        settings = llm_settings(make_settings, url, llm_templates_dir=str(templates))
+        async with running_stack(settings) as stack:
+            stack.start(llm.serve)
+            pdf = numbered_pdf(2)
+            options = {"method": "llm", "template": "Besprechung", "context": {"title": "Q3"}}
+            accepted = await upload(stack, pdf, options=json.dumps(options))
+            job = await wait_done(stack, accepted["job_id"])
+            assert job["status"] == "completed", job
+            text = "\n--- Seite 1 ---\n# Page 1\n\n--- Seite 2 ---\n# Page 2\n"
+            user = f"Fasse die Besprechung Q3 zusammen.\n{text}"
+            assert fake.texts == [[{"role": "user", "content": user}]]
+            answer = f"SUMMARY of {len(user)} chars"
+            assert (await result_of(stack, job["job_id"]))["transformed"] == answer
+            names = [a["name"] for a in job["result"]["artifacts"]]
+            assert "transformed.md" in names
+            resp = await stack.client.get(f"/v1/jobs/{job['job_id']}/artifacts/transformed.md")
+            assert await resp.text() == answer
+            assert job["llm"]["calls"] == 3  # two pages and the template
+            assert job["llm"]["tokens_in"] == 2 * 700 + 50
+
+            again = await wait_done(
+                stack, (await upload(stack, pdf, options=json.dumps(options)))["job_id"]
+            )
+            assert again["llm"]["calls"] == 0  # pages and template answer from the cache
+            assert len(fake.texts) == 1
+
+            # The seed door: native text, a template without {{text}}, context as JSON text.
+            fields = {
+                "extraction_method": "native",
+                "template": "Notiz",
+                "context": json.dumps({"who": "Anna"}),
+                "wait_ms": "60000",
+            }
+            resp = await stack.client.post("/api/pdf/process", data=form(pdf, **fields))
+            assert resp.status == 200, await resp.text()
+            data = (await resp.json())["data"]
+            system, user_message = fake.texts[-1]
+            assert system == {"role": "system", "content": "Schreibe eine Notiz für Anna."}
+            assert "native text of page 2" in user_message["content"]
+            assert data["transformed_text"] == f"SUMMARY of {len(user_message['content'])} chars"
+            assert "native text of page 1" in data["extracted_text"]
+
+            for name in ("Protokoll", "../Besprechung"):
+                refused = form(pdf, options=json.dumps({"template": name}))
+                resp = await stack.client.post("/v1/jobs", data=refused)
+                assert resp.status == 422, await resp.text()
+                assert (await resp.json())["error"]["code"] == "INVALID_OPTIONS"
+    async with running_stack(make_settings(), extract_running=False) as stack:
+        resp = await stack.client.post(
+            "/v1/jobs", data=form(pdf, options=json.dumps({"template": "Besprechung"}))
+        )
+        assert resp.status == 422
+        assert (await resp.json())["error"]["code"] == "LLM_NOT_CONFIGURED"
 
 
 async def test_a_429_storm_pauses_the_consumer_and_nothing_fails(make_settings: Any) -> None:
