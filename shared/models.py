@@ -385,13 +385,14 @@ class ExtractRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-LlmStep = Literal["page", "transform", "merge", "failed", "cancelled"]
+LlmStep = Literal["page", "transform", "progress", "merge", "failed", "cancelled"]
 
 
 class LlmTask(Frozen):
     """A job's language-model work (README "LLM methods"). On `pdfrelay.llm`: one page (`step`
     "page") or the template's transformation ("transform"); on `pdfrelay.llm.merge`: all of it
-    is there ("merge"), or a step ended it ("failed" with `error`, "cancelled")."""
+    is there ("merge"), or a step ended it ("failed" with `error`, "cancelled"), or the pages
+    done so far go into the record ("progress", `done`)."""
 
     schema_: Literal["pdfrelay.llm-task/1"] = Field(default="pdfrelay.llm-task/1", alias="schema")
     job_id: Annotated[str, Field(pattern=JOB_ID_RE.pattern)]
@@ -404,5 +405,7 @@ class LlmTask(Frozen):
     image_key: str | None = None
     image_sha256: str | None = None
     error: JobError | None = None
+    done: Annotated[int, Field(ge=0)] | None = None
+    """Pages with their part (step "progress")."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CACHE_PREFIX = "results/llm-c/"
+PROGRESS_WRITES = 20
+"""A job's record is rewritten with its pages done about this many times at most."""
 
 
 def llm_prefix(job_id: str) -> str:
@@ -224,6 +226,10 @@ async def handle_page(
     done = len(await ctx.storage.list_keys(parts_prefix(job.job_id)))
     progress = Progress(pages_done=min(done, task.pages), pages_total=task.pages)
     await publish_event(ctx, job.model_copy(update={"progress": progress}), "job.progress")
+    if done < task.pages and done % max(1, task.pages // PROGRESS_WRITES) == 0:
+        # The record is written by the merge queue's one consumer, which also writes the
+        # job's ending: a progress write can never land after it.
+        await publish_step(ctx, task.model_copy(update={"done": done}), "progress")
     if done >= task.pages:
         # Two last pages may both get here: the queues' terminal checks (and the merge queue's
         # one consumer) make the second a no-op.
@@ -280,12 +286,18 @@ async def publish_step(
     )
     topology = ctx.topology
     key = topology.LLM_KEY if step in ("page", "transform") else topology.LLM_MERGE_KEY
-    await publish(ctx.channel, topology.tasks, key, msg, message_id=f"{task.job_id}.llm.{step}")
+    suffix = f"{step}.{task.done}" if step == "progress" else step
+    await publish(ctx.channel, topology.tasks, key, msg, message_id=f"{task.job_id}.llm.{suffix}")
 
 
 async def handle_merge(ctx: Context, task: LlmTask) -> None:
     """End the job as `task.step` says: merged (completed), failed or cancelled; once."""
     job = await ctx.jobs.get(task.job_id, task.tenant)
+    if task.step == "progress":
+        if not job.status.terminal and (task.done or 0) > job.progress.pages_done:
+            progress = Progress(pages_done=task.done or 0, pages_total=task.pages)
+            await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}))
+        return
     if job.status.terminal:
         await lifecycle.announce_again(ctx, job, task.webhook)
         return
@@ -418,7 +430,10 @@ def combine(raw: bytes, plan: LlmPlan, parts: dict[int, LlmPart], job_id: str) -
 
 async def handle_dead(ctx: Context, task: LlmTask) -> None:
     """A task the llm queues gave up on: a page's job fails (through the merge queue); a merge
-    that kept failing ends its job here."""
+    that kept failing ends its job here; a lost progress write is only logged."""
+    if task.step == "progress":
+        log.warning("job %s: a progress write was given up on", task.job_id)
+        return
     if task.step in ("page", "transform"):
         where = f"page {task.page}" if task.step == "page" else "the template"
         error = JobError(

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from handlers import llm
+from shared.extraction.ocr import find_tessdata
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.helpers import form, upload, wait_done
@@ -270,6 +271,19 @@ async def test_the_seed_door_answers_in_the_secretarys_combined_shape(make_setti
             data["extracted_text"] == "\n--- Seite 1 ---\n# Page 1\n\n--- Seite 2 ---\n# Page 2\n"
         )
         assert len(fake.calls) == 2  # the second job's pages came from the cache
+
+        if find_tessdata(None) is None:
+            return  # no Tesseract here: llm_and_ocr is refused (OCR_UNAVAILABLE)
+        fields = {"extraction_method": "llm_and_ocr", "wait_ms": "60000"}
+        resp = await stack.client.post("/api/pdf/process", data=form(pdf, **fields))
+        assert resp.status == 200, await resp.text()
+        contents = (await resp.json())["data"]["metadata"]["text_contents"]
+        for n, page in zip((1, 2), contents, strict=True):
+            head = f"=== LLM Markdown ===\n# Page {n}\n\n\n=== Tesseract OCR ===\n"
+            assert page["content"].startswith(head), page
+        job = await submit(stack, pdf, "llm_and_ocr")  # /v1: two fields
+        pages = (await result_of(stack, job["job_id"]))["pages"]
+        assert [(p["ocr"], p["llm"]) for p in pages] == [(True, "# Page 1\n"), (True, "# Page 2\n")]
 
 
 async def test_a_spent_tenant_budget_refuses_new_llm_jobs(make_settings: Any) -> None:
