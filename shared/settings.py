@@ -189,6 +189,12 @@ class Settings(BaseSettings):
             return tuple(ip_network(p.strip()) for p in v.split(",") if p.strip())
         return v
 
+    @field_validator("llm_base_url", "llm_api_key", "llm_templates_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # `PDFRELAY_LLM_BASE_URL=` (compose's `${…:-}`) means: no endpoint.
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("webhook_retry_schedule")
     @classmethod
     def _schedule(cls, v: str) -> str:
