@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 409, 425, 500, 502, 503, 504})
 """Answers worth another try on the ladder (429 and a 503 with Retry-After pause instead)."""
 MAX_DETAIL = 200
+KEYLIKE = re.compile(r"\b(?:sk|pk|key|token)[-_][A-Za-z0-9_*.-]{3,}[A-Za-z0-9_*]", re.IGNORECASE)
+"""What looks like a (partly masked) key in a provider's message is not passed on."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,13 @@ class ModelClient:
                 f"the model endpoint answered {status}{self._detail(raw)}",
                 ErrorCode.LLM_UNAVAILABLE,
             )
+        if status in (401, 403):
+            # The provider's message may quote part of the key: none of it is passed on.
+            raise PermanentError(
+                f"the model endpoint did not accept the key ({status}): the operator checks "
+                "PDFRELAY_LLM_API_KEY",
+                ErrorCode.LLM_UNAVAILABLE,
+            )
         if status >= 400:
             raise PermanentError(
                 f"the model endpoint refused the request ({status}){self._detail(raw)}",
@@ -254,7 +264,7 @@ class ModelClient:
             return ""
         if self._key:
             message = message.replace(self._key, "***")
-        return f": {message[:MAX_DETAIL]}"
+        return f": {KEYLIKE.sub('***', message)[:MAX_DETAIL]}"
 
 
 def _count(usage: Any, name: str) -> int:

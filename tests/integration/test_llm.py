@@ -96,6 +96,9 @@ class FakeModel:
                 return web.json_response({"error": {"message": "overloaded"}}, status=500)
             if self.mode == "400":
                 return web.json_response({"error": {"message": "image rejected"}}, status=400)
+            if self.mode == "401":
+                masked = f"Incorrect API key provided: {KEY[:8]}********{KEY[-4:]}."
+                return web.json_response({"error": {"message": masked}}, status=401)
             self.arrived.set()
             if self.gate is not None:
                 await asyncio.wait_for(self.gate.wait(), 30)
@@ -408,6 +411,13 @@ async def test_a_failing_provider_fails_the_job_with_a_clear_code_and_no_text(
         assert refused["status"] == "failed", refused
         assert refused["error"]["code"] == "LLM_REFUSED"
         assert "image rejected" in refused["error"]["message"]
+
+        fake.mode = "401"
+        unkeyed = await submit(stack, numbered_pdf(1, salt="third"))
+        assert unkeyed["status"] == "failed", unkeyed
+        assert unkeyed["error"]["code"] == "LLM_UNAVAILABLE"
+        assert "PDFRELAY_LLM_API_KEY" in unkeyed["error"]["message"]
+        assert KEY[-4:] not in json.dumps(unkeyed)  # not even the provider's masked form
         assert KEY not in json.dumps([job, refused])
         await assert_no_key_stored(stack)
     assert KEY not in caplog.text
