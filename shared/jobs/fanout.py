@@ -112,6 +112,8 @@ async def plan(
     settings = ctx.settings
     if job.options.pages is not None or not set(job.options.outputs) <= FANOUT_OUTPUTS:
         return False
+    if job.options.template is not None:
+        return False  # the template's step follows one whole extraction (shared/jobs/llm.py)
     size = await asyncio.to_thread(os.path.getsize, pdf_path)
     if size < settings.fanout_min_pages * MIN_PAGE_BYTES:
         return False  # too small to have that many pages: no page count at all
