@@ -20,11 +20,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from handlers import llm
+from handlers import llm, requests
 from shared.extraction.ocr import find_tessdata
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.helpers import form, upload, wait_done
+from tests.integration.test_doors import request_message
 
 pytestmark = pytest.mark.integration
 
@@ -373,6 +374,32 @@ async def test_a_template_transforms_the_document_into_transformed_md(
         )
         assert resp.status == 422
         assert (await resp.json())["error"]["code"] == "LLM_NOT_CONFIGURED"
+
+
+async def test_the_broker_door_takes_the_llm_methods(make_settings: Any) -> None:
+    fake = FakeModel()
+    async with fake_model(fake) as url, running_stack(llm_settings(make_settings, url)) as stack:
+        stack.start(llm.serve)
+        stack.start(requests.serve)
+        await stack.ctx.storage.put_bytes("shared/in.pdf", numbered_pdf(2))
+        channel = await stack.ctx.connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        request = {
+            "schema": "pdfrelay.extract-request/1",
+            "source": {"s3": {"key": "shared/in.pdf"}},
+            "options": {"method": "llm_and_native"},
+        }
+        await request_message(stack, request, message_id="llm-1", reply_to=replies.name)
+        async with replies.iterator(timeout=60) as it:
+            async for message in it:
+                await message.ack()
+                body = json.loads(message.body)
+                break
+        assert body["type"] == "job.completed", body
+        assert body["data"]["llm"]["calls"] == 2
+        pages = (await result_of(stack, body["data"]["job_id"]))["pages"]
+        assert [p["llm"] for p in pages] == ["# Page 1\n", "# Page 2\n"]
+        await channel.close()
 
 
 async def test_a_429_storm_pauses_the_consumer_and_nothing_fails(make_settings: Any) -> None:
