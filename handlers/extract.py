@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -16,20 +14,20 @@ from handlers.console import render
 from handlers.console.messages import PreviewRequest
 from shared.adapters.digests import file_digest
 from shared.adapters.storage import ObjectNotFound
-from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
+from shared.errors import ErrorCode, JobCancelled, PermanentError
 from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
 from shared.intake.fetch import fetch_to_file
 from shared.jobs import cache, fanout, lifecycle, llm_dispatch
 from shared.jobs.cancel import listen as listen_for_cancels
 from shared.jobs.cancel import may_have_missed, raise_if_requested
-from shared.jobs.outcome import ProgressWebhooks, publish_event
+from shared.jobs.outcome import ProgressWebhooks
+from shared.jobs.progress import ProgressReporter
 from shared.jobs.records import artifact_key
 from shared.models import (
     Artifact,
     ExtractTask,
     Job,
     JobResultSummary,
-    Progress,
     WebhookSpec,
     utcnow,
 )
@@ -82,12 +80,8 @@ async def _handle(
         job = lifecycle.started(job, attempts)
         return job
 
-    async def begin() -> Job:
-        # A split document: the planner stores it processing, with its page total, at once.
-        return started()
-
     try:
-        out = await _extract(ctx, job, task.webhook, begin, started, redelivered)
+        out = await _extract(ctx, job, started, task.webhook, redelivered)
         if out is None:
             return  # split into page ranges: the merge ends the job
     except JobCancelled:
@@ -118,9 +112,8 @@ async def _handle(
 async def _extract(
     ctx: ExtractContext,
     job: Job,
+    started: Callable[[], Job],
     webhook: WebhookSpec | None = None,
-    begin: Callable[[], Awaitable[Job]] | None = None,
-    started: Callable[[], Job] | None = None,
     redelivered: bool = False,
 ) -> Stored | None:
     """The job's stored result; None when it was split into page ranges (shared/jobs/fanout.py)
@@ -135,14 +128,12 @@ async def _extract(
         if found.hit is not None:
             return Stored(found.hit, cache.entry_key(found.key, job.job_id), found.sha256)
         await raise_if_requested(ctx, job, redelivered)
-        if await fanout.plan(ctx, job, webhook, pdf_path, begin):
-            return None
         # Progress webhooks asked for: progress from the start; else after progress_after_s.
         after_s = 0.0 if webhook is not None and webhook.progress else settings.progress_after_s
-        progress = _ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook), after_s)
+        progress = ProgressReporter(ctx, job, ProgressWebhooks(ctx, webhook), after_s)
 
         async def on_slot() -> None:
-            progress.start(started() if started is not None else job)
+            progress.start(started())
 
         try:
             with ctx.metrics.extraction_seconds.time():
@@ -152,6 +143,7 @@ async def _extract(
                         out_dir=tmp,
                         options=job.options,
                         limits=extract_limits(settings),
+                        split_above=fanout.split_above(settings, job),
                     ),
                     progress.update,
                     job_id=job.job_id,
@@ -160,6 +152,10 @@ async def _extract(
         finally:
             # Before the job's ending is written: no progress write may land after it.
             await progress.flush()
+        if out.split:
+            # The planner stores it processing (started at on_slot), with its page total.
+            await fanout.plan(ctx, progress.job, webhook, pdf_path, out.page_count)
+            return None
         ctx.metrics.job_pages.observe(out.pages_extracted)
         if llm_dispatch.wants_model(job):
             # The pages go to the vision model: the llm handler's merge ends the job.
@@ -217,97 +213,6 @@ async def _store(ctx: Context, job: Job, out: WorkOutput, key: str) -> tuple[Job
         warnings=out.warnings,
     )
     return summary, await cache.store(ctx, key, job.job_id, summary, out.result_path)
-
-
-RECORD_INTERVAL_S = 2.0
-"""Progress is written into the job record at most this often (an S3 PUT of the whole record);
-the job.progress events go out at the workers' pace (every 0.25 s at most)."""
-
-
-class _ProgressReporter:
-    """Publishes job.progress events without ever holding up the worker.
-
-    Nothing goes out during a job's first `after_s` (PDFRELAY_PROGRESS_AFTER_S): a short job
-    costs no `processing` record write and no progress event; a longer one has its record say
-    `processing` (with its progress) from then on.
-    """
-
-    def __init__(
-        self,
-        ctx: Context,
-        job: Job,
-        hooks: ProgressWebhooks | None = None,
-        after_s: float = 0.0,
-    ) -> None:
-        self._ctx = ctx
-        self.job = job
-        self._hooks = hooks
-        self._after_s = after_s
-        self._live = after_s <= 0
-        self._latest: tuple[int, int] | None = None
-        self._record_due = False
-        """The record is to say `processing` (no progress reported yet: no event)."""
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.Task[None] | None = None
-        self._saved_at = -RECORD_INTERVAL_S
-
-    def start(self, job: Job) -> None:
-        """The job has its worker slot (`job` says processing)."""
-        self.job = job
-        if self._live:
-            self._record_due = True
-            self._kick()
-        else:
-            self._timer = asyncio.create_task(self._go_live())
-
-    async def _go_live(self) -> None:
-        await asyncio.sleep(self._after_s)
-        self._live = True
-        self._record_due = self._latest is None
-        self._kick()
-
-    def update(self, done: int, total: int) -> None:
-        self._latest = (done, total)
-        if self._live:
-            self._kick()
-
-    def _kick(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._send())
-
-    async def _send(self) -> None:
-        while self._latest is not None or self._record_due:
-            try:
-                await self._send_next()
-            except TransientError as exc:
-                # Progress is a courtesy: a lost update must not fail (and redo) the extraction.
-                log.warning("job %s: a progress update was lost: %s", self.job.job_id, exc.message)
-
-    async def _send_next(self) -> None:
-        if self._latest is None:
-            self._record_due = False
-            await lifecycle.save_progress(self._ctx, self.job)
-            return
-        self._record_due = False
-        done, total = self._latest
-        self._latest = None
-        job = self.job.model_copy(update={"progress": Progress(pages_done=done, pages_total=total)})
-        now = time.monotonic()
-        if now - self._saved_at >= RECORD_INTERVAL_S:
-            self._saved_at = now
-            await lifecycle.save_progress(self._ctx, job)
-        await publish_event(self._ctx, job, "job.progress")
-        if self._hooks is not None:
-            await self._hooks.send(job)
-
-    async def flush(self) -> None:
-        """Stop the timer and wait for what is being sent (the job is about to end)."""
-        if self._timer is not None and not self._timer.done():
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
-        if self._task is not None:
-            await self._task
 
 
 async def handle_dead(

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Unpack, cast
 
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from minio.lifecycleconfig import LifecycleConfig
 
-from shared.adapters.storage import ObjectInfo, ObjectNotFound
+from shared.adapters.broker import Body, MessageProperties
+from shared.adapters.storage import ObjectInfo, ObjectNotFound, Storage
+from shared.adapters.topology import topology_for
+from shared.errors import NotRoutable
+from shared.jobs.records import JobStore
+from shared.models import WebhookDelivery
+from shared.runtime.context import Context, DoorAnnouncements
+from shared.settings import Settings
 
 
 class InMemoryStore:
@@ -88,3 +98,78 @@ class InMemoryStore:
     def names(self) -> set[str]:
         """Every key stored (in the service's bucket or another)."""
         return {key for (_bucket, key) in self.objects}
+
+
+@dataclass(frozen=True)
+class Published:
+    """One message the fake broker took, as the real one would have carried it."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: MessageProperties
+
+    @property
+    def message_id(self) -> str | None:
+        return self.properties.get("message_id")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class InMemoryBroker:
+    """`shared.adapters.broker.Broker` as a list: every publish is confirmed and kept in order,
+    except to the routing keys in `unroutable` (NotRoutable, as a vanished reply queue)."""
+
+    def __init__(self) -> None:
+        self.published: list[Published] = []
+        self.unroutable: set[str] = set()
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: Body, **properties: Unpack[MessageProperties]
+    ) -> None:
+        if routing_key in self.unroutable:
+            raise NotRoutable(f"no queue for {exchange!r}/{routing_key!r}")
+        raw = body if isinstance(body, bytes) else body.model_dump_json(by_alias=True).encode()
+        self.published.append(Published(exchange, routing_key, raw, properties))
+
+    def to(self, exchange: str) -> list[Published]:
+        """What went to `exchange`, in order."""
+        return [p for p in self.published if p.exchange == exchange]
+
+    def deliveries(self, exchange: str) -> list[WebhookDelivery]:
+        """The webhook deliveries queued through `exchange` (the webhooks exchange)."""
+        return [WebhookDelivery.model_validate_json(p.body) for p in self.to(exchange)]
+
+
+class _Absent:
+    """A connection or channel the fast paths must not touch: any use fails the test."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the fast test touched the {self._what} ({name})")
+
+
+def fake_context(
+    store: InMemoryStore,
+    broker: InMemoryBroker,
+    doors: Mapping[str, DoorAnnouncements] | None = None,
+    settings: Settings | None = None,
+) -> Context:
+    """A process context over the fakes: records in `store`, publishes to `broker`; no
+    connection, channel or worker pool (any use of the first two fails)."""
+    settings = settings or Settings()
+    return Context(
+        settings=settings,
+        topology=topology_for(settings),
+        connection=cast(AbstractRobustConnection, _Absent("broker connection")),
+        channel=cast(AbstractChannel, _Absent("broker channel")),
+        broker=broker,
+        # Storage's file transfers (download, put_file) are not faked: no fast path uses them.
+        storage=cast(Storage, store),
+        jobs=JobStore(store),
+        pool=None,
+        doors=doors or {},
+    )

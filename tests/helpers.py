@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 from typing import Any
 
 import aiohttp
@@ -37,3 +40,22 @@ async def wait_done(
         if job["status"] in ("completed", "failed"):
             return job
     raise AssertionError(f"job {job_id} did not end: {job}")
+
+
+async def exited(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until process `pid` (any process, not only a child of ours) has exited: its pidfd
+    becomes readable then (a zombie counts as exited)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, gone.set)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await gone.wait()
+    finally:
+        loop.remove_reader(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -13,11 +13,11 @@ from handlers import jobs_api
 from handlers.http.common import CTX, tenant_of
 from shared.errors import JobNotFound
 from shared.jobs.listing import MAX_LIMIT, JobFilter, list_jobs
+from shared.jobs.throughput import QUEUE_PROBE_TTL_S
 from shared.models import JobStatus, utcnow
 from shared.runtime.context import Context
 from shared.webhooks.dead import DeadLetter, list_dead, replay_dead
 
-QUEUE_PROBE_TTL_S = 2.0
 MAX_DEAD_SHOWN = 100
 
 

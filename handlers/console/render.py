@@ -9,17 +9,18 @@ import tempfile
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.console.messages import PreviewReply, PreviewRequest, preview_key
-from shared.adapters.broker import publish
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, NotRoutable, PdfRelayError, PermanentError
 from shared.extraction.pool import WorkRequest, extract_limits
 from shared.models import ExtractOptions
-from shared.runtime.context import Context
+from shared.runtime.context import ExtractContext
 
 log = logging.getLogger(__name__)
 
 
-async def handle(req: PreviewRequest, ctx: Context, message: AbstractIncomingMessage) -> None:
+async def handle(
+    req: PreviewRequest, ctx: ExtractContext, message: AbstractIncomingMessage
+) -> None:
     try:
         await _render(ctx, req)
         reply = PreviewReply(ok=True)
@@ -28,16 +29,13 @@ async def handle(req: PreviewRequest, ctx: Context, message: AbstractIncomingMes
     if not message.reply_to:
         return
     try:
-        await publish(
-            ctx.channel, "", message.reply_to, reply, correlation_id=message.correlation_id
-        )
+        await ctx.broker.publish("", message.reply_to, reply, correlation_id=message.correlation_id)
     except NotRoutable:
         # The asking ingress has gone (or given up and restarted): the PNG stays cached.
         log.info("preview of job %s: nobody waits for the reply any more", req.job_id)
 
 
-async def _render(ctx: Context, req: PreviewRequest) -> None:
-    assert ctx.pool is not None
+async def _render(ctx: ExtractContext, req: PreviewRequest) -> None:
     with tempfile.TemporaryDirectory(prefix="pdfrelay-preview-", dir=ctx.settings.spool_dir) as tmp:
         pdf_path = f"{tmp}/source.pdf"
         try:

@@ -9,7 +9,6 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from handlers.console.messages import PreviewReply, PreviewRequest
-from shared.adapters.broker import publish
 from shared.errors import TransientError
 from shared.runtime.context import Context
 
@@ -65,8 +64,7 @@ class PreviewClient:
         future: asyncio.Future[PreviewReply] = asyncio.get_running_loop().create_future()
         self._waiting[corr] = future
         try:
-            await publish(
-                self._ctx.channel,
+            await self._ctx.broker.publish(
                 self._ctx.topology.tasks,
                 self._ctx.topology.PREVIEW_KEY,
                 req,

@@ -3,7 +3,6 @@ and webhook parsing, waiting for a job's end, streaming a stored object."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +20,7 @@ from shared.errors import (
 )
 from shared.intake import limits
 from shared.intake.submit import Submitter
-from shared.jobs.watch import JobWatcher
+from shared.jobs.watch import JobWatcher, until_ended
 from shared.models import ExtractOptions, Job, WebhookSpec
 from shared.runtime.context import Context
 from shared.settings import Settings
@@ -130,15 +129,7 @@ async def wait_for_end(request: web.Request, job: Job, wait: float) -> Job:
     async with request.app[WATCHER].listen(job.job_id) as events:
         # Re-read after subscribing, so an end that happened in between is not missed.
         job = await ctx.jobs.get(job.job_id, job.tenant)
-        try:
-            async with asyncio.timeout(wait):
-                while not job.status.terminal:
-                    event = await events.get()
-                    if event["type"] != "job.progress":
-                        job = await ctx.jobs.get(job.job_id, job.tenant)
-        except TimeoutError:
-            job = await ctx.jobs.get(job.job_id, job.tenant)
-    return job
+        return await until_ended(ctx.jobs, job, events, wait)
 
 
 async def send_object(

@@ -20,7 +20,6 @@ from handlers.http.common import (
     wait_seconds,
     webhook_spec,
 )
-from shared.adapters.broker import publish
 from shared.errors import (
     ErrorCode,
     PermanentError,
@@ -169,8 +168,7 @@ async def redeliver_webhook(request: web.Request) -> web.Response:
             f"a delivery of the job's webhook is in progress ({state.state})", ErrorCode.CONFLICT
         )
     # Only the webhooks handler holds the secret that opens the stored delivery: ask it.
-    await publish(
-        ctx.channel,
+    await ctx.broker.publish(
         ctx.topology.webhooks_exchange,
         ctx.topology.webhooks_redeliver,
         WebhookRedeliver(job_id=job.job_id),

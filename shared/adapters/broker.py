@@ -1,6 +1,9 @@
-"""The broker adapter: confirmed, persistent publishing with errors translated at the boundary."""
+"""The broker adapter: confirmed, persistent publishing with errors translated at the boundary,
+and the `Broker` protocol the lifecycle and the announcements publish through."""
 
 from __future__ import annotations
+
+from typing import Protocol, TypedDict, Unpack
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, HeadersType
@@ -57,3 +60,39 @@ async def publish(
         raise TransientError("the broker did not confirm in time") from exc
     except (AMQPError, ConnectionError, RuntimeError) as exc:
         raise TransientError("the broker is unavailable") from exc
+
+
+Body = BaseModel | bytes
+"""A message's body: a pydantic message (sent as its JSON) or bytes as they are."""
+
+
+class MessageProperties(TypedDict, total=False):
+    """The keyword arguments of `publish` after the body, as one type for `Broker`."""
+
+    message_id: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    headers: HeadersType | None
+    expiration: float | None
+
+
+class Broker(Protocol):
+    """What the lifecycle, the announcements (events, webhook deliveries, replies) and the
+    doors publish through: `ChannelBroker` over RabbitMQ, and an in-memory fake in the fast
+    tests (tests/fakes.py). The contract and errors are `publish`'s."""
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: Body, **properties: Unpack[MessageProperties]
+    ) -> None: ...
+
+
+class ChannelBroker:
+    """`Broker` over one publishing channel (confirms on, unroutable messages raise)."""
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: Body, **properties: Unpack[MessageProperties]
+    ) -> None:
+        await publish(self.channel, exchange, routing_key, body, **properties)

@@ -7,7 +7,7 @@ from shared.extraction.base import (
     ExtractLimits,
     ProgressFn,
 )
-from shared.extraction.engine import extract_document, parse_pages
+from shared.extraction.engine import extract_document, page_count_above, parse_pages
 from shared.extraction.hostile import HeldDocument
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "HeldDocument",
     "ProgressFn",
     "extract_document",
+    "page_count_above",
     "parse_pages",
 ]

@@ -374,3 +374,11 @@ def extract_document(
         finally:
             if held is None:
                 doc.close()
+
+
+def page_count_above(path: str, limits: ExtractLimits, held: HeldDocument, above: int) -> int:
+    """The page count of the PDF at `path` when it is over `above`, else 0; the document is
+    opened into `held` (checked and scanned as `extract_document` opens it) and left there."""
+    with quiet_mupdf():
+        count: int = held.get(path, limits).page_count
+    return count if count > above else 0

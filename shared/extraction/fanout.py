@@ -22,9 +22,6 @@ from shared.models import (
 
 FANOUT_OUTPUTS = frozenset({"text", "markdown", "metadata", "blocks", "chunks"})
 """Outputs a merge can rebuild from the parts; jobs asking for more run whole."""
-MIN_PAGE_BYTES = 64
-"""No PDF page takes fewer bytes (its page object and cross-reference entry): a file smaller
-than `fanout_min_pages` times this cannot be split, and is not page-counted."""
 
 
 class RangePart(Frozen):

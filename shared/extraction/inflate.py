@@ -1,7 +1,8 @@
 """A bound on decompression: the bytes a document's Flate streams inflate to, counted first.
 
 MuPDF inflates streams as it needs them, and a few kilobytes can inflate to gigabytes (13.6 s of
-CPU per GiB). Before any page work the worker inflates every stream of the file once, in chunks
+CPU per GiB with the standard library's zlib; zlib-ng, used here, inflates the same streams
+1.5-4.6x faster). Before any page work the worker inflates every stream of the file once, in chunks
 (nothing is kept), also through stacked Flate layers (`[/FlateDecode /FlateDecode]`), and refuses
 a document whose total passes `max_inflated_bytes` with DECOMPRESSION_LIMIT. The scan is linear
 and stops as soon as the budget is spent, so a bomb costs at most the budget.
@@ -10,8 +11,10 @@ and stops as soon as the budget is spent, so a bomb costs at most the budget.
 from __future__ import annotations
 
 import mmap
-import zlib
 from collections.abc import Iterator
+from typing import cast
+
+from zlib_ng import zlib_ng as zlib
 
 from shared.errors import ErrorCode, PermanentError
 
@@ -19,6 +22,7 @@ STEP = 1 << 20
 """Bytes inflated per call: memory stays flat whatever a stream inflates to."""
 MAX_LAYERS = 4
 _ZLIB_HEADERS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+_ZLIB_ERROR = cast(type[Exception], zlib.error)  # its stub declares an instance, not the class
 
 
 class _Spent(Exception):
@@ -36,7 +40,7 @@ class _Counter:
         while buf:
             try:
                 out = inflater.decompress(buf, STEP)
-            except zlib.error:
+            except _ZLIB_ERROR:
                 return  # not (or no longer) Flate: what came so far is counted
             buf = inflater.unconsumed_tail
             if not out:
@@ -72,14 +76,18 @@ def stream_starts(data: bytes | mmap.mmap) -> Iterator[int]:
 def check_inflated(path: str, max_inflated_bytes: int | None) -> None:
     """Raises PermanentError (DECOMPRESSION_LIMIT) when the file's streams inflate to more than
     `max_inflated_bytes` (None: no limit)."""
-    if max_inflated_bytes is None:
-        return
-    counter = _Counter(max_inflated_bytes)
+    if max_inflated_bytes is not None:
+        inflated_bytes(path, max_inflated_bytes)
+
+
+def inflated_bytes(path: str, budget: int) -> int:
+    """What the file's streams inflate to, counted up to `budget` (then PermanentError)."""
+    counter = _Counter(budget)
     with open(path, "rb") as fh:
         try:
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # empty
-            return
+            return 0
         with data:
             try:
                 for start in stream_starts(data):
@@ -89,7 +97,8 @@ def check_inflated(path: str, max_inflated_bytes: int | None) -> None:
                     counter.feed([zlib.decompressobj()], 0, data[start:end])
             except _Spent:
                 raise PermanentError(
-                    f"the PDF's streams inflate to more than {max_inflated_bytes} bytes "
+                    f"the PDF's streams inflate to more than {budget} bytes "
                     "(PDFRELAY_MAX_INFLATED_BYTES)",
                     ErrorCode.DECOMPRESSION_LIMIT,
                 ) from None
+    return budget - counter.left

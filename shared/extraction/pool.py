@@ -34,7 +34,13 @@ import pymupdf
 
 from shared.adapters.digests import file_digest
 from shared.errors import ErrorCode, JobCancelled, PermanentError, WorkerCrashed
-from shared.extraction import ArtifactFile, ExtractLimits, HeldDocument, extract_document
+from shared.extraction import (
+    ArtifactFile,
+    ExtractLimits,
+    HeldDocument,
+    extract_document,
+    page_count_above,
+)
 from shared.extraction.preview import render_page
 from shared.models import ExtractOptions
 from shared.settings import Settings
@@ -69,6 +75,13 @@ class WorkOutput:
     artifacts: tuple[ArtifactFile, ...]
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)
     """(size, sha256 hex) by path of every artifact, computed by the worker."""
+    split: bool = False
+    """Nothing was extracted: the document has more pages (`page_count`) than the request's
+    `split_above`, and is to be split into page ranges (shared/jobs/fanout.py)."""
+
+    @classmethod
+    def splitting(cls, page_count: int) -> WorkOutput:
+        return cls("", page_count, 0, (), (), split=True)
 
 
 def extract_limits(settings: Settings, *, range_part: bool = False) -> ExtractLimits:
@@ -94,6 +107,11 @@ class WorkRequest:
     preview: tuple[int, int] | None = None
     """(page number, width): render that page as a PNG instead (shared/extraction/preview.py);
     the output's `result_path` is the PNG."""
+    split_above: int | None = None
+    """A whole document that may be fanned out: when it has more pages than this, the worker
+    answers with its page count only (`WorkOutput.split`). It opens the document anyway, so the
+    count costs nothing (no counting process of its own), and is exact; a document it keeps is
+    extracted from the same open file, checked and scanned once."""
 
 
 def _serve(
@@ -174,6 +192,14 @@ def _one(
         if req.preview is not None:
             path, count = render_page(req.pdf_path, *req.preview, req.limits, req.out_dir)
             reply = ("ok", path, count, 1, (), (), {})
+        elif req.split_above is not None and (
+            pages := page_count_above(req.pdf_path, req.limits, held, req.split_above)
+        ):
+            reply = ("split", pages)
+        elif req.split_above is not None:
+            # Opened, checked and scanned by the probe: extracted from the same open document.
+            checked = replace(req.limits, max_inflated_bytes=None)
+            reply = _extracted(replace(req, limits=checked), progress, held)
         else:
             reply = _extracted(req, progress, held if keep else None)
     except PermanentError as exc:
@@ -182,6 +208,8 @@ def _one(
         reply = ("error", str(ErrorCode.EXTRACTION_CRASHED), "the document needs too much memory")
     # What this document left in MuPDF's object store is not the next one's business (one held
     # for its next range keeps it: its parsed fonts and resources are why it is held).
+    if not keep:
+        held.release()  # a probed whole document: its ranges download a copy of their own
     if not held.is_open:
         pymupdf.TOOLS.store_shrink(100)
     gc.collect()
@@ -431,6 +459,8 @@ class WorkerPool:
                         on_progress(msg[1], msg[2])
                     elif kind == "ok":
                         return WorkOutput(*msg[1:])
+                    elif kind == "split":
+                        return WorkOutput.splitting(msg[1])
                     else:
                         raise PermanentError(msg[2], ErrorCode(msg[1]))
         finally:

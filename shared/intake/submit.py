@@ -9,7 +9,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.adapters.broker import publish
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
 from shared.intake.fetch import check_source_url
@@ -179,9 +178,7 @@ async def _create_job(
     await lifecycle.accept(ctx, job)
     task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook, job=job)
     try:
-        await publish(
-            ctx.channel, ctx.topology.tasks, ctx.topology.TASK_KEY, task, message_id=job_id
-        )
+        await ctx.broker.publish(ctx.topology.tasks, ctx.topology.TASK_KEY, task, message_id=job_id)
     except TransientError:
         # Not accepted: take the record back so no half-made job lingers.
         with contextlib.suppress(TransientError):

@@ -21,9 +21,9 @@ from typing import Literal
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ConfigDict, Field, ValidationError
 
-from shared.adapters.broker import publish
-from shared.errors import JobCancelled, NotRoutable
+from shared.errors import ErrorCode, JobCancelled, NotRoutable, PermanentError
 from shared.jobs import lifecycle
+from shared.jobs.watch import JobWatcher, until_ended
 from shared.models import JOB_ID_RE, Frozen, Job, JobStatus
 from shared.runtime.context import Context, ExtractContext
 
@@ -53,10 +53,31 @@ async def request_cancel(ctx: Context, job: Job) -> Job:
     if job.status is JobStatus.QUEUED:
         job = await lifecycle.cancel_queued(ctx, job)
     try:
-        await publish(ctx.channel, ctx.topology.control, "", CancelRequest(job_id=job.job_id))
+        await ctx.broker.publish(ctx.topology.control, "", CancelRequest(job_id=job.job_id))
     except NotRoutable:
         # No extract process is up: none runs the job, and the marker stops it when one comes.
         log.info("job %s: no extract handler to tell about its cancel", job.job_id)
+    return job
+
+
+async def cancel_and_wait(ctx: Context, watcher: JobWatcher, job: Job, wait: float) -> Job:
+    """Cancel a job (`DELETE /v1/jobs/{id}`) and give a running one `wait` seconds to stop;
+    returns it as it is then (still running: it is being stopped).
+
+    Raises:
+        PermanentError: it had ended otherwise than cancelled (CONFLICT).
+        TransientError: storage or broker away.
+    """
+    if not job.status.terminal:
+        async with watcher.listen(job.job_id) as events:
+            job = await request_cancel(ctx, job)
+            if not job.status.terminal:
+                job = await until_ended(ctx.jobs, job, events, wait)
+    if job.status.terminal and job.status is not JobStatus.CANCELLED:
+        raise PermanentError(
+            f"the job has already ended ({job.status.value}); it cannot be cancelled",
+            ErrorCode.CONFLICT,
+        )
     return job
 
 

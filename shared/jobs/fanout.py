@@ -8,19 +8,16 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
-from shared.adapters.broker import publish
 from shared.errors import ErrorCode, JobCancelled, PermanentError
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.fanout import (
     EMPTY_PART_RESULT,
     FANOUT_OUTPUTS,
-    MIN_PAGE_BYTES,
     RangePart,
     builder_states,
     merge_parts,
@@ -40,7 +37,6 @@ from shared.extraction.pool import WorkRequest, extract_limits
 from shared.jobs import lifecycle
 from shared.jobs.cancel import raise_if_requested
 from shared.jobs.outcome import publish_event
-from shared.jobs.pagecount import count_pages
 from shared.jobs.records import artifact_key, result_key, upload_key
 from shared.models import (
     Artifact,
@@ -52,6 +48,7 @@ from shared.models import (
     WebhookSpec,
 )
 from shared.runtime.context import Context, ExtractContext
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,34 +94,32 @@ async def shared_source(ctx: Context, key: str, bucket: str | None) -> AsyncIter
             await asyncio.to_thread(shutil.rmtree, source.tmp, True)
 
 
+def split_above(settings: Settings, job: Job) -> int | None:
+    """The page count above which the worker is to answer with the count instead of a result
+    (`WorkRequest.split_above`); None for a job that is never split.
+
+    Only whole-document jobs (no `pages` selection) whose outputs a merge can rebuild are split.
+    """
+    if job.options.pages is not None or not set(job.options.outputs) <= FANOUT_OUTPUTS:
+        return None
+    if job.options.template is not None:
+        return None  # the template's step follows one whole extraction (shared/jobs/llm.py)
+    return settings.fanout_min_pages
+
+
 async def plan(
     ctx: Context,
     job: Job,
     webhook: WebhookSpec | None,
     pdf_path: str,
-    begin: Callable[[], Awaitable[Job]] | None,
-) -> bool:
-    """Publish range tasks for a large document; False when it is to be extracted whole.
-
-    Only whole-document jobs (no `pages` selection) whose outputs a merge can rebuild are split;
-    the page count is the cheap estimate from the raw bytes (MuPDF never runs in this process).
-    """
+    pages: int,
+) -> None:
+    """Publish the range tasks of a document of `pages` pages (counted by the worker that
+    opened it, shared/extraction/pool.py)."""
     settings = ctx.settings
-    if job.options.pages is not None or not set(job.options.outputs) <= FANOUT_OUTPUTS:
-        return False
-    if job.options.template is not None:
-        return False  # the template's step follows one whole extraction (shared/jobs/llm.py)
-    size = await asyncio.to_thread(os.path.getsize, pdf_path)
-    if size < settings.fanout_min_pages * MIN_PAGE_BYTES:
-        return False  # too small to have that many pages: no page count at all
-    pages = await count_pages(pdf_path)
-    if pages is None or pages <= settings.fanout_min_pages or pages > settings.max_pages:
-        return False  # too small, or for the engine to refuse as a whole
     if job.source_url is not None:
         # The ranges read the stored copy; none of them fetches the URL again.
         await ctx.storage.put_file(upload_key(job.job_id), pdf_path, "application/pdf")
-    if begin is not None:
-        job = await begin()
     job = job.model_copy(update={"progress": Progress(pages_done=0, pages_total=pages)})
     await lifecycle.save_progress(ctx, job)
     spans = ranges(pages, settings.fanout_range_pages)
@@ -139,12 +134,11 @@ async def plan(
             parts=len(spans),
         )
         await _publish_task(ctx, ctx.topology.RANGE_KEY, task, f"{job.job_id}.{first}-{last}")
-    return True
 
 
 async def _publish_task(ctx: Context, key: str, task: ExtractTask, message_id: str) -> None:
     """A range or merge task on the tasks exchange (confirmed; `message_id` makes it unique)."""
-    await publish(ctx.channel, ctx.topology.tasks, key, task, message_id=message_id)
+    await ctx.broker.publish(ctx.topology.tasks, key, task, message_id=message_id)
 
 
 async def handle_range(task: ExtractTask, ctx: ExtractContext, job: Job) -> None:
@@ -161,7 +155,8 @@ async def handle_range(task: ExtractTask, ctx: ExtractContext, job: Job) -> None
         return
     except PermanentError as exc:
         if exc.code is ErrorCode.INVALID_OPTIONS and task.first > 1:
-            # The page count was estimated high: this range is past the end, an empty part.
+            # Past the end of the file read now (planned by an older version from an estimate
+            # of the page count, or the source object replaced since): an empty part.
             part = RangePart(
                 first=task.first, last=task.last, pages_processed=0, result=EMPTY_PART_RESULT
             )
@@ -214,7 +209,7 @@ async def _extract_range(ctx: ExtractContext, job: Job, first: int, last: int) -
         else (job.source_key, job.source_bucket)
     )
     assert key is not None
-    # The last range is open-ended: the page count it was planned with is an estimate.
+    # The last range is open-ended: the file read now may have more pages than was planned.
     total = job.progress.pages_total
     pages = f"{first}-" if total is not None and last >= total else f"{first}-{last}"
     options = job.options.model_copy(update={"pages": pages})
@@ -242,12 +237,9 @@ async def _run_range(
             pdf_path=pdf_path,
             out_dir=tmp,
             options=options,
-            # Every range opens the whole document: its streams are inflated and counted once,
-            # by the first range (a bomb fails the job there), not once per range.
-            limits=replace(
-                extract_limits(settings, range_part=True),
-                max_inflated_bytes=settings.max_inflated_bytes if first == 1 else None,
-            ),
+            # Every range opens the whole document, whose streams the worker that planned the
+            # ranges inflated and counted already (a bomb failed the job there, unsplit).
+            limits=replace(extract_limits(settings, range_part=True), max_inflated_bytes=None),
         ),
         lambda done, total: None,
         job_id=job.job_id,

@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-from shared.adapters.broker import publish
 from shared.errors import NotRoutable, TransientError
 from shared.jobs.records import public_view
 from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
@@ -36,8 +35,7 @@ async def publish_event(
     """Publish the event with the job's view (`view`: built already, else read here)."""
     if view is None:
         view = await ctx.jobs.view(job, ctx.settings.base_url)
-    await publish(
-        ctx.channel,
+    await ctx.broker.publish(
         ctx.topology.events,
         event_type,
         json.dumps(view).encode(),
@@ -77,8 +75,7 @@ async def _reply(ctx: Context, job: Job, event_type: str, view: dict[str, Any]) 
     """Answer a broker request on its `reply_to` queue, with its `correlation_id`."""
     assert job.reply_to is not None
     try:
-        await publish(
-            ctx.channel,
+        await ctx.broker.publish(
             "",
             job.reply_to,
             json.dumps({"type": event_type, "data": view}).encode(),

@@ -15,6 +15,7 @@ or URL the client named, `inbox/` objects) and the object-drop `outbox/`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass
@@ -104,6 +105,23 @@ async def sweep(jobs: JobStore, retention: timedelta, now: datetime | None = Non
     if deleted or idem or holds:
         log.info("retention sweep: %s", report)
     return report
+
+
+async def sweep_forever(jobs: JobStore, retention: timedelta, interval_s: float) -> None:
+    """Ask for the lifecycle rules once, then sweep every `interval_s` (an ingress's task)."""
+    lifecycle_tried = False
+    while True:
+        try:
+            if not lifecycle_tried:
+                lifecycle_tried = True
+                await apply_lifecycle(jobs, retention)
+            await sweep(jobs, retention)
+        except TransientError as exc:
+            log.warning("retention sweep interrupted: %s", exc.message)
+        except Exception:
+            # The sweeper must outlive a bad record; the next round tries again.
+            log.exception("retention sweep failed")
+        await asyncio.sleep(interval_s)
 
 
 def tenant_of_prefix(prefix: str) -> str:

@@ -13,11 +13,14 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, utcnow
+from shared.runtime.context import Context
 
 ALPHA = 0.2
 """Weight of the newest job in the moving averages (about the last ten jobs count)."""
 MIN_SECONDS = 0.001
+QUEUE_PROBE_TTL_S = 2.0
+"""How old the extract queue's depth behind a queued job's ETA may be."""
 
 
 class ThroughputMeter:
@@ -98,6 +101,18 @@ def estimate(
     own_pages = float(job.pages_reserved or meter.pages_per_job)
     ahead = (position - 1) * meter.pages_per_job / (rate * parallel)
     return Estimate(position, _seconds(ahead + own_pages / rate))
+
+
+async def estimate_now(ctx: Context, job: Job, meter: ThroughputMeter) -> Estimate:
+    """The job's queue position and ETA now (none when it has ended); a queued job's from the
+    extract queue's depth, read at most `QUEUE_PROBE_TTL_S` ago."""
+    if job.status.terminal:
+        return Estimate(None, None)
+    queue = None
+    if job.status is JobStatus.QUEUED:
+        depth = await ctx.metrics.queue_depth(ctx.topology.extract, QUEUE_PROBE_TTL_S)
+        queue = QueueState(ready=depth[0], consumers=depth[1]) if depth is not None else None
+    return estimate(job, meter, queue, ctx.settings.extract_workers, utcnow())
 
 
 def _seconds(eta: float) -> float:

@@ -11,14 +11,19 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from shared.jobs.records import JobStore
+from shared.models import Job
 from shared.runtime.context import Context
+
+JobEvents = asyncio.Queue[dict[str, Any]]
+"""One listener's events of a job: `{"type": routing key, "data": the job's view}`."""
 
 
 class JobWatcher:
     """One exclusive, auto-deleted queue per process, bound to every job event."""
 
     def __init__(self) -> None:
-        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self._listeners: dict[str, set[JobEvents]] = defaultdict(set)
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self.observers: list[Callable[[str, bytes], None]] = []
@@ -45,9 +50,9 @@ class JobWatcher:
             q.put_nowait(event)
 
     @contextlib.asynccontextmanager
-    async def listen(self, job_id: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+    async def listen(self, job_id: str) -> AsyncIterator[JobEvents]:
         """Events for `job_id` while the block runs; subscribe before reading the state."""
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        q: JobEvents = asyncio.Queue()
         self._listeners[job_id].add(q)
         try:
             yield q
@@ -55,3 +60,16 @@ class JobWatcher:
             self._listeners[job_id].discard(q)
             if not self._listeners[job_id]:
                 del self._listeners[job_id]
+
+
+async def until_ended(jobs: JobStore, job: Job, events: JobEvents, wait: float) -> Job:
+    """The job once it has ended, or as it is after `wait` seconds. `events`: the job's,
+    subscribed before `job` was read (an ending in between is not missed)."""
+    try:
+        async with asyncio.timeout(wait):
+            while not job.status.terminal:
+                if (await events.get())["type"] != "job.progress":
+                    job = await jobs.get(job.job_id, job.tenant)
+    except TimeoutError:
+        job = await jobs.get(job.job_id, job.tenant)
+    return job

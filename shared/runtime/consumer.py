@@ -21,7 +21,6 @@ from typing import Literal, TypeVar
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from pydantic import BaseModel, ValidationError
 
-from shared.adapters.broker import publish
 from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.obs.logs import job_context
 from shared.runtime.context import Context
@@ -143,8 +142,7 @@ async def _dead_letter(
         return
     headers = {**(message.headers or {}), REASON_HEADER: reason[:1000]}
     try:
-        await publish(
-            ctx.channel,
+        await ctx.broker.publish(
             ctx.topology.dead_letters,
             dead_letter,
             message.body,
@@ -188,8 +186,7 @@ async def _park(
 ) -> bool:
     """Copy the message to its backoff queue; False when the broker did not confirm."""
     try:
-        await publish(
-            ctx.channel,
+        await ctx.broker.publish(
             "",
             backoff,
             message.body,

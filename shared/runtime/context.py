@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from shared.adapters.broker import Broker, ChannelBroker
 from shared.adapters.brokers import connect_robust
 from shared.adapters.storage import Storage
 from shared.adapters.topology import Topology, declare, topology_for
@@ -47,6 +48,8 @@ class Context:
     connection: AbstractRobustConnection
     channel: AbstractChannel
     """Publishing channel: publisher confirms on, unroutable messages raise."""
+    broker: Broker
+    """What everything publishes through: `ChannelBroker(channel)` (tests: a fake)."""
     storage: Storage
     jobs: JobStore
     pool: WorkerPool | None
@@ -123,6 +126,7 @@ async def open_context(
             topology=topology,
             connection=connection,
             channel=channel,
+            broker=ChannelBroker(channel),
             storage=storage,
             jobs=JobStore(storage),
             pool=pool,

@@ -17,7 +17,6 @@ from datetime import timedelta
 import aiohttp
 from aio_pika.abc import AbstractIncomingMessage, HeadersType
 
-from shared.adapters.broker import publish
 from shared.models import WebhookDelivery, WebhookState, WebhookStateUpdate, utcnow
 from shared.runtime.context import Context
 from shared.webhooks.delivery import Attempt, build_headers, deliver
@@ -136,8 +135,7 @@ class Dispatcher:
     ) -> None:
         """Park the delivery in the wait queue of `step`; it comes back after `wait_s`."""
         topo = self.ctx.topology
-        await publish(
-            self.ctx.channel,
+        await self.ctx.broker.publish(
             topo.webhooks_exchange,
             topo.webhook_retry(step),
             delivery,
@@ -157,8 +155,7 @@ class Dispatcher:
         if result.status is not None:
             headers[STATUS_HEADER] = result.status
         topo = self.ctx.topology
-        await publish(
-            self.ctx.channel,
+        await self.ctx.broker.publish(
             topo.dead_letters,
             topo.webhooks_dead,
             delivery,
@@ -170,8 +167,7 @@ class Dispatcher:
 async def enqueue(ctx: Context, delivery: WebhookDelivery) -> None:
     """Send a delivery to the dispatch queue with a fresh attempt count: its first attempt, or
     its redelivery."""
-    await publish(
-        ctx.channel,
+    await ctx.broker.publish(
         ctx.topology.webhooks_exchange,
         ctx.topology.webhooks,
         delivery,

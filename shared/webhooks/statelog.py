@@ -20,7 +20,6 @@ import logging
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from shared.adapters.broker import publish
 from shared.models import WebhookStateBatch, WebhookStateUpdate
 from shared.runtime.context import Context
 
@@ -58,8 +57,7 @@ class StateLog:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
             try:
-                await publish(
-                    self._ctx.channel,
+                await self._ctx.broker.publish(
                     self._ctx.topology.webhooks_exchange,
                     self._ctx.topology.webhook_states,
                     WebhookStateBatch(updates=[update for update, _ in batch]),

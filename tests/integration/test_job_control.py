@@ -95,12 +95,18 @@ def meter(stack: Stack) -> ThroughputMeter:
     return api.meter
 
 
-def freezer(stack: Stack) -> asyncio.Queue[int]:
-    """Stop (SIGSTOP) every worker the pool starts from now on; their pids arrive in order."""
+def freezer(stack: Stack, after: int = 0) -> asyncio.Queue[int]:
+    """Stop (SIGSTOP) every worker the pool starts from now on, but for the first `after`
+    documents; their pids arrive in order."""
     assert stack.ctx.pool is not None
     pids: asyncio.Queue[int] = asyncio.Queue()
+    starts = 0
 
     def freeze(pid: int) -> None:
+        nonlocal starts
+        starts += 1
+        if starts <= after:
+            return
         os.kill(pid, signal.SIGSTOP)
         pids.put_nowait(pid)
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from handlers import jobs_api
 from shared.jobs import retention
 from shared.jobs.records import record_key
 from shared.runtime import cancel_registry
@@ -117,7 +116,7 @@ async def counted_stack(
         finally:
             swept.set()
 
-    monkeypatch.setattr(jobs_api, "sweep", sweep_once)
+    monkeypatch.setattr(retention, "sweep", sweep_once)
     async with running_stack(settings) as stack:
         if webhooks:
             stack.start_webhooks()

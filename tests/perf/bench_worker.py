@@ -4,14 +4,14 @@ next to the bare `page.get_text()` loop, with no broker, S3 or HTTP in the way.
 `python -m tests.perf worker [--repeat 3] [--nice 0]`. Two views, both in CPU seconds (not wall
 clock: the machine is shared), each the median of `--repeat` runs:
 
-- **pool**: the extract handler's part of the work as it runs it — `count_pages` (the fan-out
-  planner's child process) for every document large enough, then the `WorkerPool` (2 workers,
-  forkserver) on the whole document or, above the fan-out threshold, on its 100-page ranges
-  (the first one bounding decompression), all submitted at once. CPU of this process's tree
-  without this process: the page counters, the forkserver and the workers (start, pipe, result
-  JSON, digests, store shrink, everything), i.e. the benchmark's "workers" figure of `peer`.
+- **pool**: the extract handler's part of the work as it runs it — the `WorkerPool` (2 workers,
+  forkserver) on every whole document with `split_above` (the worker answers with the page
+  count of a document above the fan-out threshold instead of extracting it), then on the
+  100-page ranges of those, all submitted at once. CPU of this process's tree without this
+  process: the forkserver and the workers (start, pipe, result JSON, digests, store shrink,
+  everything), i.e. the benchmark's "workers" figure of `peer`.
 - **phases**, in this process, one document after another: the bare loop; the decompression
-  scan; the engine with the scan off; the engine over the fan-out's ranges; the page count.
+  scan; the engine with the scan off; the engine over the fan-out's ranges.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from pathlib import Path
 import pymupdf
 
 from shared.extraction import ExtractLimits, HeldDocument, extract_document
-from shared.extraction.fanout import MIN_PAGE_BYTES, ranges
+from shared.extraction.fanout import ranges
 from shared.extraction.inflate import check_inflated
 from shared.extraction.pool import WorkerPool, WorkRequest
-from shared.jobs.pagecount import count_pages, count_pages_file
 from shared.models import ExtractOptions
 from shared.settings import Settings
 from tests.perf.bench_core import CORPUS, WORKERS, say
@@ -68,32 +67,27 @@ def _children_cpu() -> float:
 
 
 async def _one_document(pool: WorkerPool, settings: Settings, path: str, tmp: str) -> None:
-    """As handlers/extract.py and shared/extraction/fanout.py run one document (text only)."""
-    pages = None
-    if os.path.getsize(path) >= settings.fanout_min_pages * MIN_PAGE_BYTES:
-        pages = await count_pages(path)
+    """As handlers/extract.py and shared/jobs/fanout.py run one document (text only): the whole
+    document with `split_above` (the worker answers with its page count when it is to be split),
+    then its ranges."""
     limits = ExtractLimits(max_inflated_bytes=settings.max_inflated_bytes)
-    if pages is None or pages <= settings.fanout_min_pages:
-        out = tempfile.mkdtemp(dir=tmp)
-        await pool.run(WorkRequest(path, out, OPTIONS, limits), lambda d, t: None)
+    req = WorkRequest(
+        path, tempfile.mkdtemp(dir=tmp), OPTIONS, limits, split_above=settings.fanout_min_pages
+    )
+    out = await pool.run(req, lambda d, t: None)
+    if not out.split:
         return
+    part = replace(limits, range_part=True, max_inflated_bytes=None)  # scanned by the probe
     runs = []
-    for first, last in ranges(pages, settings.fanout_range_pages):
-        out = tempfile.mkdtemp(dir=tmp)
-        part = replace(
-            limits,
-            range_part=True,
-            max_inflated_bytes=limits.max_inflated_bytes if first == 1 else None,
-        )
+    for first, last in ranges(out.page_count, settings.fanout_range_pages):
         options = OPTIONS.model_copy(update={"pages": f"{first}-{last}"})
-        runs.append(
-            pool.run(WorkRequest(path, out, options, part), lambda d, t: None, background=True)
-        )
+        req = WorkRequest(path, tempfile.mkdtemp(dir=tmp), options, part)
+        runs.append(pool.run(req, lambda d, t: None, background=True))
     await asyncio.gather(*runs)
 
 
 async def pool_run(files: Sequence[str], nice: int) -> tuple[float, float, float]:
-    """(CPU s of this process's tree without itself, of which the page counters, wall s)."""
+    """(CPU s of this process's tree without itself, of which reaped children, wall s)."""
     settings = Settings()
     pool = WorkerPool(WORKERS, timeout_s=600, memory_mb=4096, nice=nice)
     await pool.start()
@@ -160,17 +154,12 @@ def scan(path: str) -> None:
     check_inflated(path, Settings().max_inflated_bytes)
 
 
-def page_count(path: str) -> None:
-    count_pages_file(path)
-
-
 PHASES: dict[str, Callable[[str], None]] = {
     "bare loop": bare,
     "decompression scan": scan,
     "engine (no scan)": engine,
     "engine over the ranges": engine_ranges,
     "the same, one open document": lambda path: engine_ranges(path, keep=True),
-    "page count (in-process)": page_count,
 }
 
 
@@ -222,9 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     counters = statistics.median(p[1] for p in pools)
     say(
-        f"\npool (workers, forkserver, page counters), CPU s: {pool_s:.3f} "
+        f"\npool (workers, forkserver, any other child), CPU s: {pool_s:.3f} "
         f"({pool_s / base:.2f}x the bare loop; runs {', '.join(f'{p[0]:.3f}' for p in pools)}), "
-        f"of which page counters {counters:.3f}; wall clock "
+        f"of which reaped children {counters:.3f}; wall clock "
         f"{statistics.median(p[2] for p in pools):.2f} s (niceness {args.nice})"
     )
     return 0

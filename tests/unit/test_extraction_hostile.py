@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ErrorCode, PermanentError
-from shared.extraction import EngineOutput, ExtractLimits, HeldDocument, extract_document
+from shared.extraction import EngineOutput, ExtractLimits, HeldDocument, extract_document, inflate
 from shared.extraction.hostile import open_pdf, scan_actions
-from shared.extraction.inflate import check_inflated, stream_starts
+from shared.extraction.inflate import check_inflated, inflated_bytes, stream_starts
 from shared.models import ExtractOptions, Output
 from tests.unit import pdfgen
 from tests.unit.test_extraction_outputs import ALL_OUTPUTS
@@ -250,6 +250,28 @@ def test_the_scan_finds_every_stream_the_regular_expression_found() -> None:
     samples += [b"stream\n", b"dstream\n", b"endstream\n", b"streamstream\r\n", b"stream\r"]
     for data in samples:
         assert list(stream_starts(data)) == [m.end() for m in STREAM_KEYWORD.finditer(data)], data
+
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+
+
+def test_zlib_ng_counts_what_the_standard_zlib_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan inflates with zlib-ng: every stream of the corpus, a stacked bomb and a broken
+    stream count the same bytes as with the standard library's zlib."""
+    bomb = pdfgen.bomb_pdf(tmp_path / "bomb.pdf", side=8_000)
+    broken = tmp_path / "broken.pdf"
+    packed = zlib.compress(random.Random(5).randbytes(300_000))
+    broken.write_bytes(b"stream\n" + packed[:150_000] + b"garbage\nendstream")
+    files = [*sorted(CORPUS.glob("*.pdf")), bomb, broken]  # the corpus: where it is beside us
+    budget = 1 << 30
+    fast = [inflated_bytes(str(f), budget) for f in files]
+    monkeypatch.setattr(inflate, "zlib", zlib)
+    monkeypatch.setattr(inflate, "_ZLIB_ERROR", zlib.error)
+    assert fast == [inflated_bytes(str(f), budget) for f in files]
+    assert fast[-2] >= 8_000 * 8_000 // 8  # the bomb's 1-bit pixels, through both layers
+    assert fast[-1] > 0  # a broken stream: what came before the damage
 
 
 def test_a_bomb_inside_another_stream_s_span_is_counted(tmp_path: Path) -> None:

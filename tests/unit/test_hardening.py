@@ -14,13 +14,13 @@ from typing import Any, cast
 import pytest
 from minio.error import S3Error
 
-from handlers.extract import _ProgressReporter
 from shared.adapters.storage import Storage
 from shared.adapters.topology import topology_for
 from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.intake.pages import MAX_PAGE_NUMBER, PagesSpecError, parse_spec
 from shared.jobs import pagecount
 from shared.jobs.pagecount import count_pages, count_pages_in
+from shared.jobs.progress import ProgressReporter
 from shared.models import ExtractOptions, Job
 from shared.runtime.context import Context
 from shared.settings import Settings
@@ -119,7 +119,7 @@ async def test_a_lost_progress_update_does_not_fail_the_attempt() -> None:
         raise TransientError("storage is unreachable")
 
     ctx = cast(Context, SimpleNamespace(jobs=SimpleNamespace(save=save)))
-    reporter = _ProgressReporter(ctx, Job(job_id="a" * 32))
+    reporter = ProgressReporter(ctx, Job(job_id="a" * 32))
     reporter.update(1, 2)
     await reporter.flush()  # no TransientError
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from handlers.jobs_api import sse
 from infra.client import _out_stems, _since, sse_events
+from shared.api.sse import sse
 from shared.jobs.pagecount import count_pages_file, count_pages_in
 from shared.jobs.quota import RETRY_AFTER_UNMEASURED_S, retry_after_s
 from shared.jobs.records import index_key, index_name, inflight_key, parse_index_name

@@ -8,13 +8,15 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+import pymupdf
 import pytest
 
 from shared.errors import PermanentError, WorkerCrashed
-from shared.extraction import ExtractLimits
-from shared.extraction.pool import WorkerPool, WorkRequest, _Slots
+from shared.extraction import ExtractLimits, HeldDocument, hostile, inflate
+from shared.extraction.pool import WorkerPool, WorkRequest, _one, _Slots
 from shared.models import ExtractOptions
 from tests.factories import make_pdf
+from tests.unit import pdfgen
 
 
 def _request(tmp_path: Path, name: str, data: bytes) -> WorkRequest:
@@ -143,3 +145,94 @@ async def test_ranges_of_one_file_share_a_worker_s_open_document_and_nothing_els
     finally:
         pool.kill_all()
     assert pool.processes == 1  # all in one worker
+
+
+class _Pipe:
+    """The worker's end of its pipe, in this process: what `_one` sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, ...]] = []
+
+    def send(self, msg: tuple[object, ...]) -> None:
+        self.sent.append(msg)
+
+
+def _probe(tmp_path: Path, name: str, data: bytes, split_above: int) -> WorkRequest:
+    req = _request(tmp_path, name, data)
+    return replace(
+        req, limits=replace(req.limits, max_inflated_bytes=1 << 30), split_above=split_above
+    )
+
+
+def _count_scans(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """The limits the decompression scan is called with from now on."""
+    scans: list[int | None] = []
+    real = inflate.check_inflated
+
+    def check_inflated(path: str, limit: int | None) -> None:
+        scans.append(limit)
+        real(path, limit)
+
+    monkeypatch.setattr(hostile, "check_inflated", check_inflated)
+    return scans
+
+
+def test_a_probe_answers_the_page_count_of_a_document_to_split_and_extracts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans = _count_scans(monkeypatch)
+    held = HeldDocument()
+    pipe = _Pipe()
+    req = _probe(tmp_path, "big", make_pdf(["one", "two", "three"]), split_above=2)
+    _one(pipe, req, None, held)  # type: ignore[arg-type]
+    assert pipe.sent[-1] == ("split", 3)
+    assert sorted(os.listdir(req.out_dir)) == ["source.pdf"]  # nothing written
+    assert not held.is_open  # its ranges download a copy of their own: nothing kept
+    assert scans == [1 << 30]
+
+
+def test_a_probed_document_under_the_limit_is_extracted_from_the_same_open_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans = _count_scans(monkeypatch)
+    opens: list[str] = []
+    real_open = hostile.open_pdf
+
+    def open_pdf(path: str, limits: ExtractLimits) -> pymupdf.Document:
+        opens.append(path)
+        return real_open(path, limits)
+
+    monkeypatch.setattr(hostile, "open_pdf", open_pdf)
+    held = HeldDocument()
+    pipe = _Pipe()
+    req = _probe(tmp_path, "small", make_pdf(["one", "two", "three"]), split_above=3)
+    _one(pipe, req, None, held)  # type: ignore[arg-type]
+    kind, path, pages, processed = pipe.sent[-1][:4]
+    assert (kind, pages, processed) == ("ok", 3, 3)
+    assert "three" in Path(str(path)).read_text()
+    assert opens == [req.pdf_path]  # opened once
+    assert [s for s in scans if s is not None] == [1 << 30]  # and scanned once
+    assert not held.is_open
+
+
+def test_a_probe_refuses_a_bomb_before_any_split(tmp_path: Path) -> None:
+    bomb = pdfgen.bomb_pdf(tmp_path / "bomb.pdf", side=20_000).read_bytes()
+    req = _probe(tmp_path, "bomb", bomb, split_above=0)
+    req = replace(req, limits=replace(req.limits, max_inflated_bytes=16 * 1024 * 1024))
+    pipe = _Pipe()
+    _one(pipe, req, None, HeldDocument())  # type: ignore[arg-type]
+    assert pipe.sent[-1][:2] == ("error", "DECOMPRESSION_LIMIT")
+
+
+@pytest.mark.timeout(120)
+async def test_the_pool_returns_a_split_answer(tmp_path: Path) -> None:
+    pool = WorkerPool(1, timeout_s=60, memory_mb=2048)
+    try:
+        req = _probe(tmp_path, "big", make_pdf(["a", "b", "c", "d"]), split_above=3)
+        out = await pool.run(req, _ignore)
+        assert (out.split, out.page_count, out.pages_extracted) == (True, 4, 0)
+        req = _probe(tmp_path, "whole", make_pdf(["a", "b", "c", "d"]), split_above=4)
+        out = await pool.run(req, _ignore)
+        assert (out.split, out.page_count, out.pages_extracted) == (False, 4, 4)
+    finally:
+        pool.kill_all()
