@@ -66,6 +66,11 @@ def plan_key(job_id: str) -> str:
     return f"{llm_prefix(job_id)}plan.json"
 
 
+def transform_asked_key(job_id: str) -> str:
+    """Written by the merge queue's consumer when it asks for the template's step: once."""
+    return f"{llm_prefix(job_id)}transform-asked"
+
+
 def transformed_key(job_id: str) -> str:
     """The template's answer (`LlmTransformed`), until the merge stores `transformed.md`."""
     return f"{llm_prefix(job_id)}transformed.json"
@@ -231,14 +236,9 @@ async def handle_page(
         # job's ending: a progress write can never land after it.
         await publish_step(ctx, task.model_copy(update={"done": done}), "progress")
     if done >= task.pages:
-        # Two last pages may both get here: the queues' terminal checks (and the merge queue's
-        # one consumer) make the second a no-op.
-        await publish_step(ctx, task, after_pages(job))
-
-
-def after_pages(job: Job) -> LlmStep:
-    """What follows the pages: the template's transformation, or the merge."""
-    return "transform" if job.options.template is not None else "merge"
+        # Two last pages may both get here: the merge queue's one consumer and its checks make
+        # the second a no-op.
+        await publish_step(ctx, task, "merge")
 
 
 def _page_of(task: LlmTask) -> tuple[int, str, str]:
@@ -291,7 +291,8 @@ async def publish_step(
 
 
 async def handle_merge(ctx: Context, task: LlmTask) -> None:
-    """End the job as `task.step` says: merged (completed), failed or cancelled; once."""
+    """End the job as `task.step` says: merged (completed), failed or cancelled; once. A job
+    with a template has its transform step asked for first (it merges again after it)."""
     job = await ctx.jobs.get(task.job_id, task.tenant)
     if task.step == "progress":
         if not job.status.terminal and (task.done or 0) > job.progress.pages_done:
@@ -308,6 +309,9 @@ async def handle_merge(ctx: Context, task: LlmTask) -> None:
 
     parts = await read_parts(ctx, job.job_id)
     transformed = await _transformed(ctx, job)
+    if task.step == "merge" and job.options.template is not None and transformed is None:
+        await _ask_for_transform(ctx, task)
+        return
     if task.step == "cancelled":
         ended = lifecycle.cancelled(job)
     elif task.step == "failed":
@@ -337,6 +341,17 @@ async def handle_merge(ctx: Context, task: LlmTask) -> None:
         usage.tokens_out,
     )
     await lifecycle.end(ctx, ended, task.webhook, first=False, note=" (llm)", stored=clean_up)
+
+
+async def _ask_for_transform(ctx: Context, task: LlmTask) -> None:
+    """The pages are all there: the template's step, once (a second merge of the pages finds
+    it asked; this queue's one consumer makes the check and the mark one step)."""
+    marker = transform_asked_key(task.job_id)
+    try:
+        await ctx.storage.stat(marker)
+    except ObjectNotFound:
+        await ctx.storage.put_bytes(marker, b"", "text/plain")
+        await publish_step(ctx, task, "transform")
 
 
 async def _transformed(ctx: Context, job: Job) -> LlmTransformed | None:

@@ -83,9 +83,9 @@ async def dispatch(
         )
     progress = Progress(pages_done=0, pages_total=len(pages))
     await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}))
-    if not tasks:  # only a template: its step comes at once
+    if not tasks:  # only a template: the merge queue asks for its step at once
         only = LlmTask(job_id=job.job_id, tenant=job.tenant, webhook=webhook, pages=0)
-        await publish_step(ctx, only, "transform")
+        await publish_step(ctx, only, "merge")
     for task in tasks:
         await publish(
             ctx.channel,
