@@ -49,9 +49,10 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
 
         calls = llm.InFlightCalls()
 
-        async def handle_page(
+        async def handle_work(
             task: LlmTask, ctx: Context, message: AbstractIncomingMessage
         ) -> None:
+            """A page to transcribe, or a template's transformation."""
             step = llm_transform.handle_transform if task.step == "transform" else llm.handle_page
             await step(ctx, client, calls, task, failures_so_far(message))
 
@@ -61,7 +62,7 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
                 ctx,
                 topology.llm,
                 LlmTask,
-                handle_page,
+                handle_work,
                 prefetch=settings.llm_concurrency,
                 stop=stop,
                 backoff=topology.backoff(topology.llm),

@@ -451,6 +451,24 @@ async def test_a_failing_provider_fails_the_job_with_a_clear_code_and_no_text(
     assert KEY not in caplog.text
 
 
+async def test_model_calls_hold_no_extraction_worker(make_settings: Any) -> None:
+    gate = asyncio.Event()
+    fake = FakeModel(gate=gate)
+    async with fake_model(fake) as url:
+        settings = llm_settings(make_settings, url, extract_workers=1)
+        async with running_stack(settings) as stack:
+            stack.start(llm.serve)
+            job = await upload(stack, numbered_pdf(2), options=json.dumps({"method": "llm"}))
+            await asyncio.wait_for(fake.arrived.wait(), 60)
+            # The only worker is free while the model holds the call: another job runs.
+            native = await upload(stack, make_pdf(["while the model thinks"]))
+            assert (await wait_done(stack, native["job_id"]))["status"] == "completed"
+            state = await (await stack.client.get(f"/v1/jobs/{job['job_id']}")).json()
+            assert state["status"] == "processing"
+            gate.set()
+            assert (await wait_done(stack, job["job_id"]))["status"] == "completed"
+
+
 async def test_a_cancel_stops_the_pages_not_yet_sent(make_settings: Any) -> None:
     gate = asyncio.Event()
     fake = FakeModel(gate=gate)
