@@ -5,7 +5,8 @@ the job stays `processing` until the merge (shared/jobs/llm.py) ends it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from shared.adapters.broker import publish
 from shared.adapters.digests import file_digest
@@ -17,6 +18,10 @@ from shared.jobs.llm import LlmPlan, base_key, image_key, plan_key, publish_step
 from shared.jobs.records import artifact_key
 from shared.models import LLM_OUTPUT, Artifact, Job, LlmTask, Progress, WebhookSpec
 from shared.runtime.context import Context
+
+T = TypeVar("T")
+IN_FLIGHT = 8
+"""Page images uploaded, and page tasks published, at once."""
 
 
 def wants_model(job: Job) -> bool:
@@ -66,34 +71,57 @@ async def dispatch(
     await ctx.storage.put_bytes(
         plan_key(job.job_id), plan.model_dump_json().encode(), "application/json"
     )
-    tasks: list[LlmTask] = []
-    for number, art in pages:
+
+    async def page_task(number: int, art: ArtifactFile) -> LlmTask:
         await ctx.storage.put_file(image_key(job.job_id, number), art.path, "image/png")
         _, digest = await _digest(digests, art.path)
-        tasks.append(
-            LlmTask(
-                job_id=job.job_id,
-                tenant=job.tenant,
-                webhook=webhook,
-                pages=len(pages),
-                page=number,
-                image_key=image_key(job.job_id, number),
-                image_sha256=digest,
-            )
+        return LlmTask(
+            job_id=job.job_id,
+            tenant=job.tenant,
+            webhook=webhook,
+            pages=len(pages),
+            page=number,
+            image_key=image_key(job.job_id, number),
+            image_sha256=digest,
         )
+
+    tasks = await _bounded([page_task(n, art) for n, art in pages])
     progress = Progress(pages_done=0, pages_total=len(pages))
     await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}))
     if not tasks:  # only a template: the merge queue asks for its step at once
         only = LlmTask(job_id=job.job_id, tenant=job.tenant, webhook=webhook, pages=0)
         await publish_step(ctx, only, "merge")
-    for task in tasks:
-        await publish(
-            ctx.channel,
-            ctx.topology.tasks,
-            ctx.topology.LLM_KEY,
-            task,
-            message_id=f"{job.job_id}.llm.{task.page}",
-        )
+    await _bounded(
+        [
+            publish(
+                ctx.channel,
+                ctx.topology.tasks,
+                ctx.topology.LLM_KEY,
+                task,
+                message_id=f"{job.job_id}.llm.{task.page}",
+            )
+            for task in tasks
+        ]
+    )
+
+
+async def _bounded(work: list[Coroutine[Any, Any, T]], limit: int = IN_FLIGHT) -> list[T]:
+    """Run `work` with at most `limit` at once (uploads, confirmed publishes); in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(item: Coroutine[Any, Any, T]) -> T:
+        async with gate:
+            return await item
+
+    running = [asyncio.ensure_future(one(w)) for w in work]
+    try:
+        return list(await asyncio.gather(*running))
+    except BaseException:
+        # The first failure is the answer (TransientError: the task is retried): the rest stop.
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
 
 
 async def _digest(digests: Mapping[str, tuple[int, str]], path: str) -> tuple[int, str]:
