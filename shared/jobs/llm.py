@@ -13,7 +13,6 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from shared.adapters.broker import publish
 from shared.adapters.llm import ModelClient
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
@@ -287,7 +286,7 @@ async def publish_step(
     topology = ctx.topology
     key = topology.LLM_KEY if step in ("page", "transform") else topology.LLM_MERGE_KEY
     suffix = f"{step}.{task.done}" if step == "progress" else step
-    await publish(ctx.channel, topology.tasks, key, msg, message_id=f"{task.job_id}.llm.{suffix}")
+    await ctx.broker.publish(topology.tasks, key, msg, message_id=f"{task.job_id}.llm.{suffix}")
 
 
 async def handle_merge(ctx: Context, task: LlmTask) -> None:

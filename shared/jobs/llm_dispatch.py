@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from shared.adapters.broker import publish
 from shared.adapters.digests import file_digest
 from shared.errors import ErrorCode, PermanentError
 from shared.extraction.base import ArtifactFile
@@ -93,8 +92,7 @@ async def dispatch(
         await publish_step(ctx, only, "merge")
     await _bounded(
         [
-            publish(
-                ctx.channel,
+            ctx.broker.publish(
                 ctx.topology.tasks,
                 ctx.topology.LLM_KEY,
                 task,
