@@ -19,7 +19,7 @@ from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientErro
 from shared.jobs import lifecycle
 from shared.jobs.cancel import raise_if_requested
 from shared.jobs.llm_usage import charge
-from shared.jobs.outcome import publish_event
+from shared.jobs.outcome import ProgressWebhooks, publish_event
 from shared.jobs.records import artifact_key, result_key
 from shared.models import (
     Artifact,
@@ -296,7 +296,9 @@ async def handle_merge(ctx: Context, task: LlmTask) -> None:
     if task.step == "progress":
         if not job.status.terminal and (task.done or 0) > job.progress.pages_done:
             progress = Progress(pages_done=task.done or 0, pages_total=task.pages)
-            await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}))
+            job = job.model_copy(update={"progress": progress})
+            await lifecycle.save_progress(ctx, job)
+            await ProgressWebhooks(ctx, task.webhook).send(job)  # when the client asked
         return
     if job.status.terminal:
         await lifecycle.announce_again(ctx, job, task.webhook)

@@ -19,6 +19,7 @@ from shared.models import (
     JobStatus,
     LlmTask,
     PageText,
+    WebhookSpec,
     new_job_id,
 )
 from shared.runtime.context import Context
@@ -155,3 +156,22 @@ async def test_a_template_is_asked_for_once_however_many_merges_come() -> None:
     await llm.handle_merge(ctx, merge)
     steps: list[Any] = _steps(ctx, broker)
     assert steps.count((ctx.topology.LLM_KEY, "transform")) == 1
+
+
+async def test_the_record_counts_the_pages_and_progress_webhooks_go_when_asked() -> None:
+    ctx, _store, broker, job, tasks = await _job(3)
+    hook = WebhookSpec(url="https://client.example/hook", progress=True)
+    client = FakeClient()
+    for task in tasks:
+        await _page(ctx, client, task.model_copy(update={"webhook": hook}))
+    progress = [
+        LlmTask.model_validate_json(p.body)
+        for p in broker.to(ctx.topology.tasks)
+        if LlmTask.model_validate_json(p.body).step == "progress"
+    ]
+    assert [p.done for p in progress] == [1, 2]  # the last page's part asks for the merge
+    for step in progress:
+        await llm.handle_merge(ctx, step)
+    assert (await ctx.jobs.get(job.job_id, job.tenant)).progress.pages_done == 2
+    sent = broker.deliveries(ctx.topology.webhooks_exchange)
+    assert [d.event_type for d in sent] == ["job.progress", "job.progress"]
