@@ -17,6 +17,7 @@ COPY pyproject.toml README.md LICENSE ./
 COPY handlers ./handlers
 COPY shared ./shared
 COPY infra ./infra
+COPY pdfrelay_client ./pdfrelay_client
 # PyMuPDF ships manylinux wheels: no compiler needed. A regular (not editable) install, so the
 # runtime stage needs only the venv.
 RUN pip install .

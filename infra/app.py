@@ -35,10 +35,13 @@ class HandlerSpec:
 
 
 async def front_doors(ctx: Context, stop: asyncio.Event) -> None:
-    """The ingress process answers both front doors: HTTP and broker requests."""
-    from handlers import ingress, requests
+    """The ingress process answers both front doors (HTTP and broker requests) and decides
+    batches' completion (handlers/batches.py)."""
+    from handlers import batches, ingress, requests
 
-    await asyncio.gather(ingress.serve(ctx, stop), requests.serve(ctx, stop))
+    await asyncio.gather(
+        ingress.serve(ctx, stop), requests.serve(ctx, stop), batches.serve(ctx, stop)
+    )
 
 
 HANDLERS: dict[str, HandlerSpec] = {

@@ -1,4 +1,5 @@
-"""`pdfrelay submit|jobs|cancel`: the HTTP API for people, with progress bars and plain errors.
+"""`pdfrelay submit|jobs|cancel`: the Python client (`pdfrelay_client`) for people, with progress
+bars and plain errors.
 
 Exit status: 0 all went well, 1 a job failed or the service refused something, 2 the service
 could not be reached (or the command line is wrong), 130 interrupted. No traceback reaches the
@@ -10,33 +11,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import re
-import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+from pdfrelay_client import (
+    DEFAULT_URL,
+    ApiError,
+    AsyncClient,
+    Batch,
+    ConnectionFailed,
+    Job,
+    NotFound,
+    PdfRelayError,
+    Unauthorized,
+)
+
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 120
 """Longest silence on a connection; event streams send a keep-alive every 15 s."""
 BUSY_RETRIES = 30
-"""Uploads answered 429/503 with Retry-After are tried again this often, waiting as told."""
+"""Requests answered 429/503 are tried again this often, waiting as Retry-After says."""
 MAX_BUSY_WAIT_S = 120.0
-STREAM_REOPENS = 5
 MARKDOWN_ARTIFACT = "document.md"
 
 
@@ -54,136 +63,37 @@ class Unreachable(CliError):
         super().__init__(message, EXIT_UNREACHABLE)
 
 
-class ServiceError(CliError):
-    """The service answered with an error (`{"error": {"code", "message"}}`)."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: float | None) -> None:
-        super().__init__(f"{code}: {message}" if code else message)
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
-
-
-# --- the HTTP session ------------------------------------------------------------------------
-
-
-class Api:
-    """One HTTP session to the service; every failure becomes a CliError."""
-
-    def __init__(self, base: str, api_key: str | None) -> None:
-        self.base = base.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Api:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
+def cli_error(exc: PdfRelayError) -> CliError:
+    """The one line (and exit status) a client error becomes."""
+    if isinstance(exc, ConnectionFailed):
+        hint = (
+            ". Is `pdfrelay dev` running? Point --url or PDFRELAY_URL at the service."
+            if exc.message.startswith("cannot reach")
+            else ""
         )
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @contextlib.asynccontextmanager
-    async def request(
-        self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The response, when its status is in `ok` (else ServiceError); the body streams."""
-        assert self._session is not None
-        url = f"{self.base}{path}"
-        try:
-            async with self._session.request(method, url, **kwargs) as resp:
-                if resp.status not in ok:
-                    raise await _service_error(resp)
-                yield resp
-        except aiohttp.InvalidURL as exc:
-            raise CliError(f"not a valid service URL: {self.base}", EXIT_UNREACHABLE) from exc
-        except aiohttp.ClientConnectorError as exc:
-            reason = _connect_failure(exc.os_error)
-            raise Unreachable(
-                f"cannot reach pdfrelay at {self.base} ({reason}). Is `pdfrelay dev` running? "
-                "Point --url or PDFRELAY_URL at the service."
-            ) from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise Unreachable(f"pdfrelay at {self.base} closed the connection ({exc})") from exc
-        except aiohttp.ClientError as exc:
-            raise Unreachable(f"talking to pdfrelay at {self.base} failed: {exc}") from exc
-        except TimeoutError as exc:
-            raise Unreachable(f"pdfrelay at {self.base} did not answer in time") from exc
-
-    async def json(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kw: Any) -> Any:
-        async with self.request(method, path, ok, **kw) as resp:
-            return await _body(resp)
+        return Unreachable(exc.message + hint)
+    if isinstance(exc, Unauthorized):
+        return CliError(f"{exc.message} (pass --api-key or set PDFRELAY_API_KEY)")
+    return CliError(exc.message)
 
 
-def _connect_failure(error: OSError) -> str:
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, socket.gaierror):
-        return "unknown host"
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    return error.strerror or str(error)
-
-
-async def _body(resp: aiohttp.ClientResponse) -> Any:
+@contextlib.asynccontextmanager
+async def connect(args: argparse.Namespace) -> AsyncIterator[AsyncClient]:
+    """The client of `--url` and `--api-key`; a client error leaving it becomes a CliError."""
+    client = AsyncClient(
+        args.url,
+        api_key=args.api_key,
+        timeout=READ_TIMEOUT_S,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        max_retries=BUSY_RETRIES,
+        max_retry_wait=MAX_BUSY_WAIT_S,
+    )
     try:
-        return await resp.json(content_type=None)
-    except ValueError:
-        return None
-
-
-async def _service_error(resp: aiohttp.ClientResponse) -> ServiceError:
-    body = await _body(resp)
-    err = body.get("error") if isinstance(body, dict) else None
-    code = str(err.get("code", "")) if isinstance(err, dict) else ""
-    message = str(err.get("message", "")) if isinstance(err, dict) else ""
-    if resp.status == 401:
-        message = (message or "unauthorized") + (" (pass --api-key or set PDFRELAY_API_KEY)")
-    elif not message:
-        message = f"the service answered HTTP {resp.status} {resp.reason or ''}".strip()
-    retry_after: float | None = None
-    with contextlib.suppress(ValueError):
-        retry_after = float(resp.headers.get("Retry-After", ""))
-    return ServiceError(resp.status, code, message, retry_after)
-
-
-async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
-    """(event type, data) of a Server-Sent Events stream."""
-    kind, data = "message", list[str]()
-    async for raw in content:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield kind, "\n".join(data)
-            kind, data = "message", []
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                kind = value
-            elif name == "data":
-                data.append(value)
-
-
-async def follow(
-    api: Api, job_id: str, on_update: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """Follow the job's event stream until it ends; returns the job as it ended."""
-    for _ in range(STREAM_REOPENS):
-        path = f"/v1/jobs/{job_id}/events"
-        async with api.request("GET", path, headers={"Accept": "text/event-stream"}) as resp:
-            async for kind, data in sse_events(resp.content):
-                view = json.loads(data)
-                if isinstance(view, dict):
-                    on_update(view)
-                    if kind != "job.progress" and view.get("status") in TERMINAL:
-                        return view
-        # The stream ended early (the service is restarting): open it again.
-    job: dict[str, Any] = await api.json("GET", f"/v1/jobs/{job_id}", params={"wait": "60"})
-    return job
+        yield client
+    except PdfRelayError as exc:
+        raise cli_error(exc) from None
+    finally:
+        await client.close()
 
 
 # --- pdfrelay submit ---------------------------------------------------------------------------
@@ -214,91 +124,151 @@ def _out_stems(paths: list[str]) -> dict[str, str]:
     return stems
 
 
+_TASK: contextvars.ContextVar[TaskID] = contextvars.ContextVar("submit_task")
+"""The progress line of the upload running in this asyncio task (for the retry notes)."""
+
+
 class Submit:
     """Uploads files `concurrency` at a time, follows them, writes or prints what came out."""
 
-    def __init__(self, args: argparse.Namespace, api: Api, progress: Progress) -> None:
+    def __init__(self, args: argparse.Namespace, client: AsyncClient, progress: Progress) -> None:
         self.args = args
-        self.api = api
+        self.client = client
         self.progress = progress
         self.out = Path(args.out) if args.out else None
         self.follow = bool(args.wait or args.out)
         self.stems = _out_stems(args.files)
         self.sem = asyncio.Semaphore(args.concurrency)
+        self.batches: list[Batch] = []
+        client.on_retry(self._retrying)
+
+    def _retrying(self, refusal: ApiError, wait: float) -> None:
+        if (task := _TASK.get(None)) is not None:
+            self._status(task, f"[yellow]{refusal.code or 'busy'}, again in {wait:g} s")
 
     async def one(self, path: str) -> Outcome:
         outcome = Outcome(path)
         task = self.progress.add_task(escape(os.path.basename(path)), total=None, status="waiting")
+        _TASK.set(task)
         async with self.sem:
-            try:
-                await self._run(path, task, outcome)
-            except Unreachable:
-                raise
-            except CliError as exc:
-                outcome.error = exc.message
-                self._status(task, f"[red]{escape(exc.message)}")
+            await self._reported(self._run(path, task, outcome), task, outcome)
         return outcome
+
+    async def batched(self, paths: list[str]) -> list[Outcome]:
+        """Several files: one batch request per `--batch-size` files, then each item followed."""
+        outcomes = [Outcome(p) for p in paths]
+        tasks = [
+            self.progress.add_task(escape(os.path.basename(p)), total=None, status="waiting")
+            for p in paths
+        ]
+        accepted: list[tuple[int, Job]] = []
+        size = self.args.batch_size
+        for start in range(0, len(paths), size):
+            chunk = paths[start : start + size]
+            for n in range(len(chunk)):
+                self._status(tasks[start + n], "uploading")
+            for n, job, error in await self._submit_chunk(chunk):
+                if error is not None:
+                    outcomes[start + n].error = error
+                    self._status(tasks[start + n], f"[red]{escape(error)}")
+                elif job is not None:
+                    accepted.append((start + n, job))
+        async with asyncio.TaskGroup() as group:
+            for i, job in accepted:
+                group.create_task(self._follow_item(paths[i], tasks[i], outcomes[i], job))
+        return outcomes
+
+    async def _submit_chunk(self, chunk: list[str]) -> list[tuple[int, Job | None, str | None]]:
+        """(place in `chunk`, its job, or why it was refused) of each file of one batch."""
+        ref = self.args.client_ref or None
+        try:
+            batch = await self.client.submit_batch(
+                chunk,
+                self._options(),
+                webhook=self.args.webhook_url or None,
+                client_refs=[ref] * len(chunk) if ref else None,
+            )
+        except ConnectionFailed:
+            raise
+        except PdfRelayError as exc:
+            message = cli_error(exc).message
+            items = exc.body.get("items") if isinstance(exc, ApiError) else None
+            if not items:
+                return [(n, None, message) for n in range(len(chunk))]
+            return [
+                (int(i["index"]), None, f"{i['error']['code']}: {i['error']['message']}")
+                for i in items
+            ]
+        self.batches.append(batch)
+        out: list[tuple[int, Job | None, str | None]] = []
+        for item in batch.items:
+            if item.job_id is None:
+                err = item.error
+                out.append((item.index, None, f"{err.code}: {err.message}" if err else "refused"))
+            else:
+                out.append((item.index, Job(item.job_id, item.status), None))
+        return out
+
+    async def _follow_item(self, path: str, task: TaskID, outcome: Outcome, job: Job) -> None:
+        _TASK.set(task)
+        async with self.sem:
+            await self._reported(self._after_upload(path, task, outcome, job), task, outcome)
+
+    async def _reported(self, work: Awaitable[None], task: TaskID, outcome: Outcome) -> None:
+        """Run one file's `work`; its refusal or failure becomes its outcome's error and status
+        (a lost connection ends the whole command)."""
+        try:
+            await work
+        except ConnectionFailed:
+            raise
+        except (PdfRelayError, CliError) as exc:
+            message = exc.message if isinstance(exc, CliError) else cli_error(exc).message
+            outcome.error = message
+            self._status(task, f"[red]{escape(message)}")
 
     def _status(self, task: TaskID, status: str, **kw: Any) -> None:
         self.progress.update(task, status=status, **kw)
 
+    def _options(self) -> dict[str, Any] | None:
+        return json.loads(self.args.options) if self.args.options else None
+
     async def _run(self, path: str, task: TaskID, outcome: Outcome) -> None:
         self._status(task, "uploading")
-        job = await self._upload(path, task)
-        outcome.job_id = job["job_id"]
+        job = await self.client.submit(
+            path,
+            self._options(),
+            webhook=self.args.webhook_url or None,
+            client_ref=self.args.client_ref or None,
+        )
+        await self._after_upload(path, task, outcome, job)
+
+    async def _after_upload(self, path: str, task: TaskID, outcome: Outcome, job: Job) -> None:
+        outcome.job_id = job.job_id
         if not self.follow:
-            outcome.status = job["status"]
-            self._status(task, f"{job['status']} [dim]{job['job_id']}", total=1, completed=1)
+            outcome.status = job.status
+            self._status(task, f"{job.status} [dim]{job.job_id}", total=1, completed=1)
             return
 
-        def update(view: dict[str, Any]) -> None:
-            progress = view.get("progress") or {}
-            done, total = progress.get("pages_done") or 0, progress.get("pages_total")
-            status = view.get("status", "?")
+        def update(view: Job) -> None:
+            status, done, total = view.status, view.pages_done, view.pages_total
             if status == "processing" and total:
                 status = f"{done}/{total} pages"
             self._status(task, status, total=total, completed=done)
 
-        job = await follow(self.api, outcome.job_id, update)
-        outcome.status = job["status"]
-        if job["status"] != "completed":
-            err = job.get("error") or {}
-            detail = f"{err.get('code')}: {err.get('message')}" if err else job["status"]
-            raise CliError(detail)
-        result = await self.api.json("GET", f"/v1/jobs/{outcome.job_id}/result")
+        job = await self.client.wait(job, on_update=update)
+        outcome.status = job.status
+        if job.status != "completed":
+            err = job.error
+            raise CliError(f"{err.code}: {err.message}" if err else job.status)
+        result = await self.client.result(job)
         if self.out is not None:
             outcome.written = await self._write(path, job, result)
         else:
             outcome.text = _text_of(result)
-        done = (job.get("result") or {}).get("pages_extracted") or 0
+        done = (job.data.get("result") or {}).get("pages_extracted") or 0
         self._status(task, "[green]completed", total=max(done, 1), completed=max(done, 1))
 
-    async def _upload(self, path: str, task: TaskID) -> dict[str, Any]:
-        for attempt in range(BUSY_RETRIES + 1):
-            form = aiohttp.FormData()
-            form.add_field(
-                "file",
-                _file_chunks(path),
-                filename=os.path.basename(path),
-                content_type="application/pdf",
-            )
-            for name in ("options", "webhook_url", "client_ref"):
-                if value := getattr(self.args, name, None):
-                    form.add_field(name, value)
-            try:
-                job: dict[str, Any] = await self.api.json("POST", "/v1/jobs", (202,), data=form)
-                return job
-            except ServiceError as exc:
-                if exc.status not in (429, 503) or exc.retry_after is None:
-                    raise
-                if attempt == BUSY_RETRIES:
-                    raise
-                wait = min(max(exc.retry_after, 1.0), MAX_BUSY_WAIT_S)
-                self._status(task, f"[yellow]{exc.code or 'busy'}, again in {wait:g} s")
-                await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
-
-    async def _write(self, path: str, job: dict[str, Any], result: Any) -> list[Path]:
+    async def _write(self, path: str, job: Job, result: Any) -> list[Path]:
         assert self.out is not None
         out = self.out
         stem = self.stems[path]
@@ -313,34 +283,18 @@ class Submit:
         text = _text_of(result)
         if text:
             put(f"{stem}.txt", text)
-        artifacts = (job.get("result") or {}).get("artifacts") or []
-        if (
-            isinstance(result, dict)
-            and result.get("markdown")
-            and not any(a.get("name") == MARKDOWN_ARTIFACT for a in artifacts)
-        ):
+        names = [a.name for a in job.artifacts]
+        if isinstance(result, dict) and result.get("markdown") and MARKDOWN_ARTIFACT not in names:
             put(f"{stem}.md", str(result["markdown"]))
-        for art in artifacts:
-            name = str(art["name"])
+        for name in names:
             target = out / (f"{stem}.md" if name == MARKDOWN_ARTIFACT else f"{stem}.{name}")
-            job_path = f"/v1/jobs/{job['job_id']}/artifacts/{name}"
-            async with self.api.request("GET", job_path) as resp:
-                with open(target, "wb") as fh:  # noqa: ASYNC230 - chunked local writes
-                    async for chunk in resp.content.iter_chunked(256 * 1024):
-                        fh.write(chunk)
-            written.append(target)
+            written.append(await self.client.save_artifact(job, name, target))
         return written
 
 
 def _text_of(result: Any) -> str:
     pages = result.get("pages") if isinstance(result, dict) else None
     return "\n\n".join(str(p.get("text", "")).strip() for p in pages or []).strip()
-
-
-async def _file_chunks(path: str) -> AsyncIterator[bytes]:
-    with open(path, "rb") as fh:  # noqa: ASYNC230 - small reads of a local file
-        while chunk := fh.read(256 * 1024):
-            yield chunk
 
 
 def check_submit(args: argparse.Namespace) -> None:
@@ -350,11 +304,23 @@ def check_submit(args: argparse.Namespace) -> None:
             json.loads(args.options)
         except ValueError as exc:
             raise CliError(f"--options is not valid JSON: {exc}", EXIT_UNREACHABLE) from exc
+    files: list[str] = []
+    for arg in args.files:
+        if os.path.isdir(arg):
+            found = sorted(str(p) for p in Path(arg).iterdir() if p.suffix.lower() == ".pdf")
+            if not found:
+                raise CliError(f"no .pdf file in the folder {arg}", EXIT_UNREACHABLE)
+            files.extend(found)
+        else:
+            files.append(arg)
+    args.files = files
     missing = [p for p in args.files if not os.path.isfile(p)]
     if missing:
         raise CliError(f"no such file: {', '.join(missing)}", EXIT_UNREACHABLE)
     if args.concurrency < 1:
         raise CliError("--concurrency must be at least 1", EXIT_UNREACHABLE)
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1", EXIT_UNREACHABLE)
     if args.out:
         try:
             Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -371,15 +337,23 @@ async def run_submit(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
         console=err,
     )
-    async with Api(args.url, args.api_key) as api:
+    async with connect(args) as api:
         submit = Submit(args, api, progress)
         with progress:
             try:
-                async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(submit.one(path)) for path in args.files]
-            except* Unreachable as group_error:
+                if len(args.files) == 1:
+                    outcomes = [await submit.one(args.files[0])]
+                else:
+                    outcomes = await submit.batched(args.files)
+            except* ConnectionFailed as group_error:
                 raise group_error.exceptions[0] from None
-    outcomes = [t.result() for t in tasks]
+    for batch in submit.batches:
+        counts = batch.counts
+        print(
+            f"batch {batch.batch_id}: {counts.get('accepted', 0)} accepted, "
+            f"{counts.get('refused', 0)} refused",
+            file=sys.stderr,
+        )
     return _report(outcomes, several=len(outcomes) > 1, follow=submit.follow)
 
 
@@ -423,27 +397,24 @@ def _since(value: str) -> str:
 
 
 async def run_jobs(args: argparse.Namespace) -> int:
-    params: dict[str, str] = {"limit": str(args.limit)}
-    for name, value in (
-        ("status", args.status),
-        ("door", args.door),
-        ("client_ref", args.client_ref),
-        ("cursor", args.cursor),
-    ):
-        if value:
-            params[name] = value
-    if args.since:
-        params["created_after"] = _since(args.since)
-    jobs: list[dict[str, Any]] = []
-    cursor: str | None = None
-    async with Api(args.url, args.api_key) as api:
+    created_after = _since(args.since) if args.since else None
+    views: list[dict[str, Any]] = []
+    cursor: str | None = args.cursor or None
+    async with connect(args) as api:
         while True:
-            page = await api.json("GET", "/v1/jobs", params=params)
-            jobs.extend(page.get("jobs") or [])
-            cursor = page.get("next_cursor")
+            page = await api.list_jobs(
+                status=args.status or None,
+                door=args.door,
+                client_ref=args.client_ref or None,
+                created_after=created_after,
+                limit=args.limit,
+                cursor=cursor,
+            )
+            views.extend(job.data for job in page.jobs)
+            cursor = page.next_cursor
             if not (args.all and cursor):
                 break
-            params["cursor"] = cursor
+    jobs = views
     if args.json:
         for job in jobs:
             print(json.dumps(job))
@@ -479,21 +450,20 @@ def _styled(status: str) -> str:
 
 async def run_cancel(args: argparse.Namespace) -> int:
     status = EXIT_OK
-    async with Api(args.url, args.api_key) as api:
+    async with connect(args) as api:
         for job_id in args.job_ids:
             try:
-                async with api.request("DELETE", f"/v1/jobs/{job_id}", (200, 202)) as resp:
-                    job = await _body(resp)
-                    stopping = resp.status == 202
-            except Unreachable:
-                raise
-            except ServiceError as exc:
+                job = await api.cancel(job_id)
+            except NotFound:
                 status = EXIT_FAILED
-                reason = "no such job" if exc.status == 404 else f"cannot cancel: {exc.message}"
-                print(f"{job_id}: {reason}", file=sys.stderr)
+                print(f"{job_id}: no such job", file=sys.stderr)
                 continue
-            state = job.get("status") if isinstance(job, dict) else None
-            print(f"{job_id}: {'cancelling (its worker is being stopped)' if stopping else state}")
+            except ApiError as exc:
+                status = EXIT_FAILED
+                print(f"{job_id}: cannot cancel: {exc.detail}", file=sys.stderr)
+                continue
+            state = job.status if job.ended else "cancelling (its worker is being stopped)"
+            print(f"{job_id}: {state}")
     return status
 
 
@@ -541,13 +511,22 @@ def add_parsers(sub: Any) -> None:
     submit = sub.add_parser(
         "submit", parents=[common], help="upload PDFs, follow them, print or write the results"
     )
-    submit.add_argument("files", nargs="+", metavar="FILE")
+    submit.add_argument(
+        "files", nargs="+", metavar="FILE", help="PDFs, or folders (their .pdf files)"
+    )
     submit.add_argument("--wait", action="store_true", help="wait, then print each text")
     submit.add_argument(
         "--out", metavar="DIR", help="wait, then write <name>.txt, .md, .json and artifacts here"
     )
     submit.add_argument(
-        "--concurrency", type=int, default=4, metavar="N", help="files in flight (default 4)"
+        "--concurrency", type=int, default=4, metavar="N", help="jobs followed at once (default 4)"
+    )
+    submit.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        metavar="N",
+        help="several files go as batches of up to N (default 100, the service's default limit)",
     )
     submit.add_argument("--webhook-url")
     submit.add_argument("--client-ref", help="echoed in the job, e.g. your own id")

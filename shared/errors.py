@@ -41,6 +41,8 @@ class ErrorCode(StrEnum):
     LLM_UNAVAILABLE = "LLM_UNAVAILABLE"
     LLM_REFUSED = "LLM_REFUSED"
     LLM_BUDGET_EXCEEDED = "LLM_BUDGET_EXCEEDED"
+    BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+    BATCH_REFUSED = "BATCH_REFUSED"
 
 
 class PdfRelayError(Exception):
@@ -105,6 +107,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PAGE_TOO_LARGE: 422,
     ErrorCode.LLM_NOT_CONFIGURED: 422,
     ErrorCode.LLM_BUDGET_EXCEEDED: 429,
+    ErrorCode.BATCH_TOO_LARGE: 413,
+    ErrorCode.BATCH_REFUSED: 422,
 }
 
 

@@ -273,6 +273,8 @@ class Job(BaseModel):
     result_key: str | None = None
     """Where its result document is stored when not at `results/{job_id}/result.json`: under
     its cache key, `results/c-{key}/{job_id}.json` (shared/jobs/cache.py); see `job_result_key`."""
+    batch_id: str | None = None
+    """The batch the job is an item of (`POST /v1/batches`, shared/jobs/batches.py)."""
 
     model_config = ConfigDict(populate_by_name=True)
 

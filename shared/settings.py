@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     """Beyond it uploads get `503 QUEUE_FULL`."""
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     """Largest PDF accepted (200 MiB), checked while the upload streams."""
+    max_batch_items: int = Field(default=100, ge=1, le=10_000)
+    """Files one `POST /v1/batches` may hold (413 BATCH_TOO_LARGE beyond it)."""
+    max_batch_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    """Bytes of all files of one batch together (1 GiB; 413 BATCH_TOO_LARGE beyond it)."""
     max_pages: int = Field(default=5_000, ge=1)
     """`TOO_MANY_PAGES` beyond it."""
     max_inflated_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -13,7 +14,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from handlers.http.common import CTX
 from shared.errors import (
+    EmptyFile,
     ErrorCode,
+    FileTooLarge,
+    NotAPdf,
+    PdfRelayError,
     PermanentError,
 )
 from shared.intake.uploads import Spooled, spool
@@ -125,3 +130,77 @@ async def json_body(request: web.Request) -> bytes:
         if len(body) > limit:
             raise too_large
     return bytes(body)
+
+
+@dataclass
+class BatchForm:
+    """A `POST /v1/batches` form: each file spooled (or refused on its own), the other fields."""
+
+    files: list[tuple[str | None, Spooled | PdfRelayError]] = field(default_factory=list)
+    """(file name, the spooled file or why it was refused), in the order sent."""
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        for _, spooled in self.files:
+            if isinstance(spooled, Spooled):
+                os.unlink(spooled.path)
+
+
+async def read_batch_form(request: web.Request, ctx: Context) -> BatchForm:
+    """Spool every `file` part as a single upload is spooled, each checked on its own (a refused
+    file is drained and noted, the others go on); `max_batch_items` files and
+    `max_batch_bytes` bytes in all, else the whole request is refused (413 BATCH_TOO_LARGE)."""
+    settings = ctx.settings
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary
+        raise PermanentError(f"malformed multipart body: {exc}", ErrorCode.INVALID_REQUEST) from exc
+    form = BatchForm()
+    total = 0
+    fields = 0
+
+    async def counted(part: BodyPartReader) -> AsyncIterator[bytes]:
+        nonlocal total
+        async for chunk in _part_chunks(part, settings):
+            total += len(chunk)
+            if total > settings.max_batch_bytes:
+                raise PermanentError(
+                    f"the batch's files are larger than {settings.max_batch_bytes} bytes together",
+                    ErrorCode.BATCH_TOO_LARGE,
+                )
+            yield chunk
+
+    try:
+        while (part := await _next_part(reader, settings)) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise PermanentError("nested multipart is not supported", ErrorCode.INVALID_REQUEST)
+            if part.name != "file":
+                fields += 1
+                if fields > settings.max_form_fields:
+                    raise PermanentError(
+                        f"the form has more than {settings.max_form_fields} fields",
+                        ErrorCode.REQUEST_TOO_LARGE,
+                    )
+                text = await _part_text(part, settings)
+                if part.name:
+                    form.fields[part.name] = text
+                continue
+            if len(form.files) >= settings.max_batch_items:
+                raise PermanentError(
+                    f"a batch holds at most {settings.max_batch_items} files",
+                    ErrorCode.BATCH_TOO_LARGE,
+                )
+            chunks = counted(part)
+            try:
+                spooled: Spooled | PdfRelayError = await spool(
+                    chunks, settings.max_file_bytes, settings.spool_dir, digest=False
+                )
+            except (NotAPdf, EmptyFile, FileTooLarge) as exc:
+                spooled = exc
+                async for _ in chunks:  # the rest of the refused file, still counted
+                    pass
+            form.files.append((part.filename, spooled))
+    except BaseException:
+        form.discard()
+        raise
+    return form

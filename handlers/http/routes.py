@@ -17,10 +17,13 @@ from handlers import jobs_api, seed
 from handlers.console import ops as console_ops
 from handlers.console import preview as console_preview
 from handlers.console import static as console_static
-from handlers.http import jobs, ops
+from handlers.http import batches, jobs, ops
 from handlers.http.common import Handler
 from shared.api import openapi
 from shared.api.models import (
+    BatchRefusal,
+    BatchUploadForm,
+    BatchView,
     ErrorBody,
     Health,
     JobList,
@@ -224,6 +227,73 @@ ROUTES: tuple[Route, ...] = (
             auth=True,
         ),
         jobs.redeliver_webhook,
+    ),
+    # --- /v1 batches -------------------------------------------------------------------------
+    Route(
+        Operation(
+            "post",
+            "/v1/batches",
+            "createBatch",
+            "Submit many PDFs as one batch",
+            "batches",
+            description=(
+                "One `file` part per PDF, each checked as a single upload is. Files refused at "
+                "the door are listed with why (status `refused`), the others are queued; a "
+                "batch of which no file is accepted is refused whole (`BATCH_REFUSED`). Answers "
+                "202 once every accepted file is stored and queued. `batch.completed` is sent to "
+                "`webhook_url` once, when the last item ends."
+            ),
+            params=(TRACEPARENT,),
+            body=((MULTIPART, BatchUploadForm),),
+            responses=(
+                Resp(202, "Accepted: the batch and its items.", BatchView, headers=("Location",)),
+                Resp(
+                    422,
+                    "No file was accepted (`BATCH_REFUSED`, `error.items` says why), or the "
+                    "options or the webhook URL do not validate.",
+                    BatchRefusal,
+                ),
+                *errors(400, 401, 408, 413, 415, 429, 503),
+            ),
+            auth=True,
+        ),
+        batches.create_batch,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/v1/batches/{batch_id}",
+            "getBatch",
+            "A batch: counts by status and a page of its items",
+            "batches",
+            params=(
+                Param(
+                    "limit",
+                    "query",
+                    "Items per page (default 100).",
+                    {"type": "integer", "minimum": 1, "maximum": 1000},
+                ),
+                Param("cursor", "query", "`next_cursor` of the previous page."),
+            ),
+            responses=(Resp(200, "The batch.", BatchView), *errors(400, 401, 404)),
+            auth=True,
+        ),
+        batches.get_batch,
+    ),
+    Route(
+        Operation(
+            "delete",
+            "/v1/batches/{batch_id}",
+            "cancelBatch",
+            "Cancel every item of the batch that has not ended",
+            "batches",
+            responses=(
+                Resp(200, "The batch, its items being cancelled.", BatchView),
+                *errors(401, 404, 503),
+            ),
+            auth=True,
+        ),
+        batches.cancel_batch,
     ),
     # --- seed (Secretary) compatibility ------------------------------------------------------
     Route(

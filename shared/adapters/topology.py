@@ -83,6 +83,7 @@ class Topology:
     TASK_KEY = "extract"
     RANGE_KEY = "range"
     MERGE_KEY = "merge"
+    BATCH_KEY = "batch"
     PREVIEW_KEY = "preview"
     LLM_KEY = "llm"
     LLM_MERGE_KEY = "llm-merge"
@@ -101,6 +102,16 @@ class Topology:
     def extract_merge(self) -> str:
         """Merge tasks (one consumer at a time: a job's parts are merged exactly once)."""
         return f"{self.ns}.extract.merge"
+
+    @property
+    def batches(self) -> str:
+        """Batch signals (an item ended, a batch is queued); one consumer at a time decides a
+        batch's completion exactly once (shared/jobs/batches.py)."""
+        return f"{self.ns}.batches"
+
+    @property
+    def batches_dead(self) -> str:
+        return f"{self.ns}.batches.dead"
 
     @property
     def previews(self) -> str:
@@ -222,6 +233,20 @@ class Topology:
             Queue(self.llm_dead, quorum, bindings=((self.dead_letters, self.llm_dead),)),
             self._backoff_queue(self.llm),
             self._backoff_queue(self.llm_merge),
+            Queue(
+                self.batches,
+                {
+                    **quorum,
+                    "x-single-active-consumer": True,
+                    "x-delivery-limit": self.delivery_limit,
+                    "x-dead-letter-exchange": self.dead_letters,
+                    "x-dead-letter-routing-key": self.batches_dead,
+                    "x-dead-letter-strategy": "at-least-once",
+                },
+                bindings=((self.tasks, self.BATCH_KEY),),
+            ),
+            Queue(self.batches_dead, quorum, bindings=((self.dead_letters, self.batches_dead),)),
+            self._backoff_queue(self.batches),
             self._backoff_queue(self.extract),
             self._backoff_queue(self.extract_ranges),
             self._backoff_queue(self.extract_merge),

@@ -90,6 +90,9 @@ class JobView(ApiModel):
     webhook: WebhookState | None = Field(
         default=None, description="Delivery state when the job has a webhook."
     )
+    batch_id: str | None = Field(
+        default=None, description="The batch the job is an item of (`POST /v1/batches`)."
+    )
     queue_position: int | None = Field(
         default=None,
         description="`GET /v1/jobs/{job_id}` of a queued job: jobs ahead of it (estimate).",
@@ -135,6 +138,73 @@ class UploadForm(ApiModel):
     )
     webhook_progress: bool | None = Field(default=None, description="Also send job.progress.")
     client_ref: str | None = None
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+class BatchUploadForm(ApiModel):
+    """`POST /v1/batches`: many PDFs in one multipart request, each checked as single uploads."""
+
+    file: list[bytes] = Field(description="One `file` part per PDF, in order; streamed.")
+    options: str | None = Field(default=None, description="ExtractOptions as JSON, for every item.")
+    client_refs: str | None = Field(
+        default=None,
+        description="JSON array, one `client_ref` (string or null) per file, in the files' order.",
+    )
+    webhook_url: str | None = Field(
+        default=None, description="`batch.completed` is sent here once, when the last item ends."
+    )
+
+
+class BatchCounts(ApiModel):
+    total: int
+    refused: int = Field(description="Refused at the door (no job).")
+    accepted: int
+    pending: int = Field(description="Accepted, not ended (queued or processing).")
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class BatchItemView(ApiModel):
+    index: int = Field(description="The file's place in the request (0-based).")
+    filename: str | None = None
+    client_ref: str | None = None
+    job_id: str | None = Field(default=None, description="Null when the item was refused.")
+    status: Literal["refused", "queued", "processing", "completed", "failed", "cancelled"]
+    error: ErrorDetail | None = Field(
+        default=None, description="Why it was refused, or why its job failed."
+    )
+
+
+class BatchView(ApiModel):
+    """A batch: counts by status, and a page of its items (`GET /v1/batches/{batch_id}`)."""
+
+    batch_id: str
+    status: Literal["accepting", "processing", "completed"]
+    created_at: datetime
+    completed_at: datetime | None = None
+    counts: BatchCounts
+    links: dict[str, str]
+    webhook: WebhookState | None = None
+    items: list[BatchItemView]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page of items; null at the end."
+    )
+
+
+class BatchRefusalDetail(ErrorDetail):
+    items: list[BatchItemView] = Field(
+        default_factory=list, description="`BATCH_REFUSED`: every file, with why it was refused."
+    )
+
+
+class BatchRefusal(ApiModel):
+    """A 422: `BATCH_REFUSED` (no file was accepted; `error.items` says why, each), or options
+    or a webhook URL that do not validate."""
+
+    error: BatchRefusalDetail
 
 
 # --- operations --------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class Operation:
 
 PATH_PARAMS = {
     "job_id": "The job's id (32 hex digits); the seed routes also take the client's `jobId`.",
+    "batch_id": "The batch's id (32 hex digits).",
     "name": "An artifact or asset name.",
     "page": "A page number (1-based).",
 }

@@ -56,6 +56,7 @@ class Submission:
     job_id: str | None = None
     reply_to: str | None = None
     correlation_id: str | None = None
+    batch_id: str | None = None
 
 
 class Submitter:
@@ -174,6 +175,7 @@ async def _create_job(
         webhook_url=sub.webhook.url if sub.webhook else None,
         traceparent=current_traceparent(),
         pages_reserved=pages_reserved,
+        batch_id=sub.batch_id,
     )
     await lifecycle.accept(ctx, job)
     task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook, job=job)

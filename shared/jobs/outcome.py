@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from shared.errors import NotRoutable, TransientError
+from shared.jobs import batches
 from shared.jobs.records import public_view
 from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
 from shared.runtime.context import Context
@@ -64,6 +65,8 @@ async def announce_terminal(
         else await ctx.jobs.view(job, ctx.settings.base_url)
     )
     await publish_event(ctx, job, event_type, view)
+    if job.batch_id is not None:
+        await batches.signal(ctx, job.batch_id, job)
     if job.reply_to is not None:
         await _reply(ctx, job, event_type, view)
     if webhook is None:

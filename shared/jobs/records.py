@@ -254,6 +254,7 @@ def public_view(job: Job, hook: WebhookState | None, base_url: str) -> dict[str,
             "created_at",
             "started_at",
             "finished_at",
+            "batch_id",
         },
     )
     link = f"{base_url}/v1/jobs/{job.job_id}"

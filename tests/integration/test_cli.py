@@ -90,3 +90,26 @@ def test_submit_explains_an_unreachable_service(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "cannot reach pdfrelay" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_submit_several_files_and_a_folder_as_one_batch(dev_server: str, tmp_path: Path) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for name in ("one", "two"):
+        (folder / f"{name}.pdf").write_bytes(make_pdf([f"text of {name}"]))
+    (folder / "skipped.txt").write_text("not taken: not a .pdf")
+    bad = tmp_path / "bad.pdf"
+    bad.write_text("<html>no</html>" * 100)
+    out = subprocess.run(
+        [PDFRELAY, "submit", str(folder), str(bad), "--wait", "--url", dev_server],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "text of one" in out.stdout
+    assert "text of two" in out.stdout
+    assert f"{bad}: NOT_A_PDF" in out.stderr
+    assert "2 accepted, 1 refused" in out.stderr
+    assert "Traceback" not in out.stderr

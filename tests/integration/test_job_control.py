@@ -22,7 +22,7 @@ import pytest
 from aio_pika.abc import AbstractQueue
 
 from handlers import jobs_api
-from infra.client import sse_events
+from pdfrelay_client.sse import sse_events
 from shared.jobs.quota import pages_in_flight
 from shared.jobs.records import (
     index_key,

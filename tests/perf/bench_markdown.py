@@ -23,14 +23,17 @@ pymupdf4llm is the yardstick only; the product never imports it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import statistics
+import sys
 import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pymupdf
 
@@ -119,9 +122,18 @@ def engine(path: Path, pages: str, outputs: tuple[str, ...]) -> str:
     return result.markdown or ""
 
 
-def llm_markdown(path: Path, indexes: Sequence[int], layout: bool) -> str:
-    import pymupdf4llm
+def _yardstick() -> ModuleType:
+    """pymupdf4llm with PyMuPDF's layout add-on, also in a process where the engine was imported
+    first (shared/extraction/__init__.py keeps both out of PyMuPDF there)."""
+    for name in ("pymupdf.layout", "pymupdf4llm"):
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
+    importlib.import_module("pymupdf.layout")  # activates the layout model pymupdf4llm uses
+    return importlib.import_module("pymupdf4llm")
 
+
+def llm_markdown(path: Path, indexes: Sequence[int], layout: bool) -> str:
+    pymupdf4llm = _yardstick()
     pymupdf4llm.use_layout(layout)
     with pymupdf.open(path) as doc:
         kwargs: dict[str, object] = {"show_progress": False}
@@ -239,9 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def pymupdf_version() -> str:
     try:
-        import pymupdf4llm
-
-        return str(pymupdf4llm.__version__)
+        return str(_yardstick().__version__)
     except ImportError:  # pragma: no cover - the yardstick is a test extra
         return "?"
 

@@ -438,6 +438,17 @@ def test_dockerfile_bases_on_python_311_slim() -> None:
         assert image.startswith("python:3.11-slim"), image
 
 
+IMAGE_SOURCES = (
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "handlers",
+    "shared",
+    "infra",
+    "pdfrelay_client",  # the CLI (`pdfrelay`, the image's entry point) imports it
+)
+
+
 def test_dockerfile_installs_ocr_and_the_package() -> None:
     runs = " ".join(rest for keyword, rest in final_stage() if keyword == "RUN")
     installed = set(re.findall(r"tesseract-ocr[\w-]*", runs))
@@ -445,7 +456,7 @@ def test_dockerfile_installs_ocr_and_the_package() -> None:
     all_runs = [rest for keyword, rest in dockerfile_instructions() if keyword == "RUN"]
     assert any(re.search(r"\bpip install (\S+ )*\.( |$)", run) for run in all_runs)
     copied = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "COPY")
-    for needed in ("pyproject.toml", "README.md", "LICENSE", "handlers", "shared", "infra"):
+    for needed in IMAGE_SOURCES:
         assert needed in copied, f"{needed} is not copied into the image"
 
 
@@ -466,7 +477,7 @@ def test_dockerignore_keeps_what_the_build_needs() -> None:
     ]
     for excluded in (".git", ".venv"):
         assert excluded in patterns
-    for needed in ("pyproject.toml", "README.md", "LICENSE", "handlers", "shared", "infra"):
+    for needed in IMAGE_SOURCES:
         matches = [p for p in patterns if not p.startswith("!") and fnmatch(needed, p)]
         assert not matches, f".dockerignore excludes {needed} ({matches})"
 

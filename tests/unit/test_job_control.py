@@ -10,7 +10,8 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from infra.client import _out_stems, _since, sse_events
+from infra.client import _out_stems, _since
+from pdfrelay_client.sse import sse_events
 from shared.api.sse import sse
 from shared.jobs.pagecount import count_pages_file, count_pages_in
 from shared.jobs.quota import RETRY_AFTER_UNMEASURED_S, retry_after_s
@@ -146,7 +147,7 @@ async def test_sse_round_trip() -> None:
     )
     reader.feed_data(payload)
     reader.feed_eof()
-    events = [(kind, json.loads(data)) async for kind, data in sse_events(reader)]  # type: ignore[arg-type]
+    events = [(kind, json.loads(data)) async for kind, data in sse_events(reader)]
     assert events == [
         ("job.state", {"status": "queued", "text": "two\nlines"}),
         ("job.completed", {"status": "completed"}),

@@ -1,0 +1,191 @@
+"""The /v1 batch views: submit many PDFs at once, follow the batch, cancel what has not ended."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from handlers.http.bodies import read_batch_form
+from handlers.http.common import CTX, SUBMITTER, options, tenant_of, webhook_spec
+from shared.errors import ErrorCode, JobNotFound, PermanentError
+from shared.intake import limits
+from shared.intake.batch import BatchFile, submit_batch
+from shared.intake.uploads import Spooled
+from shared.jobs import batches
+from shared.jobs.batches import Batch, BatchItem
+from shared.jobs.cancel import request_cancel
+from shared.models import Job, WebhookState
+from shared.runtime.context import Context
+
+DEFAULT_ITEMS = 100
+MAX_ITEMS_PAGE = 1000
+READS_AT_ONCE = 16
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    if request.content_type != "multipart/form-data":
+        raise PermanentError(
+            "send multipart/form-data with one 'file' part per PDF",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        )
+    tenant = tenant_of(request)
+    form = await read_batch_form(request, ctx)
+    try:
+        fields = form.fields
+        if not form.files:
+            raise PermanentError("the form has no 'file' part", ErrorCode.INVALID_REQUEST)
+        if fields.get("webhook_token"):
+            raise PermanentError(
+                "a batch webhook takes no token: verify its Standard Webhooks signature",
+                ErrorCode.INVALID_REQUEST,
+            )
+        opts = options(fields.get("options"))
+        hook = await webhook_spec(ctx.settings, fields.get("webhook_url"), None)
+        refs = _client_refs(fields.get("client_refs"), len(form.files))
+        files = [
+            BatchFile(name, ref, spooled)
+            for (name, spooled), ref in zip(form.files, refs, strict=True)
+        ]
+        for f in files:
+            limits.check_length("a file name", f.filename, limits.MAX_FILENAME_CHARS)
+        if not any(isinstance(f.spooled, Spooled) for f in files):
+            return _refused(files)
+        batch = await submit_batch(
+            ctx,
+            request.app[SUBMITTER],
+            tenant=tenant,
+            options=opts,
+            files=files,
+            webhook_url=hook.url if hook else None,
+        )
+    finally:
+        form.discard()
+    # Every item in the answer, however many: the refusals above all.
+    view = await batch_view(ctx, batch, 0, len(batch.items), fresh=True)
+    headers = {"Location": f"/v1/batches/{batch.batch_id}"}
+    return web.json_response(view, status=202, headers=headers)
+
+
+def _client_refs(raw: str | None, n: int) -> list[str | None]:
+    if raw is None or not raw.strip():
+        return [None] * n
+    refs = limits.loads(raw, "client_refs", ErrorCode.INVALID_REQUEST)
+    if not isinstance(refs, list) or len(refs) != n:
+        raise PermanentError(
+            f"client_refs must be a JSON array of {n} entries, one per file",
+            ErrorCode.INVALID_REQUEST,
+        )
+    out: list[str | None] = []
+    for ref in refs:
+        if ref is not None and not isinstance(ref, str | int):
+            raise PermanentError("each client_ref must be a string", ErrorCode.INVALID_REQUEST)
+        text = None if ref is None else str(ref)
+        limits.check_length("client_ref", text, limits.MAX_CLIENT_REF_CHARS)
+        out.append(text)
+    return out
+
+
+def _refused(files: list[BatchFile]) -> web.Response:
+    items = [
+        {
+            "index": i,
+            "filename": f.filename,
+            "client_ref": f.client_ref,
+            "job_id": None,
+            "status": "refused",
+            "error": {"code": str(f.spooled.code), "message": f.spooled.message},
+        }
+        for i, f in enumerate(files)
+        if not isinstance(f.spooled, Spooled)
+    ]
+    error = {
+        "code": str(ErrorCode.BATCH_REFUSED),
+        "message": f"every file of the batch was refused ({len(items)}); nothing was queued",
+        "items": items,
+    }
+    return web.json_response({"error": error}, status=422)
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    batch = await batches.load(ctx, request.match_info["batch_id"], tenant_of(request))
+    start, limit = _page(request)
+    return web.json_response(await batch_view(ctx, batch, start, limit))
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    """Cancel every item that has not ended; the batch as it is then."""
+    ctx = request.app[CTX]
+    batch = await batches.load(ctx, request.match_info["batch_id"], tenant_of(request))
+    slots = asyncio.Semaphore(READS_AT_ONCE)
+
+    async def cancel(job_id: str) -> None:
+        async with slots:
+            try:
+                job = await ctx.jobs.get(job_id, batch.tenant)
+            except JobNotFound:
+                return
+            if not job.status.terminal:
+                await request_cancel(ctx, job)
+
+    await asyncio.gather(*(cancel(job_id) for job_id in sorted(batch.accepted)))
+    return web.json_response(await batch_view(ctx, batch, 0, DEFAULT_ITEMS))
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    try:
+        start = int(request.query.get("cursor") or 0)
+        limit = int(request.query.get("limit") or DEFAULT_ITEMS)
+    except ValueError as exc:
+        raise PermanentError("cursor and limit must be numbers", ErrorCode.INVALID_REQUEST) from exc
+    if start < 0 or not 1 <= limit <= MAX_ITEMS_PAGE:
+        raise PermanentError(
+            f"cursor must be >= 0 and limit 1-{MAX_ITEMS_PAGE}", ErrorCode.INVALID_REQUEST
+        )
+    return start, limit
+
+
+async def batch_view(
+    ctx: Context, batch: Batch, start: int, limit: int, *, fresh: bool = False
+) -> dict[str, Any]:
+    """Counts, and the items `start`…`start + limit`; `fresh`: just queued (no job is read)."""
+    ends = {} if fresh else await batches.ended(ctx, batch.batch_id)
+    done = None if fresh else await batches.completion(ctx, batch.batch_id)
+    view = batches.summary(batch, ends, done, ctx.settings.base_url)
+    page = batch.items[start : start + limit]
+    slots = asyncio.Semaphore(READS_AT_ONCE)
+
+    async def item(it: BatchItem) -> dict[str, Any]:
+        job: Job | None = None
+        if it.job_id is not None and not fresh:
+            async with slots:
+                try:
+                    job = await ctx.jobs.get(it.job_id, batch.tenant)
+                except JobNotFound:
+                    job = None
+        return _item_view(it, job)
+
+    view["items"] = list(await asyncio.gather(*(item(it) for it in page)))
+    view["next_cursor"] = str(start + limit) if start + limit < len(batch.items) else None
+    view["webhook"] = None
+    if batch.webhook_url is not None:
+        state = None if fresh else await ctx.jobs.webhook_state(batch.batch_id)
+        view["webhook"] = (state or WebhookState(url=batch.webhook_url)).model_dump(mode="json")
+    return view
+
+
+def _item_view(item: BatchItem, job: Job | None) -> dict[str, Any]:
+    error = item.refused or (job.error if job else None)
+    status = "refused" if item.refused else (job.status.value if job else "queued")
+    return {
+        "index": item.index,
+        "filename": item.filename,
+        "client_ref": item.client_ref,
+        "job_id": item.job_id,
+        "status": status,
+        "error": json.loads(error.model_dump_json()) if error else None,
+    }

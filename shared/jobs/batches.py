@@ -1,0 +1,218 @@
+"""Batches: many jobs submitted together, followed together, and a `batch.completed` once.
+
+The record `batches/{id}/batch.json` is written by the ingress before any item is queued (its
+job ids chosen up front, state `accepting`) and once more when every item is queued or refused
+(state `open`), then a `BatchSignal` without a job; nobody writes it after. A batch item's
+terminal announcement (shared/jobs/outcome.py) sends a `BatchSignal` to the single-active-consumer
+queue `pdfrelay.batches` (handlers/batches.py): each becomes an empty marker
+`batches/{id}/ended/{job_id}.{status}` (idempotent), and the one consumer that finds every
+accepted item ended queues the webhook, publishes `batch.completed` and writes
+`batches/{id}/completed.json`; a later or redelivered signal finds that marker and does nothing
+(the fan-out merge's discipline: one consumer at a time decides, a marker makes it stick).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.adapters.broker import publish
+from shared.adapters.storage import ObjectNotFound
+from shared.errors import JobNotFound, NotRoutable
+from shared.models import JOB_ID_RE, Job, JobError, JobStatus, WebhookDelivery, utcnow
+from shared.runtime.context import Context
+from shared.webhooks.dispatch import enqueue
+
+log = logging.getLogger(__name__)
+
+ENDED = frozenset(s.value for s in JobStatus if s.terminal)
+COMPLETED_EVENT = "batch.completed"
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    filename: str | None = None
+    client_ref: str | None = None
+    job_id: str | None = None
+    refused: JobError | None = None
+    """Why the item was not accepted (then it has no job)."""
+
+
+class Batch(BaseModel):
+    schema_: Literal["pdfrelay.batch/1"] = Field(default="pdfrelay.batch/1", alias="schema")
+    batch_id: str
+    tenant: str
+    state: Literal["accepting", "open"] = "accepting"
+    created_at: datetime = Field(default_factory=utcnow)
+    webhook_url: str | None = None
+    items: tuple[BatchItem, ...] = ()
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @property
+    def accepted(self) -> set[str]:
+        return {i.job_id for i in self.items if i.job_id is not None and i.refused is None}
+
+
+class BatchSignal(BaseModel):
+    """A message on `pdfrelay.batches`: an item ended (`job_id`, `status`), or (no job) the
+    ingress has queued every item of the batch."""
+
+    schema_: Literal["pdfrelay.batch-signal/1"] = Field(
+        default="pdfrelay.batch-signal/1", alias="schema"
+    )
+    batch_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    job_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    status: str | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+async def signal(ctx: Context, batch_id: str, job: Job | None = None) -> None:
+    """Tell the arbiter: `job` (an item of the batch) ended, or (None) every item is queued."""
+    msg = BatchSignal(
+        batch_id=batch_id,
+        job_id=job.job_id if job else None,
+        status=job.status.value if job else None,
+    )
+    message_id = f"{batch_id}.{job.job_id if job else 'open'}"
+    await publish(
+        ctx.channel, ctx.topology.tasks, ctx.topology.BATCH_KEY, msg, message_id=message_id
+    )
+
+
+def batch_key(batch_id: str) -> str:
+    return f"batches/{batch_id}/batch.json"
+
+
+def ended_prefix(batch_id: str) -> str:
+    return f"batches/{batch_id}/ended/"
+
+
+def completed_key(batch_id: str) -> str:
+    return f"batches/{batch_id}/completed.json"
+
+
+def event_id(batch_id: str) -> str:
+    return f"msg_{batch_id}_batch_completed"
+
+
+async def save(ctx: Context, batch: Batch) -> None:
+    await ctx.storage.put_bytes(
+        batch_key(batch.batch_id), batch.model_dump_json(by_alias=True).encode()
+    )
+
+
+async def load(ctx: Context, batch_id: str, tenant: str | None) -> Batch:
+    """The batch (of `tenant`, when given). Raises JobNotFound (404) otherwise."""
+    if not JOB_ID_RE.match(batch_id):
+        raise JobNotFound(f"no batch {batch_id[:64]!r}")
+    try:
+        batch = Batch.model_validate_json(await ctx.storage.get_bytes(batch_key(batch_id)))
+    except (ObjectNotFound, ValueError) as exc:
+        raise JobNotFound(f"no batch {batch_id[:64]!r}") from exc
+    if tenant is not None and batch.tenant != tenant:
+        raise JobNotFound(f"no batch {batch_id[:64]!r}")  # the same answer: no existence leak
+    return batch
+
+
+async def ended(ctx: Context, batch_id: str) -> dict[str, str]:
+    """job id → terminal status of the items that have ended (one LIST)."""
+    prefix = ended_prefix(batch_id)
+    out: dict[str, str] = {}
+    for key in await ctx.storage.list_keys(prefix):
+        job_id, _, status = key.removeprefix(prefix).partition(".")
+        out[job_id] = status
+    return out
+
+
+async def completion(ctx: Context, batch_id: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(await ctx.storage.get_bytes(completed_key(batch_id)))
+    except ObjectNotFound:
+        return None
+    return data
+
+
+def counts(batch: Batch, ends: dict[str, str]) -> dict[str, int]:
+    accepted = batch.accepted
+    done = {job: status for job, status in ends.items() if job in accepted}
+    by_status = {s: sum(1 for v in done.values() if v == s) for s in sorted(ENDED)}
+    return {
+        "total": len(batch.items),
+        "refused": len(batch.items) - len(accepted),
+        "accepted": len(accepted),
+        "pending": len(accepted) - len(done),
+        **by_status,
+    }
+
+
+def summary(
+    batch: Batch, ends: dict[str, str], done: dict[str, Any] | None, base_url: str
+) -> dict[str, Any]:
+    """The batch without its items: what `GET /v1/batches/{id}` heads with, and the webhook."""
+    tally = counts(batch, ends)
+    status = "accepting" if batch.state == "accepting" else "processing"
+    if done is not None or (batch.state == "open" and tally["pending"] == 0):
+        status = "completed"
+    return {
+        "batch_id": batch.batch_id,
+        "status": status,
+        "created_at": batch.created_at.isoformat(),
+        "completed_at": done.get("completed_at") if done else None,
+        "counts": tally,
+        "links": {"self": f"{base_url}/v1/batches/{batch.batch_id}"},
+    }
+
+
+async def on_signal(ctx: Context, signal: BatchSignal) -> None:
+    """One message of the arbiter's queue (its only consumer at a time: no race here)."""
+    batch_id = signal.batch_id
+    if signal.job_id is not None and signal.status in ENDED:
+        await ctx.storage.put_bytes(f"{ended_prefix(batch_id)}{signal.job_id}.{signal.status}", b"")
+    try:
+        batch = await load(ctx, batch_id, None)
+    except JobNotFound:
+        return  # deleted after its retention
+    if batch.state != "open" or await completion(ctx, batch_id) is not None:
+        return  # still accepting (its `batch.accepted` comes), or completed already
+    ends = await ended(ctx, batch_id)
+    if not batch.accepted <= ends.keys():
+        return
+    done = {"completed_at": utcnow().isoformat()}
+    view = summary(batch, ends, done, ctx.settings.base_url)
+    body = json.dumps(
+        {"type": COMPLETED_EVENT, "timestamp": done["completed_at"], "data": view},
+        separators=(",", ":"),
+    )
+    try:
+        await publish(
+            ctx.channel,
+            ctx.topology.events,
+            COMPLETED_EVENT,
+            json.dumps(view).encode(),
+            message_id=event_id(batch_id),
+            headers={"batch_id": batch_id, "tenant": batch.tenant},
+        )
+    except NotRoutable:
+        log.debug("batch %s: no queue is bound to batch.completed events", batch_id)
+    if batch.webhook_url is not None:
+        await enqueue(
+            ctx,
+            WebhookDelivery(
+                event_id=event_id(batch_id),
+                job_id=batch_id,
+                event_type=COMPLETED_EVENT,
+                url=batch.webhook_url,
+                body=body,
+            ),
+        )
+    # Last: a crash before it re-sends the same webhook-id and event id on redelivery.
+    await ctx.storage.put_bytes(completed_key(batch_id), json.dumps(done).encode())
+    log.info("batch %s completed: %s", batch_id, view["counts"])

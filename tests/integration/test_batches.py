@@ -1,0 +1,242 @@
+"""Batches against the real broker and S3 server: refusals item by item, counts, paging, cancel,
+limits, and exactly one `batch.completed` however often the arbiter hears an item end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from handlers import batches as batch_handler
+from shared.intake import batch as batch_intake
+from shared.jobs import batches
+from shared.jobs.batches import BatchSignal
+from shared.models import WebhookDelivery, new_job_id
+from shared.runtime.context import Context
+from shared.webhooks import dispatch
+from tests.conftest import Stack, running_stack
+from tests.factories import make_pdf
+from tests.integration.test_webhooks import hook_stack, receiver, status, verify
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 90
+BAD = [("page.html", b"<html>not a pdf</html>" * 100), ("empty.pdf", b""), ("x.txt", b"hello")]
+
+
+def batch_form(files: list[tuple[str, bytes]], **fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData(default_to_multipart=True)
+    for name, data in files:
+        form.add_field("file", data, filename=name, content_type="application/pdf")
+    for key, value in fields.items():
+        form.add_field(key, value)
+    return form
+
+
+class Arbiter:
+    """Counts the signals the batch arbiter has handled and the batch webhooks it queued."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.handled = 0
+        self.batches: list[str] = []
+        self.queued: list[WebhookDelivery] = []
+        self.changed = asyncio.Condition()
+        on_signal = batches.on_signal
+
+        async def counted(ctx: Context, signal: BatchSignal) -> None:
+            await on_signal(ctx, signal)
+            self.handled += 1
+            self.batches.append(signal.batch_id)
+            async with self.changed:
+                self.changed.notify_all()
+
+        async def queued(ctx: Context, delivery: WebhookDelivery) -> None:
+            self.queued.append(delivery)
+            await dispatch.enqueue(ctx, delivery)
+
+        monkeypatch.setattr(batch_handler, "on_signal", counted)
+        monkeypatch.setattr(batches, "enqueue", queued)
+
+    async def wait_handled(self, n: int) -> None:
+        async with asyncio.timeout(TIMEOUT_S), self.changed:
+            await self.changed.wait_for(lambda: self.handled >= n)
+
+    async def drained(self, ctx: Context) -> None:
+        """Wait until every signal sent so far is handled: a sentinel goes behind them (one
+        consumer, one message at a time, in order)."""
+        sentinel = new_job_id()
+        await batches.signal(ctx, sentinel)
+        async with asyncio.timeout(TIMEOUT_S), self.changed:
+            await self.changed.wait_for(lambda: sentinel in self.batches)
+
+
+async def get_batch(stack: Stack, batch_id: str, **params: str) -> Any:
+    resp = await stack.client.get(f"/v1/batches/{batch_id}", params=params)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arbiter = Arbiter(monkeypatch)
+    good = [(f"doc-{i:02}.pdf", make_pdf([f"document {i}"])) for i in range(30)]
+    files = good[:10] + BAD[:1] + good[10:20] + BAD[1:] + good[20:]
+    refs = [name for name, _ in files]
+    async with (
+        hook_stack(make_settings, monkeypatch) as (stack, _),
+        receiver(status(204)) as rec,
+    ):
+        stack.start(batch_handler.serve)
+        resp = await stack.client.post(
+            "/v1/batches",
+            data=batch_form(files, client_refs=json.dumps(refs), webhook_url=rec.url),
+        )
+        assert resp.status == 202, await resp.text()
+        accepted = await resp.json()
+        assert resp.headers["Location"] == f"/v1/batches/{accepted['batch_id']}"
+        assert accepted["counts"] == {
+            "total": 33, "refused": 3, "accepted": 30, "pending": 30,
+            "completed": 0, "failed": 0, "cancelled": 0,
+        }  # fmt: skip
+        refused = {i["filename"]: i for i in accepted["items"] if i["status"] == "refused"}
+        assert {n: i["error"]["code"] for n, i in refused.items()} == {
+            "page.html": "NOT_A_PDF",
+            "empty.pdf": "EMPTY_FILE",
+            "x.txt": "NOT_A_PDF",
+        }
+        assert all(i["job_id"] is None for i in refused.values())
+        assert [i["client_ref"] for i in accepted["items"]] == refs
+
+        (call,) = await rec.wait_calls(1, within=TIMEOUT_S)
+        event = verify(call)
+        assert event["type"] == "batch.completed"
+        assert call.headers["webhook-id"] == f"msg_{accepted['batch_id']}_batch_completed"
+        assert event["data"]["counts"]["completed"] == 30
+        assert event["data"]["counts"]["refused"] == 3
+
+        batch_id = accepted["batch_id"]
+        view = await get_batch(stack, batch_id, limit="10")
+        assert view["status"] == "completed"
+        assert view["completed_at"] is not None
+        assert view["counts"]["pending"] == 0
+        assert view["next_cursor"] == "10"
+        assert len(view["items"]) == 10
+        last = await get_batch(stack, batch_id, cursor="30", limit="10")
+        assert [i["index"] for i in last["items"]] == [30, 31, 32]
+        assert last["next_cursor"] is None
+        assert view["webhook"]["state"] in ("pending", "delivered")
+        job = await (await stack.client.get(f"/v1/jobs/{view['items'][0]['job_id']}")).json()
+        assert job["batch_id"] == batch_id
+
+        # Every item's end heard again (redeliveries, a re-announcing task) and the batch's
+        # own signal again: the arbiter handles them all and queues no second webhook.
+        handled = arbiter.handled
+        for item in view["items"] + last["items"]:
+            if item["job_id"] is not None:
+                await batches.signal(
+                    stack.ctx, batch_id, await stack.ctx.jobs.get(item["job_id"], "default")
+                )
+        await batches.signal(stack.ctx, batch_id)
+        await arbiter.wait_handled(handled + 14)
+        assert [d.event_type for d in arbiter.queued] == ["batch.completed"]
+        assert len(rec.calls) == 1
+
+
+async def test_cancel_a_batch_then_it_completes_cancelled(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arbiter = Arbiter(monkeypatch)
+    async with running_stack(make_settings(), extract_running=False) as stack:
+        stack.start(batch_handler.serve)
+        files = [(f"{i}.pdf", make_pdf([str(i)])) for i in range(3)]
+        resp = await stack.client.post("/v1/batches", data=batch_form(files))
+        assert resp.status == 202, await resp.text()
+        batch_id = (await resp.json())["batch_id"]
+        cancelled = await stack.client.delete(f"/v1/batches/{batch_id}")
+        assert cancelled.status == 200
+        view = await cancelled.json()
+        assert {i["status"] for i in view["items"]} == {"cancelled"}
+        await arbiter.wait_handled(4)  # the batch's own signal and its three items' ends
+        view = await get_batch(stack, batch_id)
+        assert view["status"] == "completed"
+        assert view["counts"]["cancelled"] == 3
+        assert view["counts"]["pending"] == 0
+
+
+@asynccontextmanager
+async def small_stack(make_settings: Any, **settings: Any) -> AsyncIterator[Stack]:
+    async with running_stack(make_settings(**settings), extract_running=False) as stack:
+        yield stack
+
+
+async def test_limits_and_whole_refusals(make_settings: Any) -> None:
+    pdf = make_pdf(["x"])
+    async with small_stack(make_settings, max_batch_items=2, max_batch_bytes=3 * len(pdf)) as stack:
+        post = stack.client.post
+        too_many = await post("/v1/batches", data=batch_form([("a.pdf", pdf)] * 3))
+        assert too_many.status == 413
+        assert (await too_many.json())["error"]["code"] == "BATCH_TOO_LARGE"
+        too_big = await post(
+            "/v1/batches", data=batch_form([("a.pdf", pdf), ("b.pdf", pdf + b" " * 3 * len(pdf))])
+        )
+        assert too_big.status == 413
+        assert "together" in (await too_big.json())["error"]["message"]
+        all_bad = await post("/v1/batches", data=batch_form(BAD[:2]))
+        assert all_bad.status == 422
+        error = (await all_bad.json())["error"]
+        assert error["code"] == "BATCH_REFUSED"
+        assert [i["error"]["code"] for i in error["items"]] == ["NOT_A_PDF", "EMPTY_FILE"]
+        refs = await post("/v1/batches", data=batch_form([("a.pdf", pdf)], client_refs='["a","b"]'))
+        assert refs.status == 400
+        assert (await refs.json())["error"]["code"] == "INVALID_REQUEST"
+        none = await post("/v1/batches", data=batch_form([], options="{}"))
+        assert none.status == 400
+        as_json = await post("/v1/batches", json={"files": []})
+        assert as_json.status == 415
+        missing = await stack.client.get(f"/v1/batches/{'0' * 32}")
+        assert missing.status == 404
+        assert (await missing.json())["error"]["code"] == "NOT_FOUND"
+
+
+async def test_another_tenant_sees_no_batch(make_settings: Any) -> None:
+    async with small_stack(make_settings, api_keys="a:key-a,b:key-b") as stack:
+        resp = await stack.client.post(
+            "/v1/batches",
+            data=batch_form([("a.pdf", make_pdf(["a"]))]),
+            headers={"Authorization": "Bearer key-a"},
+        )
+        assert resp.status == 202
+        batch_id = (await resp.json())["batch_id"]
+        for method in ("GET", "DELETE"):
+            other = await stack.client.request(
+                method, f"/v1/batches/{batch_id}", headers={"Authorization": "Bearer key-b"}
+            )
+            assert other.status == 404
+
+
+async def test_items_over_the_page_quota_are_refused_and_said_so(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One item at a time: which items fit is then certain (racing admissions may both lose).
+    monkeypatch.setattr(batch_intake, "SUBMIT_CONCURRENCY", 1)
+    async with small_stack(make_settings, tenant_page_quota=3) as stack:
+        files = [(f"{i}.pdf", make_pdf([f"page {i}"])) for i in range(5)]
+        resp = await stack.client.post("/v1/batches", data=batch_form(files))
+        assert resp.status == 202, await resp.text()
+        view = await resp.json()
+        assert [i["status"] for i in view["items"]] == ["queued"] * 3 + ["refused"] * 2
+        assert {i["error"]["code"] for i in view["items"][3:]} == {"QUOTA_EXCEEDED"}
+        assert view["counts"]["accepted"] == 3
+
+        # Nothing fits now: the whole batch is answered 429, and nothing of it stays.
+        again = await stack.client.post("/v1/batches", data=batch_form(files[:1]))
+        assert again.status == 429
+        assert (await again.json())["error"]["code"] == "QUOTA_EXCEEDED"
+        kept = await stack.ctx.storage.list_keys("batches/")
+        assert {k.split("/")[1] for k in kept} == {view["batch_id"]}
