@@ -17,7 +17,7 @@ from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError
 from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
 from shared.intake.fetch import fetch_to_file
-from shared.jobs import cache, fanout, lifecycle
+from shared.jobs import cache, fanout, lifecycle, llm_dispatch
 from shared.jobs.cancel import listen as listen_for_cancels
 from shared.jobs.cancel import raise_if_requested
 from shared.jobs.outcome import ProgressWebhooks
@@ -121,7 +121,8 @@ async def _extract(
     webhook: WebhookSpec | None = None,
     redelivered: bool = False,
 ) -> Stored | None:
-    """The job's stored result; None when it was split into page ranges (shared/jobs/fanout.py)."""
+    """The job's stored result; None when it was split into page ranges (shared/jobs/fanout.py)
+    or its pages went to the vision model (shared/jobs/llm_dispatch.py)."""
     settings = ctx.settings
     with (
         tempfile.TemporaryDirectory(prefix="pdfrelay-", dir=settings.spool_dir) as tmp,
@@ -161,6 +162,20 @@ async def _extract(
             await fanout.plan(ctx, progress.job, rev, webhook, pdf_path, out.page_count)
             return None
         ctx.metrics.job_pages.observe(out.pages_extracted)
+        if llm_dispatch.wants_model(job):
+            # The pages go to the vision model: the llm handler's merge ends the job.
+            await llm_dispatch.dispatch(
+                ctx,
+                progress.job.model_copy(update={"source_sha256": found.sha256}),
+                webhook,
+                result_path=out.result_path,
+                artifacts=out.artifacts,
+                digests=out.digests,
+                page_count=out.page_count,
+                pages_extracted=out.pages_extracted,
+                warnings=out.warnings,
+            )
+            return None
         summary, key = await _store(ctx, job, out, found.key)
         return Stored(summary, key, found.sha256)
 

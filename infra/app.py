@@ -49,6 +49,7 @@ HANDLERS: dict[str, HandlerSpec] = {
     "extract": HandlerSpec("handlers.extract", needs_pool=True),
     "webhooks": HandlerSpec("handlers.webhooks"),
     "object-drop": HandlerSpec("handlers.object_drop"),
+    "llm": HandlerSpec("handlers.llm"),
 }
 
 

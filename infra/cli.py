@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -39,6 +40,19 @@ def ocr_banner(settings: Settings) -> str:
     )
 
 
+def llm_banner(settings: Settings) -> str:
+    """The llm methods' endpoint and model, or that they are off (never the key)."""
+    if settings.llm_base_url is None:
+        return "llm methods off (set PDFRELAY_LLM_BASE_URL to an OpenAI-compatible endpoint)"
+    url = urlsplit(settings.llm_base_url)
+    host = url.hostname or "?"
+    where = f"{url.scheme}://{host}{f':{url.port}' if url.port else ''}{url.path}"
+    return (
+        f"llm methods via {where}, model {settings.llm_model}, "
+        f"{settings.llm_concurrency} calls at once"
+    )
+
+
 async def _run(names: list[str], settings: Settings, endpoint: str) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
@@ -67,6 +81,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"pdfrelay dev: S3 at {endpoint} (bucket {settings.s3_bucket})", flush=True)
         print(f"pdfrelay dev: {settings.extract_workers} extraction workers", flush=True)
         print(f"pdfrelay dev: {ocr_banner(settings)}", flush=True)
+        print(f"pdfrelay dev: {llm_banner(settings)}", flush=True)
         asyncio.run(_run(list(HANDLERS), settings, endpoint))
     except StartupError as exc:
         print(exc.message, file=sys.stderr)

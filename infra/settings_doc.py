@@ -23,6 +23,7 @@ SHOWN_DEFAULTS = {
     "log_format": "`json` for `run`, `text` otherwise",
     "public_base_url": "`http://{host}:{port}`",
     "tessdata_dir": "probed",
+    "llm_prompt": "asks for faithful Markdown of the page (`DEFAULT_LLM_PROMPT`)",
 }
 """Defaults a value cannot show (computed, or chosen per command)."""
 

@@ -15,7 +15,7 @@ from shared.intake.pages import parse_spec
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 Output = Literal[
-    "text", "markdown", "metadata", "page_images", "images", "tables", "blocks", "chunks"
+    "text", "markdown", "metadata", "page_images", "images", "tables", "blocks", "chunks", "llm"
 ]
 OcrMode = Literal["auto", "always", "never"]
 
@@ -26,7 +26,14 @@ SEED_METHODS: dict[str, tuple[tuple[Output, ...], OcrMode]] = {
     "both": (("text", "metadata"), "auto"),
     "preview": (("metadata", "page_images"), "never"),
     "preview_and_native": (("text", "metadata", "page_images"), "never"),
+    # A vision model transcribes each page (README "LLM methods"): `llm` alone puts its
+    # Markdown in the pages' `text`; with native or OCR text, that stays in `text` and the
+    # model's goes to `llm`.
+    "llm": (("llm", "metadata"), "never"),
+    "llm_and_native": (("text", "llm", "metadata"), "never"),
+    "llm_and_ocr": (("text", "llm", "metadata"), "always"),
 }
+LLM_OUTPUT: Output = "llm"
 
 
 def utcnow() -> datetime:
@@ -93,6 +100,21 @@ class ExtractOptions(Frozen):
     method: str | None = Field(default=None, description="Seed alias: native, tesseract_ocr, …")
     chunking: ChunkOptions = ChunkOptions()
     """Budget and overlap of the `chunks` output."""
+    template: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = Field(
+        default=None,
+        description="A language model transforms the document's text by this named template "
+        "into `transformed.md` (README, LLM methods)",
+    )
+    context: dict[str, object] | None = Field(
+        default=None, description="Values for the template's {{placeholders}}"
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None and ".." in v:
+            raise ValueError("template must be a plain name")
+        return v
 
     @field_validator("outputs")
     @classmethod
@@ -116,7 +138,10 @@ class ExtractOptions(Frozen):
         if self.method not in SEED_METHODS:
             raise ValueError(f"unknown method {self.method!r}; one of {sorted(SEED_METHODS)}")
         outputs, ocr = SEED_METHODS[self.method]
-        merged = tuple(dict.fromkeys((*outputs, *self.outputs)))
+        asked = self.outputs
+        if LLM_OUTPUT in outputs and "outputs" not in self.model_fields_set:
+            asked = ()  # `llm` alone: the default `text` would make it `llm_and_native`
+        merged = tuple(dict.fromkeys((*outputs, *asked)))
         object.__setattr__(self, "outputs", merged)
         object.__setattr__(self, "ocr", ocr)
         object.__setattr__(self, "method", None)
@@ -202,6 +227,16 @@ class WebhookState(BaseModel):
     never dumped."""
 
 
+class LlmUsage(Frozen):
+    """A job's vision-model work (the `llm` methods): calls made, pages from the page cache,
+    and the tokens the model endpoint reported."""
+
+    calls: int = 0
+    cached_pages: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
 class Job(BaseModel):
     """The job record, stored at `jobs/{job_id}/record.json`; what GET /v1/jobs/{id} shows."""
 
@@ -233,6 +268,8 @@ class Job(BaseModel):
     attempts: int = 0
     pages_reserved: int | None = None
     """Pages this job holds of its tenant's page quota (shared/jobs/quota.py) until it ends."""
+    llm: LlmUsage | None = None
+    """Vision-model calls and tokens (the `llm` methods), once the job has ended."""
     result_key: str | None = None
     """Where its result document is stored when not at `results/{job_id}/result.json`: under
     its cache key, `results/c-{key}/{job_id}.json` (shared/jobs/cache.py); see `job_result_key`."""
@@ -269,6 +306,8 @@ class PageText(Frozen):
     ocr: bool = False
     ocr_unavailable: bool = False
     """`ocr: auto` found the page needs OCR, but this worker has none: `text` is its text layer."""
+    llm: str | None = None
+    """The model's Markdown of the page (output `llm`); also `text` when no `text` was asked."""
 
 
 class ExtractionResult(BaseModel):
@@ -281,6 +320,8 @@ class ExtractionResult(BaseModel):
     markdown: str | None = None
     metadata: dict[str, object] | None = None
     tables: list[dict[str, object]] | None = None
+    transformed: str | None = None
+    """The document transformed by `options.template` (also the artifact `transformed.md`)."""
     warnings: list[str] = []
 
     model_config = ConfigDict(populate_by_name=True)
@@ -342,5 +383,31 @@ class ExtractRequest(BaseModel):
     options: ExtractOptions = ExtractOptions()
     webhook: WebhookSpec | None = None
     client_ref: Annotated[str, Field(max_length=512)] | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+LlmStep = Literal["page", "transform", "progress", "merge", "failed", "cancelled"]
+
+
+class LlmTask(Frozen):
+    """A job's language-model work (README "LLM methods"). On `pdfrelay.llm`: one page (`step`
+    "page") or the template's transformation ("transform"); on `pdfrelay.llm.merge`: all of it
+    is there ("merge"), or a step ended it ("failed" with `error`, "cancelled"), or the pages
+    done so far go into the record ("progress", `done`)."""
+
+    schema_: Literal["pdfrelay.llm-task/1"] = Field(default="pdfrelay.llm-task/1", alias="schema")
+    job_id: Annotated[str, Field(pattern=JOB_ID_RE.pattern)]
+    tenant: str = "default"
+    webhook: WebhookSpec | None = None
+    step: LlmStep = "page"
+    pages: Annotated[int, Field(ge=0)]
+    """How many pages of the job go to the model (0: only its template)."""
+    page: Annotated[int, Field(ge=1)] | None = None
+    image_key: str | None = None
+    image_sha256: str | None = None
+    error: JobError | None = None
+    done: Annotated[int, Field(ge=0)] | None = None
+    """Pages with their part (step "progress")."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

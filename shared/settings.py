@@ -11,8 +11,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.webhooks.retry import parse_schedule
 
-METRICS_PORTS = {"extract": 9100, "webhooks": 9101, "object-drop": 9102}
+METRICS_PORTS = {"extract": 9100, "webhooks": 9101, "object-drop": 9102, "llm": 9103}
 """The default metrics port of each handler without HTTP (PDFRELAY_METRICS_PORT unset)."""
+
+DEFAULT_LLM_PROMPT = (
+    "Transcribe this page of a PDF document into Markdown, faithfully and completely: keep the "
+    "text word for word in its reading order, headings as Markdown headings, lists as lists, "
+    "tables as Markdown tables. Describe figures in one short sentence in square brackets. "
+    "Answer with the Markdown of the page only, no comments and no code fences."
+)
+"""The prompt sent with each page image when PDFRELAY_LLM_PROMPT is unset."""
 
 
 class Settings(BaseSettings):
@@ -145,6 +153,36 @@ class Settings(BaseSettings):
     page) and `ocr: always` fails `OCR_UNAVAILABLE`."""
     spool_dir: str | None = None
     """Temp folder of uploads on their way to S3 and of extractions; unset: the system's."""
+    llm_base_url: str | None = None
+    """OpenAI-compatible chat-completions API of the `llm` methods (OpenAI, vLLM, Ollama,
+    LiteLLM…), e.g. `https://api.openai.com/v1` (`/chat/completions` is appended); unset: jobs
+    asking for them get `422 LLM_NOT_CONFIGURED`."""
+    llm_model: str = "gpt-4o-mini"
+    """The vision model the page images are sent to."""
+    llm_api_key: SecretStr | None = None
+    """Sent as `Authorization: Bearer …` to the model endpoint; never logged or shown."""
+    llm_timeout_s: float = Field(default=120.0, gt=0, le=1500)
+    """Time limit of one model call (one page)."""
+    llm_prompt: str = Field(default=DEFAULT_LLM_PROMPT, min_length=1)
+    """The instruction sent with each page image."""
+    llm_concurrency: int = Field(default=4, ge=1, le=256)
+    """Model calls in flight per `llm` handler process (its consumer prefetch)."""
+    llm_dpi: int = Field(default=300, ge=36, le=600)
+    """Resolution at which the extraction workers render pages for the model."""
+    llm_retry_budget: int = Field(default=5, ge=0, le=100)
+    """Failed calls (errors, timeouts, 5xx) of one page before its job fails `LLM_UNAVAILABLE`;
+    the retries wait `transient_backoff_s` each. A 429/503 with `Retry-After` does not count: it
+    pauses the whole handler that long."""
+    llm_max_pause_s: float = Field(default=900.0, gt=0)
+    """Longest one page waits out the provider's `Retry-After` pauses before that counts as a
+    failed call."""
+    llm_templates_dir: str | None = None
+    """Folder of the `template` option's templates, `{name}.md`: `{{key}}` is filled from the
+    job's `context`, `{{text}}` with the document's text (else the text follows the template);
+    unset: `template` answers `422 LLM_NOT_CONFIGURED`."""
+    llm_tenant_monthly_tokens: int | None = Field(default=None, ge=1)
+    """Tokens (in + out) one tenant's llm jobs may use per calendar month (UTC); once spent, new
+    llm jobs get `429 LLM_BUDGET_EXCEEDED` until the month ends. Unset: no budget."""
     extract_trace_dir: str | None = None
     """Test aid: each worker process appends its start/end times here."""
 
@@ -154,6 +192,12 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(ip_network(p.strip()) for p in v.split(",") if p.strip())
         return v
+
+    @field_validator("llm_base_url", "llm_api_key", "llm_templates_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # `PDFRELAY_LLM_BASE_URL=` (compose's `${…:-}`) means: no endpoint.
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("webhook_retry_schedule")
     @classmethod

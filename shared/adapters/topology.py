@@ -85,6 +85,8 @@ class Topology:
     MERGE_KEY = "merge"
     BATCH_KEY = "batch"
     PREVIEW_KEY = "preview"
+    LLM_KEY = "llm"
+    LLM_MERGE_KEY = "llm-merge"
 
     # queues
     @property
@@ -116,6 +118,21 @@ class Topology:
         """Page-preview renders the console asks for (RPC: replies go to the asking ingress's
         own exclusive queue, named by the broker); a request nobody took in time expires."""
         return f"{self.ns}.previews"
+
+    @property
+    def llm(self) -> str:
+        """Page images for the vision model; the consumer's prefetch is the calls in flight."""
+        return f"{self.ns}.llm"
+
+    @property
+    def llm_merge(self) -> str:
+        """A job's pages merged, or its ending, once (single active consumer)."""
+        return f"{self.ns}.llm.merge"
+
+    @property
+    def llm_dead(self) -> str:
+        """LLM tasks given up on (delivery limit, transient budget): their jobs fail."""
+        return f"{self.ns}.llm.dead"
 
     @property
     def extract_dead(self) -> str:
@@ -211,6 +228,11 @@ class Topology:
                 },
                 bindings=((self.tasks, self.PREVIEW_KEY),),
             ),
+            self._llm_queue(self.llm, self.LLM_KEY),
+            self._llm_queue(self.llm_merge, self.LLM_MERGE_KEY, {"x-single-active-consumer": True}),
+            Queue(self.llm_dead, quorum, bindings=((self.dead_letters, self.llm_dead),)),
+            self._backoff_queue(self.llm),
+            self._backoff_queue(self.llm_merge),
             Queue(
                 self.batches,
                 {
@@ -294,6 +316,21 @@ class Topology:
                 "x-delivery-limit": self.delivery_limit,
                 "x-dead-letter-exchange": self.dead_letters,
                 "x-dead-letter-routing-key": self.extract_dead,
+                "x-dead-letter-strategy": "at-least-once",
+                **(extra or {}),
+            },
+            bindings=((self.tasks, key),),
+        )
+
+    def _llm_queue(self, name: str, key: str, extra: Arguments | None = None) -> Queue:
+        """A queue of vision-model tasks: crashes count, the dead go to `llm_dead`."""
+        return Queue(
+            name,
+            {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.delivery_limit,
+                "x-dead-letter-exchange": self.dead_letters,
+                "x-dead-letter-routing-key": self.llm_dead,
                 "x-dead-letter-strategy": "at-least-once",
                 **(extra or {}),
             },

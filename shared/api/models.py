@@ -19,6 +19,7 @@ from shared.models import (
     JobError,
     JobResultSummary,
     JobStatus,
+    LlmUsage,
     Progress,
     Source,
     WebhookSpec,
@@ -26,7 +27,16 @@ from shared.models import (
 )
 
 Door = Literal["http", "broker", "object-drop", "seed"]
-SeedMethod = Literal["native", "tesseract_ocr", "both", "preview", "preview_and_native"]
+SeedMethod = Literal[
+    "native",
+    "tesseract_ocr",
+    "both",
+    "preview",
+    "preview_and_native",
+    "llm",
+    "llm_and_native",
+    "llm_and_ocr",
+]
 
 
 class ApiModel(BaseModel):
@@ -69,6 +79,9 @@ class JobView(ApiModel):
     error: JobError | None = Field(default=None, description="Set when the job failed.")
     result: JobResultSummary | None = Field(
         default=None, description="Set when the job completed: page count and artifacts."
+    )
+    llm: LlmUsage | None = Field(
+        default=None, description="Vision-model calls and tokens (llm methods), once ended."
     )
     created_at: datetime
     started_at: datetime | None = None
@@ -221,6 +234,12 @@ class SeedForm(ApiModel):
     callback_url: str | None = None
     callback_token: str | None = None
     jobId: str | None = None
+    template: str | None = Field(
+        default=None, description="A named template: the answer's `transformed_text`."
+    )
+    context: str | None = Field(
+        default=None, description="A JSON object for the template's {{placeholders}}."
+    )
     wait_ms: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="Wait up to this long (capped) and answer the result."
     )

@@ -15,7 +15,16 @@ from pydantic import ValidationError
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, PermanentError
 from shared.jobs.records import job_result_key, public_view
-from shared.models import ExtractionResult, ExtractOptions, Job, JobStatus, Output, WebhookState
+from shared.models import (
+    LLM_OUTPUT,
+    ExtractionResult,
+    ExtractOptions,
+    Job,
+    JobStatus,
+    Output,
+    PageText,
+    WebhookState,
+)
 from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
@@ -66,16 +75,27 @@ def _page(fields: Mapping[str, str], name: str) -> int | None:
     return page
 
 
+def _context(raw: str) -> dict[str, object] | None:
+    """The seed's `context`: a JSON object (as text) for the template's placeholders."""
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise _invalid("context must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise _invalid("context must be a JSON object")
+    return value
+
+
 def options_from_form(fields: Mapping[str, str]) -> ExtractOptions:
     """The job options the seed's form fields ask for; every field takes effect.
 
     Raises:
         PermanentError: INVALID_OPTIONS for a value the seed would not have accepted either.
     """
-    if fields.get("template", "").strip():
-        # The Secretary ran an LLM over the text with it; silently dropping it would hand the
-        # client raw text where it expects a transformed document.
-        raise _invalid("template transformations are not supported; send no template")
+    template = fields.get("template", "").strip() or None
+    context = _context(fields.get("context", "")) if template is not None else None
     method = fields.get("extraction_method", "").strip() or "native"
     start, end = _page(fields, "page_start"), _page(fields, "page_end")
     if start is not None and end is not None and end < start:
@@ -92,6 +112,8 @@ def options_from_form(fields: Mapping[str, str]) -> ExtractOptions:
             outputs=outputs,
             pages=pages,
             force_refresh=force,
+            template=template,
+            context=context,
         )
     except ValidationError as exc:
         raise _invalid("; ".join(e["msg"] for e in exc.errors())) from exc
@@ -142,6 +164,10 @@ def archive_name(job: Job) -> str | None:
 def extraction_method(job: Job) -> str:
     """The seed `extraction_method` the job's options correspond to."""
     outputs, ocr = set(job.options.outputs), job.options.ocr
+    if LLM_OUTPUT in outputs:
+        if "text" not in outputs:
+            return "llm"
+        return "llm_and_ocr" if ocr == "always" else "llm_and_native"
     if ocr == "always":
         return "tesseract_ocr"
     if ocr == "auto":
@@ -149,6 +175,16 @@ def extraction_method(job: Job) -> str:
     if "page_images" in outputs:
         return "preview_and_native" if "text" in outputs else "preview"
     return "native"
+
+
+def page_content(method: str, page: PageText) -> str:
+    """A page's text as the Secretary gave it: the combined LLM methods in its two-part shape
+    (on /v1 they are the separate fields `text` and `llm`)."""
+    if method == "llm_and_native":
+        return f"=== Native Text ===\n{page.text}\n\n=== LLM Markdown ===\n{page.llm or ''}"
+    if method == "llm_and_ocr":
+        return f"=== LLM Markdown ===\n{page.llm or ''}\n\n=== Tesseract OCR ===\n{page.text}"
+    return page.text
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -203,20 +239,22 @@ def result_data(job: Job, result: ExtractionResult | None, base_url: str) -> dic
     parts: list[str] = []
     contents: list[dict[str, Any]] = []
     used, truncated = 0, False
+    method = extraction_method(job)
     for page in result.pages if result else ():
-        if used + len(page.text) > MAX_INLINE_CHARS:
+        content = page_content(method, page)
+        if used + len(content) > MAX_INLINE_CHARS:
             truncated = True
             break
-        used += len(page.text)
-        parts.append(f"\n--- Seite {page.number} ---\n{page.text}")
-        contents.append({"page": page.number, "content": page.text})
+        used += len(content)
+        parts.append(f"\n--- Seite {page.number} ---\n{content}")
+        contents.append({"page": page.number, "content": content})
     metadata: dict[str, Any] = dict(result.metadata or {}) if result else {}
     metadata.update(
         file_name=job.filename,
         file_size=job.source_size,
         page_count=result.page_count if result else None,
         format="pdf",
-        extraction_method=extraction_method(job),
+        extraction_method=method,
         text_contents=contents,
     )
     link = f"{base_url}/v1/jobs/{job.job_id}"
@@ -228,6 +266,9 @@ def result_data(job: Job, result: ExtractionResult | None, base_url: str) -> dic
     }
     if truncated:
         data["truncated"] = True
+    if result is not None and result.transformed is not None:
+        # The template's document (README "LLM methods"); also the artifact transformed.md.
+        data["transformed_text"] = result.transformed
     if archive_name(job) is not None:
         data["images_archive_url"] = f"{base_url}/api/jobs/{job.job_id}/download-archive"
     return data

@@ -36,6 +36,8 @@ class ExtractLimits:
     """Long edge in pixels of the page previews in page_images.zip."""
     ocr_dpi: int = 300
     """Resolution at which pages are rendered for Tesseract."""
+    llm_dpi: int = 300
+    """Resolution at which pages are rendered for the vision model (output `llm`)."""
     tessdata: str | None = None
     """Tesseract language data folder; None: $TESSDATA_PREFIX or the Debian/Ubuntu locations."""
     range_part: bool = False

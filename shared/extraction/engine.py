@@ -38,10 +38,11 @@ from shared.extraction.images import EmbeddedImageWriter, PageImageWriter
 from shared.extraction.layout import MARKDOWN_ARTIFACT, layout_outputs, wants_layout
 from shared.extraction.markdown import MarkdownBuilder, uri_links
 from shared.extraction.metadata import MetadataCollector
+from shared.extraction.modelpages import render_model_page
 from shared.extraction.ocr import needs_ocr, ocr_dpi_for, ocr_textpage, require_tessdata
 from shared.extraction.outline import OutlineItem, outline_items
 from shared.extraction.tables import FoundTable, find_tables
-from shared.models import ExtractionResult, ExtractOptions, PageText
+from shared.models import LLM_OUTPUT, ExtractionResult, ExtractOptions, PageText
 
 __all__ = [
     "EXTRACTOR_VERSION",
@@ -127,6 +128,8 @@ class _Extraction:
         self.want_images = "images" in outputs
         self.page_images: PageImageWriter | None = None
         self.images: EmbeddedImageWriter | None = None
+        self.want_model_pages = LLM_OUTPUT in outputs
+        self.model_pages: list[ArtifactFile] = []
 
     def run(self, progress: ProgressFn) -> EngineOutput:
         doc = self.doc
@@ -192,6 +195,10 @@ class _Extraction:
             precheck_rendering(
                 self.doc, indexes, self.options.image_dpi, self.limits, "page images"
             )
+        if self.want_model_pages:
+            precheck_rendering(
+                self.doc, indexes, self.limits.llm_dpi, self.limits, "the vision model"
+            )
         if self.ocr_mode == "always":
             for index in indexes:
                 try:
@@ -224,6 +231,8 @@ class _Extraction:
             self.images.add_page(self.doc, page)
         if self.page_images is not None:
             self.page_images.add(page)
+        if self.want_model_pages:
+            self.model_pages.append(render_model_page(page, self.limits.llm_dpi, self.out_dir))
 
     def _textpage(self, page: pymupdf.Page) -> tuple[pymupdf.TextPage, bool]:
         """The page's text layer, or its OCR when `ocr` says so, and whether it is OCR.
@@ -294,6 +303,7 @@ class _Extraction:
             artifacts.append(self.page_images.close())
         if self.images is not None:
             artifacts.append(self.images.close())
+        artifacts.extend(self.model_pages)
         if self.metadata is not None:
             result.metadata = (
                 self.metadata.page_parts()

@@ -93,6 +93,7 @@ def extract_limits(settings: Settings, *, range_part: bool = False) -> ExtractLi
         max_inflated_bytes=settings.max_inflated_bytes,
         tessdata=settings.tessdata_dir,
         range_part=range_part,
+        llm_dpi=settings.llm_dpi,
     )
 
 

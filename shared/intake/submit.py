@@ -12,10 +12,12 @@ from typing import Literal
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
 from shared.intake.fetch import check_source_url
-from shared.jobs import lifecycle
+from shared.jobs import lifecycle, llm_usage
+from shared.jobs.llm_templates import load_template
 from shared.jobs.quota import release, reserve
 from shared.jobs.records import RECORD_ETAG_HEADER, inflight_key, upload_key
 from shared.models import (
+    LLM_OUTPUT,
     ExtractOptions,
     ExtractTask,
     Job,
@@ -27,6 +29,7 @@ from shared.models import (
 from shared.obs.logs import job_context
 from shared.obs.tracing import current_traceparent
 from shared.runtime.context import Context
+from shared.settings import Settings
 from shared.webhooks.ssrf import SsrfPolicy
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,13 @@ class Submitter:
 
         Raises:
             QueueFullError, TransientError: nothing was accepted; the client should retry.
+            PermanentError: LLM_NOT_CONFIGURED for an `llm` method without a model endpoint.
         """
+        check_llm_configured(ctx.settings, sub.options)
+        if sub.options.template is not None:
+            await load_template(ctx.settings, sub.options.template)
+        if LLM_OUTPUT in sub.options.outputs or sub.options.template is not None:
+            await llm_usage.check_budget(ctx, sub.tenant)
         if sub.idempotency_key is None:
             return await _create(ctx, sub), True
         # The broker's message ids live in a namespace of their own (never an HTTP key's job).
@@ -93,6 +102,18 @@ class Submitter:
     def __len__(self) -> int:
         """Idempotency keys with a submission in progress (their locks)."""
         return len(self._locks)
+
+
+def check_llm_configured(settings: Settings, options: ExtractOptions) -> None:
+    """Raises PermanentError (LLM_NOT_CONFIGURED, 422) when `options` ask for a vision model's
+    transcription (the `llm` methods) and no model endpoint is configured."""
+    if LLM_OUTPUT in options.outputs and settings.llm_base_url is None:
+        raise PermanentError(
+            "the llm methods need a model endpoint, and none is configured: the operator sets "
+            "PDFRELAY_LLM_BASE_URL (any OpenAI-compatible chat-completions API), with "
+            "PDFRELAY_LLM_MODEL and PDFRELAY_LLM_API_KEY",
+            ErrorCode.LLM_NOT_CONFIGURED,
+        )
 
 
 def check_same_request(job: Job, sub: Submission) -> None:

@@ -26,6 +26,7 @@ from shared.adapters.storage import ObjectInfo, ObjectNotFound
 from shared.extraction.base import EXTRACTOR_VERSION
 from shared.jobs.records import artifact_key
 from shared.models import (
+    LLM_OUTPUT,
     Artifact,
     ExtractionResult,
     ExtractOptions,
@@ -159,7 +160,12 @@ async def lookup(
         await fetch()
         _, digest = await asyncio.to_thread(file_digest, pdf_path)
     key = cache_key(digest, job.options, job.tenant)
-    hit = None if job.options.force_refresh else await _reuse(ctx, key, job)
+    # A job for a language model is never answered whole: its pages (and its template's answer)
+    # are cached one by one, by image or text, model and prompt (shared/jobs/llm.py), which this
+    # key does not know.
+    options = job.options
+    fresh = options.force_refresh or LLM_OUTPUT in options.outputs or options.template is not None
+    hit = None if fresh else await _reuse(ctx, key, job)
     if hit is None and not fetched:
         await fetch()
     return Lookup(key=key, hit=hit, sha256=digest)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -100,6 +101,16 @@ async def raise_if_requested(ctx: Context, job: Job, redelivered: bool = False) 
 async def listen(ctx: ExtractContext, stop: asyncio.Event) -> None:
     """Carry out cancel requests for the jobs of this process's worker pool until `stop`."""
     pool = ctx.pool
+
+    def stop_worker(job_id: str) -> None:
+        if pool.cancel(job_id):
+            log.info("job %s: cancelled, its worker is stopped", job_id)
+
+    await hear(ctx, stop, stop_worker)
+
+
+async def hear(ctx: Context, stop: asyncio.Event, on_cancel: Callable[[str], None]) -> None:
+    """Remember every cancel request (`ctx.cancels`) and pass it to `on_cancel` until `stop`."""
     channel = await ctx.connection.channel()
     # A robust channel re-declares and re-binds its queue after a reconnect; in between,
     # cancels may pass unheard (then the marker is read again).
@@ -116,8 +127,7 @@ async def listen(ctx: ExtractContext, stop: asyncio.Event) -> None:
                 log.warning("ignoring an invalid message on the control exchange")
                 return
             ctx.cancels.add(req.job_id)
-            if pool.cancel(req.job_id):
-                log.info("job %s: cancelled, its worker is stopped", req.job_id)
+            on_cancel(req.job_id)
 
         await queue.consume(on_message, no_ack=True)
         ctx.cancels.listening()

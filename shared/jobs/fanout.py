@@ -102,6 +102,8 @@ def split_above(settings: Settings, job: Job) -> int | None:
     """
     if job.options.pages is not None or not set(job.options.outputs) <= FANOUT_OUTPUTS:
         return None
+    if job.options.template is not None:
+        return None  # the template's step follows one whole extraction (shared/jobs/llm.py)
     return settings.fanout_min_pages
 
 

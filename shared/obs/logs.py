@@ -231,6 +231,8 @@ def settings_secrets(settings: Settings) -> list[str]:
     values = [*settings.webhook_secrets(), settings.s3_secret_key.get_secret_value()]
     with contextlib.suppress(ValueError):
         values.extend(settings.tenant_keys())
+    if settings.llm_api_key is not None:
+        values.append(settings.llm_api_key.get_secret_value())
     for url in split_urls(settings.amqp_url.get_secret_value()):
         password = urlsplit(url).password
         if password and len(password) >= 8:

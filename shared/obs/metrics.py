@@ -18,6 +18,8 @@ passive `queue.declare` per queue, cached for `QUEUE_DEPTH_TTL_S`).
 | `pdfrelay_webhook_attempt_seconds` | histogram | |
 | `pdfrelay_dead_letters_total` | counter | `queue` (the queue the message was given up from) |
 | `pdfrelay_cache_hits_total` | counter | |
+| `pdfrelay_llm_calls_total` | counter | `outcome` (ok, cached, failed, refused) |
+| `pdfrelay_llm_tokens_total` | counter | `direction` (in, out) |
 | `pdfrelay_worker_processes_started_total` | counter | |
 | `pdfrelay_worker_restarts_total` | counter | (worker processes that died without an answer) |
 """
@@ -123,6 +125,18 @@ class Metrics:
         )
         self.cache_hits = Counter(
             f"{PREFIX}_cache_hits", "Jobs answered from the result cache.", registry=r
+        )
+        self.llm_calls = Counter(
+            f"{PREFIX}_llm_calls",
+            "Pages for the vision model by outcome: ok (a call), cached (none), failed, refused.",
+            ["outcome"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            f"{PREFIX}_llm_tokens",
+            "Tokens the vision model reported, by direction (in: prompt, out: completion).",
+            ["direction"],
+            registry=r,
         )
         self._queues = _QueueDepths()
         self._pool = _PoolCollector()

@@ -32,7 +32,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 LICENSE_FILE = ROOT / "LICENSE"
 K8S_DIR = ROOT / "infra" / "k8s"
 
-HANDLERS = ("ingress", "extract", "webhooks", "object-drop")
+HANDLERS = ("ingress", "extract", "webhooks", "object-drop", "llm")
 
 # sha256 of https://www.gnu.org/licenses/agpl-3.0.txt
 AGPL_3_0_SHA256 = "0d96a4ff68ad6d4b6f1f30f713b18d5184912ba8dd389f86aa7710db079abcb0"

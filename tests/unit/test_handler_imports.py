@@ -9,12 +9,12 @@ import sys
 ENGINE = ("pymupdf", "fitz", "onnxruntime")
 
 
-def test_ingress_webhooks_and_object_drop_do_not_load_the_engine() -> None:
+def test_ingress_webhooks_object_drop_and_llm_do_not_load_the_engine() -> None:
     code = (
         "import sys\n"
         "import infra.cli\n"
         "from infra.app import HANDLERS\n"
-        "for name in ('ingress', 'webhooks', 'object-drop'):\n"
+        "for name in ('ingress', 'webhooks', 'object-drop', 'llm'):\n"
         "    HANDLERS[name].serve\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {ENGINE!r}))\n"
     )

@@ -65,12 +65,14 @@ def test_every_seed_field_takes_effect() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"extraction_method": "llm"},
+        {"extraction_method": "gpt"},
         {"page_start": "0"},
         {"page_end": "two"},
         {"page_start": "5", "page_end": "4"},
         {"includeImages": "maybe"},
-        {"template": "Besprechung"},
+        {"template": "Besprechung", "context": "[1]"},
+        {"template": "Besprechung", "context": "{no json"},
+        {"template": "../etc/passwd"},
     ],
 )
 def test_bad_fields_are_invalid_options(fields: dict[str, str]) -> None:
