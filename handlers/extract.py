@@ -167,6 +167,7 @@ async def _extract(
             await llm_dispatch.dispatch(
                 ctx,
                 progress.job.model_copy(update={"source_sha256": found.sha256}),
+                rev,
                 webhook,
                 result_path=out.result_path,
                 artifacts=out.artifacts,

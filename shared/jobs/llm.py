@@ -292,12 +292,15 @@ async def publish_step(
 async def handle_merge(ctx: Context, task: LlmTask) -> None:
     """End the job as `task.step` says: merged (completed), failed or cancelled; once. A job
     with a template has its transform step asked for first (it merges again after it)."""
-    job = await ctx.jobs.get(task.job_id, task.tenant)
+    job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
     if task.step == "progress":
         if not job.status.terminal and (task.done or 0) > job.progress.pages_done:
             progress = Progress(pages_done=task.done or 0, pages_total=task.pages)
             job = job.model_copy(update={"progress": progress})
-            await lifecycle.save_progress(ctx, job)
+            try:
+                await lifecycle.save_progress(ctx, job, rev)
+            except JobCancelled:
+                return  # ended meanwhile: whoever ended it announces it
             await ProgressWebhooks(ctx, task.webhook).send(job)  # when the client asked
         return
     if job.status.terminal:
@@ -341,7 +344,10 @@ async def handle_merge(ctx: Context, task: LlmTask) -> None:
         usage.tokens_in,
         usage.tokens_out,
     )
-    await lifecycle.end(ctx, ended, task.webhook, first=False, note=" (llm)", stored=clean_up)
+    # Over the version read: a cancel meanwhile stands.
+    await lifecycle.end(
+        ctx, ended, task.webhook, rev=rev, first=False, note=" (llm)", stored=clean_up
+    )
 
 
 async def _ask_for_transform(ctx: Context, task: LlmTask) -> None:

@@ -14,7 +14,7 @@ from shared.extraction.base import ArtifactFile
 from shared.extraction.modelpages import model_page_number
 from shared.jobs import lifecycle
 from shared.jobs.llm import LlmPlan, base_key, image_key, plan_key, publish_step
-from shared.jobs.records import artifact_key
+from shared.jobs.records import Revision, artifact_key
 from shared.models import LLM_OUTPUT, Artifact, Job, LlmTask, Progress, WebhookSpec
 from shared.runtime.context import Context
 
@@ -31,6 +31,7 @@ def wants_model(job: Job) -> bool:
 async def dispatch(
     ctx: Context,
     job: Job,
+    rev: Revision,
     webhook: WebhookSpec | None,
     *,
     result_path: str,
@@ -86,7 +87,7 @@ async def dispatch(
 
     tasks = await _bounded([page_task(n, art) for n, art in pages])
     progress = Progress(pages_done=0, pages_total=len(pages))
-    await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}))
+    await lifecycle.save_progress(ctx, job.model_copy(update={"progress": progress}), rev)
     if not tasks:  # only a template: the merge queue asks for its step at once
         only = LlmTask(job_id=job.job_id, tenant=job.tenant, webhook=webhook, pages=0)
         await publish_step(ctx, only, "merge")
