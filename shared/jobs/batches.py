@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.adapters.broker import publish
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import JobNotFound, NotRoutable
 from shared.models import JOB_ID_RE, Job, JobError, JobStatus, WebhookDelivery, utcnow
@@ -82,9 +81,7 @@ async def signal(ctx: Context, batch_id: str, job: Job | None = None) -> None:
         status=job.status.value if job else None,
     )
     message_id = f"{batch_id}.{job.job_id if job else 'open'}"
-    await publish(
-        ctx.channel, ctx.topology.tasks, ctx.topology.BATCH_KEY, msg, message_id=message_id
-    )
+    await ctx.broker.publish(ctx.topology.tasks, ctx.topology.BATCH_KEY, msg, message_id=message_id)
 
 
 def batch_key(batch_id: str) -> str:
@@ -192,8 +189,7 @@ async def on_signal(ctx: Context, signal: BatchSignal) -> None:
         separators=(",", ":"),
     )
     try:
-        await publish(
-            ctx.channel,
+        await ctx.broker.publish(
             ctx.topology.events,
             COMPLETED_EVENT,
             json.dumps(view).encode(),
