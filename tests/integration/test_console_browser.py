@@ -329,12 +329,16 @@ async def test_keyboard_only_submit_and_read(
     source.write_bytes(make_pdf(["first by keys", "second by keys", "third by keys"]))
     async with running_stack(make_settings()) as stack, console(browser, stack, tmp_path) as c:
         page = c.page
+        # Listening before the page loads: Playwright intercepts file choosers only once a
+        # listener is there, and turning that on is a round trip of its own, which a key
+        # pressed at once could overtake (then Chromium's own dialog opens, and no event).
+        chosen: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        page.once("filechooser", lambda chooser: chosen.set_result(chooser))
         await c.open()
         # The submit view focuses its file picker button; Enter opens the file chooser.
         assert await page.evaluate("document.activeElement.id") == "choose-files"
-        async with page.expect_file_chooser() as chooser:
-            await page.keyboard.press("Enter")
-        await (await chooser.value).set_files(str(source))
+        await page.keyboard.press("Enter")
+        await (await asyncio.wait_for(chosen, TIMEOUT_MS / 1000)).set_files(str(source))
         await page.locator("job-card[data-status='completed'] a.read").wait_for()
         await tab_to(page, "a.read")
         await page.keyboard.press("Enter")
