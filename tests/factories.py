@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pymupdf
 
 
@@ -16,3 +18,8 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
     data: bytes = doc.tobytes()
     doc.close()
     return data
+
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+"""The real PDFs beside the checkout (../shared/corpus), where they are: tests that use them
+also run on what they find there, and on their own generated files."""

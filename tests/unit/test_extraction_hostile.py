@@ -14,6 +14,7 @@ from shared.extraction import EngineOutput, ExtractLimits, HeldDocument, extract
 from shared.extraction.hostile import open_pdf, scan_actions
 from shared.extraction.inflate import check_inflated, inflated_bytes, stream_starts
 from shared.models import ExtractOptions, Output
+from tests.factories import CORPUS
 from tests.unit import pdfgen
 from tests.unit.test_extraction_outputs import ALL_OUTPUTS
 
@@ -250,9 +251,6 @@ def test_the_scan_finds_every_stream_the_regular_expression_found() -> None:
     samples += [b"stream\n", b"dstream\n", b"endstream\n", b"streamstream\r\n", b"stream\r"]
     for data in samples:
         assert list(stream_starts(data)) == [m.end() for m in STREAM_KEYWORD.finditer(data)], data
-
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 
 
 def test_zlib_ng_counts_what_the_standard_zlib_counts(

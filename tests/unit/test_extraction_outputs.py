@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from shared.extraction import (
     parse_pages,
 )
 from shared.models import ExtractOptions, Output
+from tests.factories import CORPUS
 from tests.unit import pdfgen
 
 ALL_OUTPUTS: tuple[Output, ...] = (
@@ -289,3 +292,29 @@ def test_seed_method_alias_runs(pdfs: dict[str, Path], tmp_path: Path) -> None:
 def test_extractor_version_is_a_string() -> None:
     assert EXTRACTOR_VERSION
     assert isinstance(EXTRACTOR_VERSION, str)
+
+
+def test_the_engine_measures_characters_without_quad_corrections(tmp_path: Path) -> None:
+    """Set by the engine itself (it was a side effect of the tests' pymupdf4llm, so production
+    ran otherwise); the text is the same either way, only the boxes and the CPU differ."""
+    # In a process of its own, where no pymupdf4llm ran first (as in production).
+    probe = (
+        "import shared.extraction, pymupdf, sys; "
+        "print(pymupdf.TOOLS.unset_quad_corrections(), sys.modules['pymupdf4llm'] is not None)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+    assert pymupdf.TOOLS.unset_quad_corrections() is True
+    files = [pdfgen.structured_pdf(tmp_path / "s.pdf"), *sorted(CORPUS.glob("*.pdf"))]
+    try:
+        for path in files:
+            with pymupdf.open(path) as doc:
+                if doc.needs_pass:
+                    continue
+                for page in doc:
+                    pymupdf.TOOLS.unset_quad_corrections(False)
+                    corrected = page.get_text()
+                    pymupdf.TOOLS.unset_quad_corrections(True)
+                    assert page.get_text() == corrected, (path, page.number)
+    finally:
+        pymupdf.TOOLS.unset_quad_corrections(True)
