@@ -12,19 +12,16 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.console import render
 from handlers.console.messages import PreviewRequest
-from shared.adapters.digests import file_digest
-from shared.adapters.storage import ObjectNotFound
-from shared.errors import ErrorCode, JobCancelled, PermanentError
-from shared.extraction.pool import WorkOutput, WorkRequest, extract_limits
-from shared.intake.fetch import fetch_to_file
+from shared.errors import JobCancelled, PermanentError
+from shared.extraction.pool import WorkRequest, extract_limits
+from shared.intake.fetch import fetch_source
 from shared.jobs import cache, fanout, lifecycle, llm_dispatch
 from shared.jobs.cancel import listen as listen_for_cancels
 from shared.jobs.cancel import raise_if_requested
 from shared.jobs.outcome import ProgressWebhooks
 from shared.jobs.progress import ProgressReporter
-from shared.jobs.records import RECORD_ETAG_HEADER, Revision, artifact_key
+from shared.jobs.records import RECORD_ETAG_HEADER, Revision
 from shared.models import (
-    Artifact,
     ExtractTask,
     Job,
     JobResultSummary,
@@ -34,7 +31,6 @@ from shared.models import (
 from shared.obs.tracing import job_span
 from shared.runtime.consumer import consume
 from shared.runtime.context import Context, ExtractContext
-from shared.webhooks.ssrf import SsrfPolicy
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +125,7 @@ async def _extract(
         ctx.pool.track(job.job_id),  # from here on a cancel request reaches the job
     ):
         pdf_path = f"{tmp}/source.pdf"
-        found = await cache.lookup(ctx, job, lambda: _fetch_source(ctx, job, pdf_path), pdf_path)
+        found = await cache.lookup(ctx, job, lambda: fetch_source(ctx, job, pdf_path), pdf_path)
         if found.hit is not None:
             return Stored(found.hit, cache.entry_key(found.key, job.job_id), found.sha256)
         await raise_if_requested(ctx, job, redelivered)
@@ -177,48 +173,8 @@ async def _extract(
                 warnings=out.warnings,
             )
             return None
-        summary, key = await _store(ctx, job, out, found.key)
+        summary, key = await cache.store_result(ctx, job, out, found.key)
         return Stored(summary, key, found.sha256)
-
-
-async def _fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
-    if job.source_url is not None:
-        await fetch_to_file(
-            job.source_url,
-            pdf_path,
-            SsrfPolicy(ctx.settings.webhook_allowed_networks),
-            max_bytes=ctx.settings.max_file_bytes,
-            timeout_s=ctx.settings.source_timeout_s,
-        )
-        return
-    assert job.source_key is not None
-    try:
-        await ctx.storage.download(job.source_key, pdf_path, bucket=job.source_bucket)
-    except ObjectNotFound as exc:
-        raise PermanentError(
-            "the source object does not exist", ErrorCode.SOURCE_UNREACHABLE
-        ) from exc
-
-
-async def _store(ctx: Context, job: Job, out: WorkOutput, key: str) -> tuple[JobResultSummary, str]:
-    """Artifacts first, then the result under its cache key `key` (which makes it an entry)."""
-    artifacts: list[Artifact] = []
-    for art in out.artifacts:
-        await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
-        known = out.digests.get(art.path)
-        if known is None:
-            known = await asyncio.to_thread(file_digest, art.path)
-        size, digest = known
-        artifacts.append(
-            Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
-        )
-    summary = JobResultSummary(
-        page_count=out.page_count,
-        pages_extracted=out.pages_extracted,
-        artifacts=tuple(artifacts),
-        warnings=out.warnings,
-    )
-    return summary, await cache.store(ctx, key, job.job_id, summary, out.result_path)
 
 
 async def handle_dead(

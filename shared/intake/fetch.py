@@ -1,4 +1,5 @@
-"""Fetching a PDF from a URL source: SSRF-checked, size-capped while streaming, time-limited."""
+"""Fetching a job's source PDF: from its object, or from a URL (SSRF-checked, size-capped while
+streaming, time-limited)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import asyncio
 
 import aiohttp
 
+from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.intake.uploads import MAGIC_WINDOW, PDF_MAGIC
+from shared.models import Job
+from shared.runtime.context import Context
 from shared.webhooks.ssrf import SsrfConnector, SsrfPolicy, check_url_syntax, pinned
 
 CHUNK = 256 * 1024
@@ -90,3 +94,23 @@ async def fetch_to_file(
     if PDF_MAGIC not in head:
         raise PermanentError("the source is not a PDF (no %PDF- header)", ErrorCode.NOT_A_PDF)
     return size
+
+
+async def fetch_source(ctx: Context, job: Job, pdf_path: str) -> None:
+    """The job's source PDF into `pdf_path`: its URL fetched, or its object downloaded."""
+    if job.source_url is not None:
+        await fetch_to_file(
+            job.source_url,
+            pdf_path,
+            SsrfPolicy(ctx.settings.webhook_allowed_networks),
+            max_bytes=ctx.settings.max_file_bytes,
+            timeout_s=ctx.settings.source_timeout_s,
+        )
+        return
+    assert job.source_key is not None
+    try:
+        await ctx.storage.download(job.source_key, pdf_path, bucket=job.source_bucket)
+    except ObjectNotFound as exc:
+        raise PermanentError(
+            "the source object does not exist", ErrorCode.SOURCE_UNREACHABLE
+        ) from exc

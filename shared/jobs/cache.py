@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -35,6 +36,9 @@ from shared.models import (
     JobResultSummary,
 )
 from shared.runtime.context import Context
+
+if TYPE_CHECKING:  # the worker pool loads the engine: not in this module's processes
+    from shared.extraction.pool import WorkOutput
 
 log = logging.getLogger(__name__)
 
@@ -268,3 +272,27 @@ async def _put(
     else:
         await ctx.storage.put_file(target, result, "application/json", metadata)
     return target
+
+
+async def store_result(
+    ctx: Context, job: Job, out: WorkOutput, key: str
+) -> tuple[JobResultSummary, str]:
+    """A worker's outputs stored: the artifacts first, then the result under its cache key
+    `key` (which makes it an entry); returns the job's summary and the result's key."""
+    artifacts: list[Artifact] = []
+    for art in out.artifacts:
+        await ctx.storage.put_file(artifact_key(job.job_id, art.name), art.path, art.content_type)
+        known = out.digests.get(art.path)
+        if known is None:
+            known = await asyncio.to_thread(file_digest, art.path)
+        size, digest = known
+        artifacts.append(
+            Artifact(name=art.name, size=size, sha256=digest, content_type=art.content_type)
+        )
+    summary = JobResultSummary(
+        page_count=out.page_count,
+        pages_extracted=out.pages_extracted,
+        artifacts=tuple(artifacts),
+        warnings=out.warnings,
+    )
+    return summary, await store(ctx, key, job.job_id, summary, out.result_path)
