@@ -12,6 +12,8 @@ the handler's last look and its write. Both writes are now conditional on the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,19 @@ class HeldWrite:
         monkeypatch.setattr(JobStore, "save", held_save)
 
 
+@contextlib.asynccontextmanager
+async def _race(
+    fault_settings: Any, tmp_path: Path, name: str, what: str
+) -> AsyncIterator[tuple[Any, Ledger]]:
+    """The scenarios' service (one worker, extract and webhooks in this process) and ledger."""
+    settings = fault_settings(extract_workers=1)
+    async with open_service(settings, tmp_path / "logs", with_pool=True) as svc:
+        await svc.serve_ingress()
+        svc.run_inproc("extract", "webhooks")
+        async with Ledger(name, what, settings, svc.http, svc.base_url) as ledger:
+            yield svc, ledger
+
+
 async def _warmed_up(ledger: Ledger) -> tuple[Any, bytes, tuple[str, ...]]:
     """A receiver, and the scenario's document extracted once (its hit is in the cache)."""
     rec = await ledger.receiver("hook")
@@ -117,34 +132,29 @@ async def test_a_cancel_between_the_handlers_last_look_and_its_completion_ends_t
     write; the ingress cancels the job (its record says queued) and answers 200 cancelled;
     then the handler's write comes. Without conditional writes it stored `completed` over
     `cancelled`, and announced it: two endings."""
-    settings = fault_settings(extract_workers=1)
-    async with open_service(settings, tmp_path / "logs", with_pool=True) as svc:
-        await svc.serve_ingress()
-        svc.run_inproc("extract", "webhooks")
-        async with Ledger(
-            "9d-cancel-before-completion-write",
-            "DELETE of a queued job whose completion the extract handler is writing",
-            settings,
-            svc.http,
-            svc.base_url,
-        ) as ledger:
-            rec, pdf, words = await _warmed_up(ledger)
-            completion = HeldWrite(JobStatus.COMPLETED)
-            completion.install(monkeypatch)
-            again = await ledger.upload(pdf, words, receiver=rec, outcome="cancelled")
+    async with _race(
+        fault_settings,
+        tmp_path,
+        "9d-cancel-before-completion-write",
+        "DELETE of a queued job whose completion the extract handler is writing",
+    ) as (svc, ledger):
+        rec, pdf, words = await _warmed_up(ledger)
+        completion = HeldWrite(JobStatus.COMPLETED)
+        completion.install(monkeypatch)
+        again = await ledger.upload(pdf, words, receiver=rec, outcome="cancelled")
+        async with asyncio.timeout(30):
+            await completion.reached.wait()
+        assert completion.job_id == again.job_id
+        async with ledger.fault("DELETE while the completion is being written"):
+            async with svc.http.delete(f"{svc.base_url}/v1/jobs/{again.job_id}") as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["status"] == "cancelled"
+            completion.release.set()
             async with asyncio.timeout(30):
-                await completion.reached.wait()
-            assert completion.job_id == again.job_id
-            async with ledger.fault("DELETE while the completion is being written"):
-                async with svc.http.delete(f"{svc.base_url}/v1/jobs/{again.job_id}") as resp:
-                    assert resp.status == 200, await resp.text()
-                    assert (await resp.json())["status"] == "cancelled"
-                completion.release.set()
-                async with asyncio.timeout(30):
-                    await completion.done.wait()
-            await ledger.check(within=60, refused_ok=False)
-        assert ledger.counts.cancelled == 1
-        assert ledger.counts.completed == 1  # the warm-up
+                await completion.done.wait()
+        await ledger.check(within=60, refused_ok=False)
+    assert ledger.counts.cancelled == 1
+    assert ledger.counts.completed == 1  # the warm-up
 
 
 @pytest.mark.timeout(120)
@@ -154,42 +164,37 @@ async def test_a_completion_between_the_cancels_read_and_its_write_ends_the_job_
     """The other order: the ingress has read the record (queued) and is about to store
     `cancelled` when the handler stores `completed`. The completion stands; the DELETE
     answers 409 (the job has already ended), and no `job.cancelled` goes out."""
-    settings = fault_settings(extract_workers=1)
-    async with open_service(settings, tmp_path / "logs", with_pool=True) as svc:
-        await svc.serve_ingress()
-        svc.run_inproc("extract", "webhooks")
-        async with Ledger(
-            "9e-completion-before-cancel-write",
-            "a completion stored while the DELETE of its queued job is about to write",
-            settings,
-            svc.http,
-            svc.base_url,
-        ) as ledger:
-            rec, pdf, words = await _warmed_up(ledger)
-            completion = HeldWrite(JobStatus.COMPLETED)
-            completion.install(monkeypatch)
-            cancel = HeldWrite(JobStatus.CANCELLED)
-            cancel.install(monkeypatch)
-            again = await ledger.upload(pdf, words, receiver=rec)
+    async with _race(
+        fault_settings,
+        tmp_path,
+        "9e-completion-before-cancel-write",
+        "a completion stored while the DELETE of its queued job is about to write",
+    ) as (svc, ledger):
+        rec, pdf, words = await _warmed_up(ledger)
+        completion = HeldWrite(JobStatus.COMPLETED)
+        completion.install(monkeypatch)
+        cancel = HeldWrite(JobStatus.CANCELLED)
+        cancel.install(monkeypatch)
+        again = await ledger.upload(pdf, words, receiver=rec)
+        async with asyncio.timeout(30):
+            await completion.reached.wait()
+
+        async def delete() -> tuple[int, Any]:
+            async with svc.http.delete(f"{svc.base_url}/v1/jobs/{again.job_id}") as resp:
+                return resp.status, await resp.json()
+
+        async with ledger.fault("completion while the DELETE is about to write"):
+            deleting = asyncio.create_task(delete())
             async with asyncio.timeout(30):
-                await completion.reached.wait()
-
-            async def delete() -> tuple[int, Any]:
-                async with svc.http.delete(f"{svc.base_url}/v1/jobs/{again.job_id}") as resp:
-                    return resp.status, await resp.json()
-
-            async with ledger.fault("completion while the DELETE is about to write"):
-                deleting = asyncio.create_task(delete())
-                async with asyncio.timeout(30):
-                    await cancel.reached.wait()
-                completion.release.set()
-                async with asyncio.timeout(30):
-                    await completion.done.wait()
-                cancel.release.set()
-                status, body = await deleting
-            assert completion.error is None
-            assert status == 409, body
-            assert body["error"]["code"] == "CONFLICT"
-            await ledger.check(within=60, refused_ok=False)
-        assert ledger.counts.completed == 2
-        assert ledger.counts.cancelled == 0
+                await cancel.reached.wait()
+            completion.release.set()
+            async with asyncio.timeout(30):
+                await completion.done.wait()
+            cancel.release.set()
+            status, body = await deleting
+        assert completion.error is None
+        assert status == 409, body
+        assert body["error"]["code"] == "CONFLICT"
+        await ledger.check(within=60, refused_ok=False)
+    assert ledger.counts.completed == 2
+    assert ledger.counts.cancelled == 0
