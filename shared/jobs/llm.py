@@ -10,10 +10,10 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from shared.adapters.llm import ModelClient
+from shared.adapters.llm import ModelClient, Transcription
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import ErrorCode, JobCancelled, PermanentError, TransientError
 from shared.jobs import lifecycle
@@ -256,22 +256,34 @@ def _step_error(task: LlmTask, exc: PermanentError | TransientError, tries: int 
 async def _part(ctx: Context, client: ModelClient, task: LlmTask) -> LlmPart:
     """The page's part: from the cache, or one call of the model (then cached)."""
     page, image, digest = _page_of(task)
+
+    async def transcribe() -> Transcription:
+        return await client.transcribe(await ctx.storage.get_bytes(image))
+
     key = cache_key(task.tenant, digest, client.model, client.prompt)
+    answer, cached = await cached_answer(ctx, key, transcribe)
+    return LlmPart(page=page, cached=cached, **answer.model_dump())
+
+
+async def cached_answer(
+    ctx: Context, key: str, call: Callable[[], Awaitable[Transcription]]
+) -> tuple[LlmAnswer, bool]:
+    """The model's answer stored under the cache `key`, else one `call` of the model (counted,
+    then stored); and whether it came from the cache (then it costs no tokens)."""
     try:
-        answer = LlmAnswer.model_validate_json(await ctx.storage.get_bytes(key))
+        found = LlmAnswer.model_validate_json(await ctx.storage.get_bytes(key))
     except ObjectNotFound:
         pass
     else:
         ctx.metrics.llm_calls.labels(outcome="cached").inc()
-        return LlmPart(page=page, text=answer.text, cached=True)
-    png = await ctx.storage.get_bytes(image)
-    found = await client.transcribe(png)
+        return LlmAnswer(text=found.text), True
+    made = await call()
     ctx.metrics.llm_calls.labels(outcome="ok").inc()
-    ctx.metrics.llm_tokens.labels(direction="in").inc(found.tokens_in)
-    ctx.metrics.llm_tokens.labels(direction="out").inc(found.tokens_out)
-    answer = LlmAnswer(text=found.text, tokens_in=found.tokens_in, tokens_out=found.tokens_out)
-    await ctx.storage.put_bytes(key, answer.model_dump_json().encode(), "application/json")
-    return LlmPart(page=page, **answer.model_dump())
+    ctx.metrics.llm_tokens.labels(direction="in").inc(made.tokens_in)
+    ctx.metrics.llm_tokens.labels(direction="out").inc(made.tokens_out)
+    fresh = LlmAnswer(text=made.text, tokens_in=made.tokens_in, tokens_out=made.tokens_out)
+    await ctx.storage.put_bytes(key, fresh.model_dump_json().encode(), "application/json")
+    return fresh, False
 
 
 async def publish_step(

@@ -10,13 +10,12 @@ import hashlib
 import json
 
 from shared.adapters.llm import ModelClient
-from shared.adapters.storage import ObjectNotFound
 from shared.errors import PermanentError
 from shared.jobs.llm import (
     CACHE_PREFIX,
     InFlightCalls,
-    LlmAnswer,
     LlmTransformed,
+    cached_answer,
     combined,
     guarded,
     publish_step,
@@ -82,20 +81,8 @@ async def handle_transform(
     key = cache_key(job.tenant, client.model, system, user)
 
     async def answer() -> LlmTransformed:
-        try:
-            found = LlmAnswer.model_validate_json(await ctx.storage.get_bytes(key))
-        except ObjectNotFound:
-            pass
-        else:
-            ctx.metrics.llm_calls.labels(outcome="cached").inc()
-            return LlmTransformed(text=found.text, cached=True, cut=cut)
-        made = await client.transform(system, user)
-        ctx.metrics.llm_calls.labels(outcome="ok").inc()
-        ctx.metrics.llm_tokens.labels(direction="in").inc(made.tokens_in)
-        ctx.metrics.llm_tokens.labels(direction="out").inc(made.tokens_out)
-        fresh = LlmAnswer(text=made.text, tokens_in=made.tokens_in, tokens_out=made.tokens_out)
-        await ctx.storage.put_bytes(key, fresh.model_dump_json().encode(), "application/json")
-        return LlmTransformed(**fresh.model_dump(), cut=cut)
+        found, cached = await cached_answer(ctx, key, lambda: client.transform(system, user))
+        return LlmTransformed(cached=cached, cut=cut, **found.model_dump())
 
     transformed = await guarded(ctx, calls, task, failures, answer())
     if transformed is None:
