@@ -98,7 +98,7 @@ async def count_pages(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int | 
     the GIL is stalled by a hostile file.
     """
     # Imported here, not at the top: the child runs this file, and importing asyncio was 45 of
-    # its 80 ms of CPU per document (one per job the fan-out planner looks at).
+    # its 80 ms of CPU per document (one per upload the page quota counts).
     import asyncio
 
     proc = await asyncio.create_subprocess_exec(
