@@ -44,10 +44,18 @@ async def front_doors(ctx: Context, stop: asyncio.Event) -> None:
     )
 
 
+async def outbound(ctx: Context, stop: asyncio.Event) -> None:
+    """The webhooks process sends what goes out: webhooks, and jobs' outputs to their result
+    destinations (handlers/targets.py)."""
+    from handlers import targets, webhooks
+
+    await asyncio.gather(webhooks.serve(ctx, stop), targets.serve(ctx, stop))
+
+
 HANDLERS: dict[str, HandlerSpec] = {
     "ingress": HandlerSpec("infra.app", "front_doors"),
     "extract": HandlerSpec("handlers.extract", needs_pool=True),
-    "webhooks": HandlerSpec("handlers.webhooks"),
+    "webhooks": HandlerSpec("infra.app", "outbound"),
     "object-drop": HandlerSpec("handlers.object_drop"),
     "llm": HandlerSpec("handlers.llm"),
 }

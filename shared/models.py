@@ -214,6 +214,59 @@ class WebhookSpec(Frozen):
     progress: bool = False
 
 
+TARGET_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+OUTPUT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+MANIFEST = "manifest.json"
+"""The last object a target receives: what was written, and the job's outcome."""
+RESULT_OUTPUT = "result.json"
+MAX_TARGET_URLS = 64
+
+
+class TargetSpec(Frozen):
+    """A result destination as the client names it (README "Result destinations"): one the
+    operator configured (`name`), or presigned PUT `urls`, output name → URL (`manifest.json`
+    required; `result.json` and the artifacts' names are written when given a URL)."""
+
+    name: Annotated[str, Field(pattern=TARGET_NAME_RE)] | None = None
+    urls: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TargetSpec:
+        if (self.name is None) == (self.urls is None):
+            raise ValueError("target needs exactly one of 'name' or 'urls'")
+        if self.urls is not None:
+            if MANIFEST not in self.urls:
+                raise ValueError(f"target urls need a {MANIFEST!r} entry (written last)")
+            if len(self.urls) > MAX_TARGET_URLS:
+                raise ValueError(f"target urls hold at most {MAX_TARGET_URLS} entries")
+            bad = [k for k in self.urls if not re.fullmatch(OUTPUT_NAME_RE, k)]
+            if bad:
+                raise ValueError(f"target urls: {bad[0][:80]!r} is not an output name")
+        return self
+
+
+TargetState = Literal["pending", "delivered", "failed"]
+
+
+class JobTarget(Frozen):
+    """Where a job's outputs go once it ends, and how that went (`target` in the job's view)."""
+
+    kind: Literal["destination", "presigned"]
+    name: str | None = None
+    """The operator's destination (kind `destination`)."""
+    state: TargetState = "pending"
+    error: JobError | None = None
+    location: str | None = None
+    """Where the outputs are: `s3://bucket/prefix{job_id}/`, or the presigned URLs' host and
+    path of the manifest (without the query: it holds the signature)."""
+    objects: int | None = None
+    """Objects written, the manifest included."""
+    settled_at: datetime | None = None
+    urls: dict[str, str] | None = Field(default=None, repr=False)
+    """Presigned PUT URLs (kind `presigned`): kept in the record only until the delivery is
+    settled, never in a view, an event or a log."""
+
+
 class WebhookState(BaseModel):
     state: Literal["pending", "delivered", "retrying", "dead"] = "pending"
     url: str
@@ -275,8 +328,22 @@ class Job(BaseModel):
     its cache key, `results/c-{key}/{job_id}.json` (shared/jobs/cache.py); see `job_result_key`."""
     batch_id: str | None = None
     """The batch the job is an item of (`POST /v1/batches`, shared/jobs/batches.py)."""
+    target: JobTarget | None = None
+    """Where its outputs are written once it ends (shared/jobs/targets.py)."""
 
     model_config = ConfigDict(populate_by_name=True)
+
+
+class DeliveryTask(Frozen):
+    """On `pdfrelay.targets`: write the ended job's outputs and manifest to its target."""
+
+    schema_: Literal["pdfrelay.delivery-task/1"] = Field(
+        default="pdfrelay.delivery-task/1", alias="schema"
+    )
+    job_id: Annotated[str, Field(pattern=JOB_ID_RE.pattern)]
+    tenant: str = "default"
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class ExtractTask(Frozen):

@@ -6,7 +6,7 @@ import os
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.webhooks.retry import parse_schedule
@@ -21,6 +21,27 @@ DEFAULT_LLM_PROMPT = (
     "Answer with the Markdown of the page only, no comments and no code fences."
 )
 """The prompt sent with each page image when PDFRELAY_LLM_PROMPT is unset."""
+
+
+class TargetConfig(BaseModel):
+    """One result destination an operator configured (`PDFRELAY_TARGETS`): a bucket and a key
+    prefix, on the service's own S3 server and credentials unless `endpoint`/keys are given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    prefix: Annotated[str, Field(max_length=512)] = ""
+    endpoint: str | None = None
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    region: str | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or any(ord(c) < 0x20 for c in v):
+            raise ValueError("a target prefix is a relative key prefix (no leading '/', no '..')")
+        return v
 
 
 class Settings(BaseSettings):
@@ -132,6 +153,11 @@ class Settings(BaseSettings):
     source_buckets: dict[str, tuple[str, ...]] = {}
     """JSON tenant → buckets its `source.s3` may name ("*": every tenant); default none. The
     service's own `uploads/ jobs/ results/ index/ inflight/` keys are never a source."""
+    targets: dict[str, dict[str, TargetConfig]] = {}
+    """JSON tenant → {name → {"bucket", "prefix", "endpoint", "access_key", "secret_key",
+    "region"}}: the result destinations a job or batch may name as `target.name` (README "Result
+    destinations"); a tenant names only its own. Without `endpoint` and keys: the service's own
+    S3 server and credentials."""
     max_json_bytes: int = Field(default=256 * 1024, ge=1024)
     """Largest JSON request body (413 REQUEST_TOO_LARGE)."""
     max_form_fields: int = Field(default=16, ge=1, le=1000)
@@ -204,6 +230,10 @@ class Settings(BaseSettings):
     def _schedule(cls, v: str) -> str:
         parse_schedule(v)
         return v
+
+    def target(self, tenant: str, name: str) -> TargetConfig | None:
+        """The destination `name` of `tenant`; None when the tenant has none of that name."""
+        return self.targets.get(tenant, {}).get(name)
 
     def webhook_secrets(self) -> tuple[str, ...]:
         """The signing secrets, newest first (several during rotation: space or comma apart)."""

@@ -13,6 +13,7 @@ from handlers.http.common import CTX, SUBMITTER, options, tenant_of, webhook_spe
 from shared.errors import ErrorCode, JobNotFound, PermanentError
 from shared.intake import limits
 from shared.intake.batch import BatchFile, submit_batch
+from shared.intake.targets import resolve_target
 from shared.intake.uploads import Spooled
 from shared.jobs import batches
 from shared.jobs.batches import Batch, BatchItem
@@ -45,6 +46,7 @@ async def create_batch(request: web.Request) -> web.Response:
             )
         opts = options(fields.get("options"))
         hook = await webhook_spec(ctx.settings, fields.get("webhook_url"), None)
+        target = await resolve_target(ctx.settings, tenant, fields.get("target"))
         refs = _client_refs(fields.get("client_refs"), len(form.files))
         files = [
             BatchFile(name, ref, spooled)
@@ -61,6 +63,7 @@ async def create_batch(request: web.Request) -> web.Response:
             options=opts,
             files=files,
             webhook_url=hook.url if hook else None,
+            target=target,
         )
     finally:
         form.discard()

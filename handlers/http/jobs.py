@@ -26,6 +26,7 @@ from shared.errors import (
 )
 from shared.intake import limits
 from shared.intake.submit import Submission
+from shared.intake.targets import resolve_target
 from shared.jobs.records import artifact_key, job_result_key, public_view
 from shared.models import Source, WebhookRedeliver
 
@@ -61,6 +62,7 @@ async def create_job(request: web.Request) -> web.Response:
                 client_ref=fields.get("client_ref"),
                 filename=filename,
                 idempotency_key=idem,
+                target=await resolve_target(ctx.settings, tenant, fields.get("target")),
             )
             job, created = await request.app[SUBMITTER].submit(ctx, sub)
         finally:
@@ -113,6 +115,7 @@ async def _json_submission(request: web.Request, tenant: str, idem: str | None) 
         ),
         client_ref=client_ref,
         idempotency_key=idem,
+        target=await resolve_target(request.app[CTX].settings, tenant, payload.get("target")),
     )
 
 

@@ -99,6 +99,7 @@ class Storage:
 
     def __init__(self, settings: Settings, endpoint: str, threads: int = 16) -> None:
         parts = urlsplit(endpoint)
+        self.endpoint = endpoint
         self.bucket = settings.s3_bucket
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="s3")
         self._http = urllib3.PoolManager(

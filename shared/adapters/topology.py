@@ -87,6 +87,7 @@ class Topology:
     PREVIEW_KEY = "preview"
     LLM_KEY = "llm"
     LLM_MERGE_KEY = "llm-merge"
+    DELIVER_KEY = "deliver"
 
     # queues
     @property
@@ -112,6 +113,15 @@ class Topology:
     @property
     def batches_dead(self) -> str:
         return f"{self.ns}.batches.dead"
+
+    @property
+    def targets(self) -> str:
+        """Ended jobs whose outputs go to a result destination (shared/jobs/targets.py)."""
+        return f"{self.ns}.targets"
+
+    @property
+    def targets_dead(self) -> str:
+        return f"{self.ns}.targets.dead"
 
     @property
     def previews(self) -> str:
@@ -246,6 +256,19 @@ class Topology:
                 bindings=((self.tasks, self.BATCH_KEY),),
             ),
             Queue(self.batches_dead, quorum, bindings=((self.dead_letters, self.batches_dead),)),
+            Queue(
+                self.targets,
+                {
+                    **quorum,
+                    "x-delivery-limit": self.delivery_limit,
+                    "x-dead-letter-exchange": self.dead_letters,
+                    "x-dead-letter-routing-key": self.targets_dead,
+                    "x-dead-letter-strategy": "at-least-once",
+                },
+                bindings=((self.tasks, self.DELIVER_KEY),),
+            ),
+            Queue(self.targets_dead, quorum, bindings=((self.dead_letters, self.targets_dead),)),
+            self._backoff_queue(self.targets),
             self._backoff_queue(self.batches),
             self._backoff_queue(self.extract),
             self._backoff_queue(self.extract_ranges),

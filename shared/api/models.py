@@ -22,6 +22,8 @@ from shared.models import (
     LlmUsage,
     Progress,
     Source,
+    TargetSpec,
+    TargetState,
     WebhookSpec,
     WebhookState,
 )
@@ -66,6 +68,31 @@ class JobLinks(ApiModel):
     events: str = Field(description="Server-Sent Events of this job.")
 
 
+class TargetView(ApiModel):
+    """Where a job's outputs were written once it ended (README "Result destinations")."""
+
+    kind: Literal["destination", "presigned"]
+    name: str | None = Field(default=None, description="The operator's destination.")
+    state: TargetState = Field(
+        description="`pending` until written (then `job.delivered`), `failed` once given up on "
+        "(then `job.delivery_failed`; the job stays completed)."
+    )
+    error: JobError | None = None
+    location: str | None = Field(
+        default=None,
+        description="`s3://bucket/prefix{job_id}/`, or the manifest URL without its query.",
+    )
+    objects: int | None = Field(default=None, description="Objects written, the manifest too.")
+    settled_at: datetime | None = None
+
+
+TARGET_FIELD = (
+    'Result destination, JSON: {"name": "<destination>"} (configured by the operator for your '
+    'tenant) or {"urls": {"manifest.json": "<presigned PUT URL>", "result.json": "…", '
+    '"<artifact>": "…"}}.'
+)
+
+
 class JobView(ApiModel):
     """A job as `GET /v1/jobs/{job_id}` shows it (and the body of events and webhooks)."""
 
@@ -92,6 +119,9 @@ class JobView(ApiModel):
     )
     batch_id: str | None = Field(
         default=None, description="The batch the job is an item of (`POST /v1/batches`)."
+    )
+    target: TargetView | None = Field(
+        default=None, description="Where its outputs go, and how that went, when it named one."
     )
     queue_position: int | None = Field(
         default=None,
@@ -123,6 +153,7 @@ class JobSubmission(ApiModel):
         description="Signed callback on the terminal event (and progress when asked for).",
     )
     client_ref: str | None = None
+    target: TargetSpec | None = Field(default=None, description=TARGET_FIELD)
 
 
 class UploadForm(ApiModel):
@@ -138,6 +169,7 @@ class UploadForm(ApiModel):
     )
     webhook_progress: bool | None = Field(default=None, description="Also send job.progress.")
     client_ref: str | None = None
+    target: str | None = Field(default=None, description=TARGET_FIELD)
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -155,6 +187,7 @@ class BatchUploadForm(ApiModel):
     webhook_url: str | None = Field(
         default=None, description="`batch.completed` is sent here once, when the last item ends."
     )
+    target: str | None = Field(default=None, description=f"For every item. {TARGET_FIELD}")
 
 
 class BatchCounts(ApiModel):

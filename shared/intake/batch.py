@@ -17,7 +17,7 @@ from shared.intake.submit import Submission, Submitter
 from shared.intake.uploads import Spooled
 from shared.jobs import batches
 from shared.jobs.batches import Batch, BatchItem
-from shared.models import ExtractOptions, JobError, new_job_id
+from shared.models import ExtractOptions, JobError, JobTarget, new_job_id
 from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ async def submit_batch(
     options: ExtractOptions,
     files: list[BatchFile],
     webhook_url: str | None,
+    target: JobTarget | None = None,
 ) -> Batch:
     """Store and queue every acceptable file; returns the batch as recorded (state `open`).
 
@@ -83,6 +84,7 @@ async def submit_batch(
             filename=item.filename,
             job_id=item.job_id,
             batch_id=batch.batch_id,
+            target=target,
         )
         async with slots:
             try:

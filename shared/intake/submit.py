@@ -21,6 +21,7 @@ from shared.models import (
     ExtractOptions,
     ExtractTask,
     Job,
+    JobTarget,
     WebhookSpec,
     id_created_at,
     new_job_id,
@@ -57,6 +58,8 @@ class Submission:
     reply_to: str | None = None
     correlation_id: str | None = None
     batch_id: str | None = None
+    target: JobTarget | None = None
+    """Where the outputs go once the job ends (shared/intake/targets.py checked it)."""
 
 
 class Submitter:
@@ -176,6 +179,7 @@ async def _create_job(
         traceparent=current_traceparent(),
         pages_reserved=pages_reserved,
         batch_id=sub.batch_id,
+        target=sub.target,
     )
     rev = await lifecycle.accept(ctx, job)
     task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook, job=job)

@@ -2,8 +2,12 @@
 holds (no read-modify-write), its metrics, and one announcement built once (view, event,
 webhook, reply, outbox: shared/jobs/outcome.py).
 
-    accept ─► start ─► progress… ─► end (completed | failed | cancelled)
+    accept ─► start ─► progress… ─► end (completed | failed | cancelled) ─► target_settled
        └──────────────► cancel_queued (ingress)      dead_letter (extract queue gave up)
+
+`target_settled`: a job with a result destination (`Job.target`) has its outputs written there
+after its end, by the targets handler (shared/jobs/targets.py), and that outcome is stored and
+announced (`job.delivered` | `job.delivery_failed`) here, once.
 
 The extract handler, the fan-out, cancel, the dead-letter drain and the doors
 (shared/intake/submit.py) call these; none of them writes a job record itself.
@@ -23,13 +27,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from shared.errors import ErrorCode, JobCancelled, WriteConflict
-from shared.jobs.outcome import announce_terminal, publish_event
+from shared.jobs.outcome import announce_terminal, publish_event, target_event
 from shared.jobs.records import Revision, public_view
 from shared.models import (
     Job,
     JobError,
     JobResultSummary,
     JobStatus,
+    JobTarget,
     Progress,
     WebhookSpec,
     utcnow,
@@ -234,3 +239,32 @@ async def dead_letter(
         rev=rev,
         first=False,
     )
+
+
+async def target_settled(ctx: Context, job: Job, rev: Revision, target: JobTarget) -> Job:
+    """Store how the ended job's delivery to its target went (`target` is settled), over the
+    version `rev`, and announce it; returns the job as stored. When another delivery of the
+    same task settled it first, that outcome stands and is announced again (same event id)."""
+    assert target.state != "pending"
+    mine = job.model_copy(update={"target": target})
+    for _ in range(CONFLICT_TRIES):
+        try:
+            await ctx.jobs.save(mine, rev)
+            break
+        except WriteConflict:
+            current, rev = await ctx.jobs.get_revision(job.job_id, job.tenant)
+            if current.target is None or current.target.state != "pending":
+                await announce_target(ctx, current)
+                return current
+            mine = current.model_copy(update={"target": target})
+    else:
+        raise WriteConflict("the job's record kept changing")
+    log.info("job %s: target %s %s", job.job_id, target.state, target.location or "")
+    await announce_target(ctx, mine)
+    return mine
+
+
+async def announce_target(ctx: Context, job: Job) -> None:
+    """`job.delivered` or `job.delivery_failed` of a job whose target is settled (repeatable)."""
+    assert job.target is not None
+    await publish_event(ctx, job, target_event(job.target.state))

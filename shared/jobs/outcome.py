@@ -10,7 +10,15 @@ from typing import Any
 from shared.errors import NotRoutable, TransientError
 from shared.jobs import batches
 from shared.jobs.records import public_view
-from shared.models import Job, JobStatus, WebhookDelivery, WebhookSpec, utcnow
+from shared.models import (
+    DeliveryTask,
+    Job,
+    JobStatus,
+    TargetState,
+    WebhookDelivery,
+    WebhookSpec,
+    utcnow,
+)
 from shared.runtime.context import Context
 from shared.webhooks.dispatch import enqueue
 
@@ -23,6 +31,11 @@ TERMINAL_EVENTS = {
     JobStatus.FAILED: "job.failed",
     JobStatus.CANCELLED: "job.cancelled",
 }
+
+
+def target_event(state: TargetState) -> str:
+    """The event of a settled target: `job.delivered` or `job.delivery_failed`."""
+    return "job.delivered" if state == "delivered" else "job.delivery_failed"
 
 
 def event_id(job_id: str, event_type: str) -> str:
@@ -65,6 +78,15 @@ async def announce_terminal(
         else await ctx.jobs.view(job, ctx.settings.base_url)
     )
     await publish_event(ctx, job, event_type, view)
+    if job.target is not None and job.target.state == "pending":
+        # Its outputs go to the target off the extraction slots (handlers/targets.py); a
+        # repeated ending queues it again, and the handler finds it settled or the same keys.
+        await ctx.broker.publish(
+            ctx.topology.tasks,
+            ctx.topology.DELIVER_KEY,
+            DeliveryTask(job_id=job.job_id, tenant=job.tenant),
+            message_id=f"{job.job_id}.deliver",
+        )
     if job.batch_id is not None:
         await batches.signal(ctx, job.batch_id, job)
     if job.reply_to is not None:

@@ -305,6 +305,10 @@ def public_view(job: Job, hook: WebhookState | None, base_url: str) -> dict[str,
         data["result"]["result_url"] = f"{link}/result"
         for art in data["result"]["artifacts"]:
             art["url"] = f"{link}/artifacts/{art['name']}"
+    # The presigned URLs (their signatures) never leave the record.
+    data["target"] = (
+        None if job.target is None else job.target.model_dump(mode="json", exclude={"urls"})
+    )
     if job.webhook_url is not None:
         state = hook or WebhookState(url=job.webhook_url)
         data["webhook"] = state.model_dump(mode="json")

@@ -233,6 +233,10 @@ def settings_secrets(settings: Settings) -> list[str]:
         values.extend(settings.tenant_keys())
     if settings.llm_api_key is not None:
         values.append(settings.llm_api_key.get_secret_value())
+    for destinations in settings.targets.values():
+        values.extend(
+            t.secret_key.get_secret_value() for t in destinations.values() if t.secret_key
+        )
     for url in split_urls(settings.amqp_url.get_secret_value()):
         password = urlsplit(url).password
         if password and len(password) >= 8:
