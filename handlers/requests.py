@@ -14,6 +14,7 @@ from shared.intake.limits import (
     check_webhook_url,
 )
 from shared.intake.submit import Submission, Submitter
+from shared.intake.targets import resolve_target
 from shared.models import ExtractRequest
 from shared.runtime.consumer import consume
 from shared.runtime.context import Context
@@ -46,6 +47,7 @@ async def handle(
             idempotency_key=message.message_id,
             reply_to=message.reply_to,
             correlation_id=message.correlation_id,
+            target=await resolve_target(ctx.settings, tenant, req.target),
         ),
     )
 

@@ -450,6 +450,8 @@ class ExtractRequest(BaseModel):
     options: ExtractOptions = ExtractOptions()
     webhook: WebhookSpec | None = None
     client_ref: Annotated[str, Field(max_length=512)] | None = None
+    target: TargetSpec | None = None
+    """Where the outputs go once the job ends (README "Result destinations")."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
