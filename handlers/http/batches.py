@@ -8,17 +8,17 @@ from typing import Any
 
 from aiohttp import web
 
+from handlers.http.batch_sources import read_json_batch
 from handlers.http.bodies import read_batch_form
 from handlers.http.common import CTX, SUBMITTER, options, tenant_of, webhook_spec
 from shared.errors import ErrorCode, JobNotFound, PermanentError
 from shared.intake import limits
-from shared.intake.batch import BatchFile, submit_batch
+from shared.intake.batch import BatchFile, BatchRefused, submit_batch
 from shared.intake.targets import resolve_target
-from shared.intake.uploads import Spooled
 from shared.jobs import batches
 from shared.jobs.batches import Batch, BatchItem
 from shared.jobs.cancel import request_cancel
-from shared.models import Job, WebhookState
+from shared.models import Job, JobError, WebhookState
 from shared.runtime.context import Context
 
 DEFAULT_ITEMS = 100
@@ -28,12 +28,30 @@ READS_AT_ONCE = 16
 
 async def create_batch(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
+    tenant = tenant_of(request)
+    if request.content_type == "application/json":
+        spec = await read_json_batch(request, tenant)
+        if all(f.refused for f in spec.files):
+            return _refused(spec.files)
+        try:
+            batch = await submit_batch(
+                ctx,
+                request.app[SUBMITTER],
+                tenant=tenant,
+                options=spec.options,
+                files=spec.files,
+                webhook_url=spec.webhook.url if spec.webhook else None,
+                target=spec.target,
+            )
+        except BatchRefused as exc:
+            return _refusal(list(exc.items))
+        return await _accepted(ctx, batch)
     if request.content_type != "multipart/form-data":
         raise PermanentError(
-            "send multipart/form-data with one 'file' part per PDF",
+            "send multipart/form-data with one 'file' part per PDF, or application/json with "
+            "'items' (sources) or a 'prefix'",
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         )
-    tenant = tenant_of(request)
     form = await read_batch_form(request, ctx)
     try:
         fields = form.fields
@@ -54,19 +72,26 @@ async def create_batch(request: web.Request) -> web.Response:
         ]
         for f in files:
             limits.check_length("a file name", f.filename, limits.MAX_FILENAME_CHARS)
-        if not any(isinstance(f.spooled, Spooled) for f in files):
+        if all(f.refused for f in files):
             return _refused(files)
-        batch = await submit_batch(
-            ctx,
-            request.app[SUBMITTER],
-            tenant=tenant,
-            options=opts,
-            files=files,
-            webhook_url=hook.url if hook else None,
-            target=target,
-        )
+        try:
+            batch = await submit_batch(
+                ctx,
+                request.app[SUBMITTER],
+                tenant=tenant,
+                options=opts,
+                files=files,
+                webhook_url=hook.url if hook else None,
+                target=target,
+            )
+        except BatchRefused as exc:
+            return _refusal(list(exc.items))
     finally:
         form.discard()
+    return await _accepted(ctx, batch)
+
+
+async def _accepted(ctx: Context, batch: Batch) -> web.Response:
     # Every item in the answer, however many: the refusals above all.
     view = await batch_view(ctx, batch, 0, len(batch.items), fresh=True)
     headers = {"Location": f"/v1/batches/{batch.batch_id}"}
@@ -93,21 +118,24 @@ def _client_refs(raw: str | None, n: int) -> list[str | None]:
 
 
 def _refused(files: list[BatchFile]) -> web.Response:
-    items = [
-        {
-            "index": i,
-            "filename": f.filename,
-            "client_ref": f.client_ref,
-            "job_id": None,
-            "status": "refused",
-            "error": {"code": str(f.spooled.code), "message": f.spooled.message},
-        }
-        for i, f in enumerate(files)
-        if not isinstance(f.spooled, Spooled)
-    ]
+    return _refusal(
+        [
+            BatchItem(index=i, filename=f.filename, client_ref=f.client_ref, refused=_error(f))
+            for i, f in enumerate(files)
+            if f.refused
+        ]
+    )
+
+
+def _error(f: BatchFile) -> JobError | None:
+    return JobError(code=str(f.refused.code), message=f.refused.message) if f.refused else None
+
+
+def _refusal(refused: list[BatchItem]) -> web.Response:
+    items = [_item_view(it, None) for it in refused]
     error = {
         "code": str(ErrorCode.BATCH_REFUSED),
-        "message": f"every file of the batch was refused ({len(items)}); nothing was queued",
+        "message": f"every item of the batch was refused ({len(items)}); nothing was queued",
         "items": items,
     }
     return web.json_response({"error": error}, status=422)

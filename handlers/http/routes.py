@@ -22,6 +22,7 @@ from handlers.http.common import Handler
 from shared.api import openapi
 from shared.api.models import (
     BatchRefusal,
+    BatchSubmission,
     BatchUploadForm,
     BatchView,
     ErrorBody,
@@ -237,14 +238,16 @@ ROUTES: tuple[Route, ...] = (
             "Submit many PDFs as one batch",
             "batches",
             description=(
-                "One `file` part per PDF, each checked as a single upload is. Files refused at "
+                "One `file` part per PDF, each checked as a single upload is; or JSON: a list of "
+                "sources (`items`, each with option overrides and a `client_ref`), or every PDF "
+                "under an S3 `prefix` of a bucket the tenant may read. Items refused at "
                 "the door are listed with why (status `refused`), the others are queued; a "
-                "batch of which no file is accepted is refused whole (`BATCH_REFUSED`). Answers "
+                "batch of which no item is accepted is refused whole (`BATCH_REFUSED`). Answers "
                 "202 once every accepted file is stored and queued. `batch.completed` is sent to "
                 "`webhook_url` once, when the last item ends."
             ),
             params=(TRACEPARENT,),
-            body=((MULTIPART, BatchUploadForm),),
+            body=((MULTIPART, BatchUploadForm), (JSON, BatchSubmission)),
             responses=(
                 Resp(202, "Accepted: the batch and its items.", BatchView, headers=("Location",)),
                 Resp(
@@ -253,7 +256,7 @@ ROUTES: tuple[Route, ...] = (
                     "options or the webhook URL do not validate.",
                     BatchRefusal,
                 ),
-                *errors(400, 401, 408, 413, 415, 429, 503),
+                *errors(400, 401, 403, 408, 413, 415, 429, 503),
             ),
             auth=True,
         ),

@@ -293,6 +293,20 @@ class Storage:
 
         return await self._run(listing)
 
+    async def list_in(self, bucket: str, prefix: str, limit: int) -> list[ObjectInfo]:
+        """At most `limit` objects under `prefix` of `bucket` (a caller's source bucket), in key
+        order; ObjectNotFound when there is no such bucket."""
+
+        def listing(bucket_name: str, key_prefix: str) -> list[ObjectInfo]:
+            found = self.client.list_objects(bucket_name, prefix=key_prefix, recursive=True)
+            return [
+                ObjectInfo(key=str(o.object_name), size=int(o.size or 0), etag="", metadata={})
+                for o in itertools.islice(found, limit)
+                if not o.is_dir
+            ]
+
+        return await self._run(listing, bucket, prefix)
+
     async def list_after(self, prefix: str, start_after: str | None, limit: int) -> list[str]:
         """At most `limit` keys under `prefix` that sort after `start_after`, in key order."""
 

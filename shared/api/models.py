@@ -190,6 +190,42 @@ class BatchUploadForm(ApiModel):
     target: str | None = Field(default=None, description=f"For every item. {TARGET_FIELD}")
 
 
+class BatchSourceItem(ApiModel):
+    """One item of a JSON batch: a source, and what differs from the batch's settings."""
+
+    source: Source
+    options: dict[str, Any] | None = Field(
+        default=None,
+        description="Overrides of the batch's `options`, key by key (e.g. other `outputs`).",
+    )
+    client_ref: str | None = None
+    target: TargetSpec | None = Field(default=None, description="Instead of the batch's.")
+
+
+class BatchPrefix(ApiModel):
+    bucket: str | None = Field(
+        default=None,
+        description="A bucket `PDFRELAY_SOURCE_BUCKETS` allows the tenant; default the "
+        "service's (never its own keys).",
+    )
+    prefix: str = Field(default="", description="Every key under it ending in `.pdf` (any case).")
+
+
+class BatchSubmission(ApiModel):
+    """`POST /v1/batches` as `application/json`: sources the service fetches itself — `items`,
+    or every PDF under an S3 `prefix` — with shared `options`, `webhook` and `target`."""
+
+    items: list[BatchSourceItem] | None = Field(
+        default=None, description="Exactly one of `items` and `prefix`."
+    )
+    prefix: BatchPrefix | None = None
+    options: ExtractOptions | None = None
+    webhook: WebhookSpec | None = Field(
+        default=None, description="`batch.completed` is sent here once, when the last item ends."
+    )
+    target: TargetSpec | None = Field(default=None, description=f"For every item. {TARGET_FIELD}")
+
+
 class BatchCounts(ApiModel):
     total: int
     refused: int = Field(description="Refused at the door (no job).")

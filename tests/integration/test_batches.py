@@ -21,6 +21,7 @@ from shared.runtime.context import Context
 from shared.webhooks import dispatch
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
+from tests.helpers import wait_done
 from tests.integration.test_webhooks import hook_stack, receiver, status, verify
 
 pytestmark = pytest.mark.integration
@@ -198,7 +199,12 @@ async def test_limits_and_whole_refusals(make_settings: Any) -> None:
         none = await post("/v1/batches", data=batch_form([], options="{}"))
         assert none.status == 400
         as_json = await post("/v1/batches", json={"files": []})
-        assert as_json.status == 415
+        assert as_json.status == 400
+        assert "exactly one of 'items'" in (await as_json.json())["error"]["message"]
+        as_text = await post("/v1/batches", data=b"x", headers={"Content-Type": "text/plain"})
+        assert as_text.status == 415
+        too_many = await post("/v1/batches", json={"items": [{"source": {"url": "x"}}] * 3})
+        assert too_many.status == 413
         missing = await stack.client.get(f"/v1/batches/{'0' * 32}")
         assert missing.status == 404
         assert (await missing.json())["error"]["code"] == "NOT_FOUND"
@@ -240,3 +246,89 @@ async def test_items_over_the_page_quota_are_refused_and_said_so(
         assert (await again.json())["error"]["code"] == "QUOTA_EXCEEDED"
         kept = await stack.ctx.storage.list_keys("batches/")
         assert {k.split("/")[1] for k in kept} == {view["batch_id"]}
+
+
+async def test_a_json_list_of_sources_with_overrides_and_refusals(make_settings: Any) -> None:
+    async with running_stack(make_settings()) as stack:
+        bucket = stack.ctx.settings.s3_bucket
+        for name in ("a", "b"):
+            await stack.ctx.storage.put_bytes(
+                f"src/{name}.pdf", make_pdf([name]), "application/pdf"
+            )
+        items = [
+            {"source": {"s3": {"key": "src/a.pdf"}}, "client_ref": "a",
+             "options": {"outputs": ["text", "markdown"]}},
+            {"source": {"s3": {"bucket": bucket, "key": "src/b.pdf"}}, "client_ref": 7},
+            {"source": {"s3": {"key": "src/missing.pdf"}}},
+            {"source": {"s3": {"bucket": "not-allowed-here", "key": "a.pdf"}}},
+            {"source": {"s3": {"key": "uploads/x.pdf"}}},
+            {"source": {"url": "http://127.0.0.1:9/x.pdf"}},
+            {"source": {"s3": {"key": "src/a.pdf"}}, "options": {"outputs": ["nope"]}},
+            {"source": {}},
+            "not an object",
+        ]  # fmt: skip
+        body = {"items": items, "options": {"outputs": ["text"], "pages": "1"}}
+        resp = await stack.client.post("/v1/batches", json=body)
+        assert resp.status == 202, await resp.text()
+        view = await resp.json()
+        codes = [(i["status"], (i["error"] or {}).get("code")) for i in view["items"]]
+        assert codes == [
+            ("queued", None),
+            ("queued", None),
+            ("refused", "SOURCE_UNREACHABLE"),
+            ("refused", "SOURCE_NOT_ALLOWED"),
+            ("refused", "SOURCE_NOT_ALLOWED"),
+            ("refused", "SOURCE_UNREACHABLE"),
+            ("refused", "INVALID_OPTIONS"),
+            ("refused", "INVALID_REQUEST"),
+            ("refused", "INVALID_REQUEST"),
+        ]
+        assert [i["client_ref"] for i in view["items"][:2]] == ["a", "7"]
+        assert [i["filename"] for i in view["items"][:2]] == ["a.pdf", "b.pdf"]
+        first = await wait_done(stack, view["items"][0]["job_id"])
+        second = await wait_done(stack, view["items"][1]["job_id"])
+        assert first["status"] == second["status"] == "completed"
+        # The item's override replaces the shared `outputs`; the shared `pages` stays.
+        assert first["options"]["outputs"] == ["text", "markdown"]
+        assert first["options"]["pages"] == second["options"]["pages"] == "1"
+        assert second["options"]["outputs"] == ["text"]
+
+        all_bad = await stack.client.post("/v1/batches", json={"items": items[2:4]})
+        assert all_bad.status == 422
+        assert (await all_bad.json())["error"]["code"] == "BATCH_REFUSED"
+
+
+async def test_an_s3_prefix_batch_picks_up_every_pdf_and_nothing_else(make_settings: Any) -> None:
+    async with running_stack(make_settings()) as stack:
+        put = stack.ctx.storage.put_bytes
+        pdfs = ["drop/a.pdf", "drop/b.PDF", "drop/sub/c.pdf"]
+        for key in pdfs:
+            await put(key, make_pdf([key]), "application/pdf")
+        for key in ("drop/notes.txt", "drop/image.png", "drop.pdf", "dropped/d.pdf", "other/e.pdf"):
+            await put(key, make_pdf([key]), "application/pdf")
+        resp = await stack.client.post(
+            "/v1/batches",
+            json={"prefix": {"prefix": "drop/"}, "options": {"outputs": ["text"]}},
+        )
+        assert resp.status == 202, await resp.text()
+        view = await resp.json()
+        assert [i["client_ref"] for i in view["items"]] == pdfs
+        assert [i["filename"] for i in view["items"]] == ["a.pdf", "b.PDF", "c.pdf"]
+        assert view["counts"]["accepted"] == 3
+        for item in view["items"]:
+            job = await wait_done(stack, item["job_id"])
+            assert job["status"] == "completed"
+            result = await (await stack.client.get(f"/v1/jobs/{item['job_id']}/result")).json()
+            assert item["client_ref"] in result["pages"][0]["text"]
+
+        async def refused(prefix: dict[str, str]) -> tuple[int, str]:
+            resp = await stack.client.post("/v1/batches", json={"prefix": prefix})
+            return resp.status, (await resp.json())["error"]["code"]
+
+        assert await refused({"bucket": "not-allowed-here", "prefix": "drop/"}) == (
+            403, "SOURCE_NOT_ALLOWED",
+        )  # fmt: skip
+        assert await refused({"prefix": "uploads/"}) == (403, "SOURCE_NOT_ALLOWED")
+        assert await refused({"prefix": "../drop/"}) == (403, "SOURCE_NOT_ALLOWED")
+        assert await refused({"prefix": "nothing-here/"}) == (422, "BATCH_REFUSED")
+        assert await refused({"prefix": "drop/", "extra": "x"}) == (400, "INVALID_REQUEST")
