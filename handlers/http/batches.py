@@ -11,6 +11,7 @@ from aiohttp import web
 from handlers.http.batch_sources import read_json_batch
 from handlers.http.bodies import read_batch_form
 from handlers.http.common import CTX, SUBMITTER, options, tenant_of, webhook_spec
+from handlers.jobs_api import API
 from shared.errors import ErrorCode, JobNotFound, PermanentError
 from shared.intake import limits
 from shared.intake.batch import BatchFile, BatchRefused, submit_batch
@@ -18,7 +19,8 @@ from shared.intake.targets import resolve_target
 from shared.jobs import batches
 from shared.jobs.batches import Batch, BatchItem
 from shared.jobs.cancel import request_cancel
-from shared.models import Job, JobError, WebhookState
+from shared.jobs.throughput import QUEUE_PROBE_TTL_S, batch_eta
+from shared.models import Job, JobError, WebhookState, utcnow
 from shared.runtime.context import Context
 
 DEFAULT_ITEMS = 100
@@ -42,6 +44,7 @@ async def create_batch(request: web.Request) -> web.Response:
                 files=spec.files,
                 webhook_url=spec.webhook.url if spec.webhook else None,
                 target=spec.target,
+                webhook_token=spec.webhook.token if spec.webhook else None,
             )
         except BatchRefused as exc:
             return _refusal(list(exc.items))
@@ -57,13 +60,10 @@ async def create_batch(request: web.Request) -> web.Response:
         fields = form.fields
         if not form.files:
             raise PermanentError("the form has no 'file' part", ErrorCode.INVALID_REQUEST)
-        if fields.get("webhook_token"):
-            raise PermanentError(
-                "a batch webhook takes no token: verify its Standard Webhooks signature",
-                ErrorCode.INVALID_REQUEST,
-            )
         opts = options(fields.get("options"))
-        hook = await webhook_spec(ctx.settings, fields.get("webhook_url"), None)
+        hook = await webhook_spec(
+            ctx.settings, fields.get("webhook_url"), fields.get("webhook_token")
+        )
         target = await resolve_target(ctx.settings, tenant, fields.get("target"))
         refs = _client_refs(fields.get("client_refs"), len(form.files))
         files = [
@@ -83,6 +83,7 @@ async def create_batch(request: web.Request) -> web.Response:
                 files=files,
                 webhook_url=hook.url if hook else None,
                 target=target,
+                webhook_token=hook.token if hook else None,
             )
         except BatchRefused as exc:
             return _refusal(list(exc.items))
@@ -145,7 +146,20 @@ async def get_batch(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     batch = await batches.load(ctx, request.match_info["batch_id"], tenant_of(request))
     start, limit = _page(request)
-    return web.json_response(await batch_view(ctx, batch, start, limit))
+    view = await batch_view(ctx, batch, start, limit)
+    return web.json_response({**view, "eta_s": await _eta(request, batch, view["counts"])})
+
+
+async def _eta(request: web.Request, batch: Batch, counts: dict[str, int]) -> float | None:
+    """The batch's ETA (shared/jobs/throughput.py `batch_eta`; rough, and said so)."""
+    api = request.app.get(API)
+    if api is None or counts["pending"] == 0:
+        return None
+    ctx = api.ctx
+    depth = await ctx.metrics.queue_depth(ctx.topology.extract, QUEUE_PROBE_TTL_S)
+    parallel = (depth[1] if depth is not None else 0) * ctx.settings.extract_workers
+    ended = counts["accepted"] - counts["pending"]
+    return batch_eta(batch.created_at, utcnow(), ended, counts["pending"], api.meter, parallel)
 
 
 async def cancel_batch(request: web.Request) -> web.Response:

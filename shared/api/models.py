@@ -187,6 +187,9 @@ class BatchUploadForm(ApiModel):
     webhook_url: str | None = Field(
         default=None, description="`batch.completed` is sent here once, when the last item ends."
     )
+    webhook_token: str | None = Field(
+        default=None, description="Sent back as `Authorization: Bearer` with `batch.completed`."
+    )
     target: str | None = Field(default=None, description=f"For every item. {TARGET_FIELD}")
 
 
@@ -260,6 +263,12 @@ class BatchView(ApiModel):
     items: list[BatchItemView]
     next_cursor: str | None = Field(
         default=None, description="Pass as `cursor` for the next page of items; null at the end."
+    )
+    eta_s: float | None = Field(
+        default=None,
+        description="`GET /v1/batches/{batch_id}`: seconds until its last item is expected to "
+        "end, at the batch's own pace so far (else the measured speed); null when nothing is "
+        "pending or nothing is known yet. Rough.",
     )
 
 

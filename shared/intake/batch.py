@@ -70,6 +70,7 @@ async def submit_batch(
     files: list[BatchFile],
     webhook_url: str | None,
     target: JobTarget | None = None,
+    webhook_token: str | None = None,
 ) -> Batch:
     """Store and queue every acceptable file; returns the batch as recorded (state `open`).
 
@@ -83,6 +84,7 @@ async def submit_batch(
         batch_id=new_job_id(),
         tenant=tenant,
         webhook_url=webhook_url,
+        webhook_token=webhook_token is not None,
         items=tuple(
             BatchItem(
                 index=i,
@@ -94,6 +96,8 @@ async def submit_batch(
             for i, f in enumerate(files)
         ),
     )
+    if webhook_token is not None:
+        await batches.save_token(ctx, batch.batch_id, webhook_token)
     await batches.save(ctx, batch)
     slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
     not_queued: list[PdfRelayError] = []
@@ -136,6 +140,8 @@ async def submit_batch(
     )
     if not any(i.job_id for i in done):
         await ctx.storage.delete(batches.batch_key(batch.batch_id))
+        if webhook_token is not None:
+            await ctx.storage.delete(batches.token_key(batch.batch_id))
         # The service's trouble (storage, broker, queue, quota) is said as such: retry later.
         busy = [e for e in not_queued if not isinstance(e, PermanentError)]
         if busy:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.adapters.storage import ObjectNotFound
-from shared.errors import JobNotFound, NotRoutable
+from shared.errors import JobNotFound, NotRoutable, TransientError
 from shared.models import JOB_ID_RE, Job, JobError, JobStatus, WebhookDelivery, utcnow
 from shared.runtime.context import Context
 from shared.webhooks.dispatch import enqueue
@@ -50,6 +50,8 @@ class Batch(BaseModel):
     state: Literal["accepting", "open"] = "accepting"
     created_at: datetime = Field(default_factory=utcnow)
     webhook_url: str | None = None
+    webhook_token: bool = False
+    """The webhook has a token (stored at `token_key`, never here)."""
     items: tuple[BatchItem, ...] = ()
 
     model_config = ConfigDict(populate_by_name=True)
@@ -94,6 +96,23 @@ def ended_prefix(batch_id: str) -> str:
 
 def completed_key(batch_id: str) -> str:
     return f"batches/{batch_id}/completed.json"
+
+
+def token_key(batch_id: str) -> str:
+    """The batch webhook's token, apart from the record (no view reads it), until the
+    `batch.completed` delivery carries it (then the webhooks handler keeps it sealed)."""
+    return f"batches/{batch_id}/webhook-token"
+
+
+async def save_token(ctx: Context, batch_id: str, token: str) -> None:
+    await ctx.storage.put_bytes(token_key(batch_id), token.encode(), "application/octet-stream")
+
+
+async def _token(ctx: Context, batch_id: str) -> str | None:
+    try:
+        return (await ctx.storage.get_bytes(token_key(batch_id))).decode()
+    except ObjectNotFound:
+        return None
 
 
 def event_id(batch_id: str) -> str:
@@ -206,9 +225,15 @@ async def on_signal(ctx: Context, signal: BatchSignal) -> None:
                 job_id=batch_id,
                 event_type=COMPLETED_EVENT,
                 url=batch.webhook_url,
+                token=await _token(ctx, batch_id) if batch.webhook_token else None,
                 body=body,
             ),
         )
     # Last: a crash before it re-sends the same webhook-id and event id on redelivery.
     await ctx.storage.put_bytes(completed_key(batch_id), json.dumps(done).encode())
+    if batch.webhook_token:
+        try:
+            await ctx.storage.delete(token_key(batch_id))
+        except TransientError as exc:  # the sweeper takes it with the batch
+            log.warning("batch %s: webhook token not removed: %s", batch_id, exc.message)
     log.info("batch %s completed: %s", batch_id, view["counts"])

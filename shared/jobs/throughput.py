@@ -118,3 +118,26 @@ async def estimate_now(ctx: Context, job: Job, meter: ThroughputMeter) -> Estima
 def _seconds(eta: float) -> float:
     """To a tenth of a second, and never 0: a job that has not ended is not done yet."""
     return max(round(eta, 1), 0.1)
+
+
+def batch_eta(
+    created_at: datetime,
+    now: datetime,
+    ended: int,
+    pending: int,
+    meter: ThroughputMeter,
+    parallel: int,
+) -> float | None:
+    """Seconds until a batch's last item is expected to end (None when it has no pending item,
+    or nothing to go by): at the batch's own pace once an item has ended (items ended per
+    second since it was created), else from the measured speed, average-sized items, and
+    `parallel` workers on it."""
+    if pending <= 0:
+        return None
+    elapsed = (now - created_at).total_seconds()
+    if ended > 0 and elapsed > 0:
+        return _seconds(pending * elapsed / ended)
+    rate, pages = meter.pages_per_s, meter.pages_per_job
+    if rate is None or pages is None or parallel <= 0:
+        return None
+    return _seconds(pending * pages / (rate * parallel))

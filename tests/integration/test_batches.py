@@ -96,7 +96,9 @@ async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
         stack.start(batch_handler.serve)
         resp = await stack.client.post(
             "/v1/batches",
-            data=batch_form(files, client_refs=json.dumps(refs), webhook_url=rec.url),
+            data=batch_form(
+                files, client_refs=json.dumps(refs), webhook_url=rec.url, webhook_token="tok-b"
+            ),
         )
         assert resp.status == 202, await resp.text()
         accepted = await resp.json()
@@ -117,6 +119,7 @@ async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
         (call,) = await rec.wait_calls(1, within=TIMEOUT_S)
         event = verify(call)
         assert event["type"] == "batch.completed"
+        assert call.headers["Authorization"] == "Bearer tok-b"
         assert call.headers["webhook-id"] == f"msg_{accepted['batch_id']}_batch_completed"
         assert event["data"]["counts"]["completed"] == 30
         assert event["data"]["counts"]["refused"] == 3
@@ -132,6 +135,10 @@ async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
         assert [i["index"] for i in last["items"]] == [30, 31, 32]
         assert last["next_cursor"] is None
         assert view["webhook"]["state"] in ("pending", "delivered")
+        assert view["eta_s"] is None  # nothing pending
+        assert "tok-b" not in json.dumps(view)
+        token_key = batches.token_key(batch_id)
+        assert await stack.ctx.storage.list_keys(token_key) == []  # gone once it was sent
         job = await (await stack.client.get(f"/v1/jobs/{view['items'][0]['job_id']}")).json()
         assert job["batch_id"] == batch_id
 

@@ -16,7 +16,7 @@ from shared.api.sse import sse
 from shared.jobs.pagecount import count_pages_file, count_pages_in
 from shared.jobs.quota import RETRY_AFTER_UNMEASURED_S, retry_after_s
 from shared.jobs.records import index_key, index_name, inflight_key, parse_index_name
-from shared.jobs.throughput import QueueState, ThroughputMeter, estimate
+from shared.jobs.throughput import QueueState, ThroughputMeter, batch_eta, estimate
 from shared.models import Job, JobStatus, Progress
 from tests.factories import make_pdf
 
@@ -173,3 +173,18 @@ def test_since_takes_durations_and_times() -> None:
     assert _since("2025-01-01T00:00:00+00:00") == "2025-01-01T00:00:00+00:00"
     with pytest.raises(Exception, match="--since"):
         _since("yesterday")
+
+
+def test_batch_eta_from_its_own_pace_else_the_measured_speed() -> None:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    now = created + timedelta(seconds=60)
+    meter = ThroughputMeter()
+    # Nothing ended, nothing measured: no ETA rather than a made-up one; nothing pending: none.
+    assert batch_eta(created, now, 0, 10, meter, 4) is None
+    assert batch_eta(created, now, 10, 0, meter, 4) is None
+    # 3 items ended in 60 s: 6 more take 120 s at that pace.
+    assert batch_eta(created, now, 3, 6, meter, 4) == 120.0
+    # None ended yet: average-sized items (5 pages) at 10 pages/s on 4 workers.
+    meter.observe(5, 0.5)
+    assert batch_eta(created, now, 0, 8, meter, 4) == 1.0
+    assert batch_eta(created, now, 0, 8, meter, 0) is None
