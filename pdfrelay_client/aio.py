@@ -43,9 +43,14 @@ def job_id_of(job: JobRef) -> str:
 
 
 def _form_fields(
-    options: Mapping[str, Any] | None, webhook: Webhook | str | None, client_ref: str | None
+    options: Mapping[str, Any] | None,
+    webhook: Webhook | str | None,
+    client_ref: str | None,
+    target: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     fields: dict[str, str] = {}
+    if target is not None:
+        fields["target"] = json.dumps(dict(target))
     if options is not None:
         fields["options"] = json.dumps(dict(options))
     hook = Webhook(webhook) if isinstance(webhook, str) else webhook
@@ -128,8 +133,13 @@ class AsyncClient:
         client_ref: str | None = None,
         filename: str | None = None,
         idempotency_key: str | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> Job:
         """Submit a PDF: a local path, its bytes, an ``http(s)://`` URL or an `S3Object`.
+
+        ``target``: where the outputs are written once the job ends, ``{"name": …}`` (a
+        destination the operator configured) or ``{"urls": {"manifest.json": …, …}}`` (presigned
+        PUT URLs); ``job.target`` says how that went.
 
         Returns:
             The job as accepted (``queued``).
@@ -143,8 +153,8 @@ class AsyncClient:
         if isinstance(source, S3Object) or (
             isinstance(source, str) and source.startswith(("http://", "https://"))
         ):
-            return await self._submit_json(source, options, webhook, client_ref, headers)
-        fields = _form_fields(options, webhook, client_ref)
+            return await self._submit_json(source, options, webhook, client_ref, headers, target)
+        fields = _form_fields(options, webhook, client_ref, target)
         if isinstance(source, bytes):
             data, name = source, filename or "document.pdf"
 
@@ -169,6 +179,7 @@ class AsyncClient:
         webhook: Webhook | str | None,
         client_ref: str | None,
         headers: dict[str, str],
+        target: Mapping[str, Any] | None = None,
     ) -> Job:
         payload: dict[str, Any] = {
             "source": {"url": source}
@@ -182,6 +193,8 @@ class AsyncClient:
             payload["webhook"] = {"url": hook.url, "token": hook.token, "progress": hook.progress}
         if client_ref is not None:
             payload["client_ref"] = client_ref
+        if target is not None:
+            payload["target"] = dict(target)
         view = await self._t.json("POST", "/v1/jobs", (202,), json=payload, headers=headers)
         return Job.from_view(view)
 
@@ -363,6 +376,7 @@ class AsyncClient:
         *,
         webhook: str | None = None,
         client_refs: Sequence[str | None] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Submit many PDFs (paths or bytes) in one request; the batch and every item.
 
@@ -375,7 +389,12 @@ class AsyncClient:
                 why, each), or the batch is over the service's limits (``BATCH_TOO_LARGE``).
         """
         return await batching.submit_batch(
-            self, files, dict(options) if options is not None else None, webhook, client_refs
+            self,
+            files,
+            dict(options) if options is not None else None,
+            webhook,
+            client_refs,
+            dict(target) if target is not None else None,
         )
 
     async def get_batch(

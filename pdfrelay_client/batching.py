@@ -31,6 +31,7 @@ async def submit_batch(
     options: dict[str, Any] | None,
     webhook: str | None,
     client_refs: Sequence[str | None] | None,
+    target: dict[str, Any] | None = None,
 ) -> Batch:
     paths: list[str | None] = []
     for f in files:
@@ -63,6 +64,8 @@ async def submit_batch(
             form.add_field("webhook_url", webhook)
         if client_refs is not None:
             form.add_field("client_refs", json.dumps(list(client_refs)))
+        if target is not None:
+            form.add_field("target", json.dumps(target))
         return {"data": form}
 
     view = await client.transport.json("POST", "/v1/batches", (202,), body=body)

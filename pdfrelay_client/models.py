@@ -52,6 +52,13 @@ class Job:
         """Whether the job reached `completed`, `failed` or `cancelled`."""
         return self.status in TERMINAL
 
+    @property
+    def target(self) -> dict[str, Any] | None:
+        """Its result destination and how the delivery went (`state`: `pending`, `delivered`
+        or `failed`, `error`, `location`), when it named one."""
+        target = self.data.get("target")
+        return target if isinstance(target, dict) else None
+
     @classmethod
     def from_view(cls, view: dict[str, Any]) -> Job:
         progress = view.get("progress") or {}

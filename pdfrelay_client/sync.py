@@ -97,6 +97,7 @@ class Client:
         client_ref: str | None = None,
         filename: str | None = None,
         idempotency_key: str | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> Job:
         """See `AsyncClient.submit`."""
         return self._runner.run(
@@ -107,6 +108,7 @@ class Client:
                 client_ref=client_ref,
                 filename=filename,
                 idempotency_key=idempotency_key,
+                target=target,
             )
         )
 
@@ -195,10 +197,13 @@ class Client:
         *,
         webhook: str | None = None,
         client_refs: Sequence[str | None] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> Batch:
         """See `AsyncClient.submit_batch`."""
         return self._runner.run(
-            self.aio.submit_batch(files, options, webhook=webhook, client_refs=client_refs)
+            self.aio.submit_batch(
+                files, options, webhook=webhook, client_refs=client_refs, target=target
+            )
         )
 
     def get_batch(

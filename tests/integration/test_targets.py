@@ -18,11 +18,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from handlers import targets
+from pdfrelay_client import AsyncClient, ErrorCode, InvalidInput
 from shared.adapters.storage import Storage
 from shared.models import DeliveryTask, JobTarget
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.helpers import upload
+from tests.integration.test_client import base_url
 
 pytestmark = pytest.mark.integration
 
@@ -251,6 +253,10 @@ async def test_presigned_urls_pass_only_when_allowed_networks_permit_them(
                 "/v1/jobs", data=_form(pdf, target=json.dumps({"urls": {"a": rec.url}}))
             )
             assert no_manifest.status == 400
+            async with AsyncClient(base_url(stack)) as client:
+                with pytest.raises(InvalidInput) as refused:
+                    await client.submit(pdf, target=json.loads(presigned(rec, "manifest.json")))
+                assert refused.value.code == ErrorCode.TARGET_URL_REFUSED
 
         allowed = make_settings(webhook_allowed_networks="127.0.0.0/8")
         async with running_stack(allowed) as stack, target_events(stack) as ev:
@@ -274,6 +280,17 @@ async def test_presigned_urls_pass_only_when_allowed_networks_permit_them(
             record = await stack.ctx.jobs.get(job["job_id"], "default")
             assert record.target is not None
             assert record.target.urls is None
+
+            # The Python client names a target the same way, and reads how it went.
+            async with AsyncClient(base_url(stack)) as client:
+                urls = json.loads(presigned(rec, "manifest.json"))
+                mine = await client.submit(pdf, client_ref="c", target=urls)
+                assert mine.target is not None
+                assert mine.target["state"] == "pending"
+                assert (await next_event(ev))[0] == "job.delivered"
+                delivered = await client.get(mine)
+                assert delivered.target is not None
+                assert delivered.target["state"] == "delivered"
 
 
 async def test_a_failing_destination_is_retried_then_said_failed(make_settings: Any) -> None:
