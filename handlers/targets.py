@@ -10,7 +10,7 @@ import asyncio
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from shared.jobs.targets import TargetWriter, deliver
+from shared.jobs.targets import TargetWriter, deliver, given_up
 from shared.models import DeliveryTask
 from shared.runtime.consumer import TRANSIENT_HEADER, consume
 from shared.runtime.context import Context
@@ -27,13 +27,20 @@ async def serve(ctx: Context, stop: asyncio.Event) -> None:
             seen = (message.headers or {}).get(TRANSIENT_HEADER)
             await deliver(ctx, writer, msg, seen if isinstance(seen, int) else 0)
 
-        await consume(
-            ctx,
-            ctx.topology.targets,
-            DeliveryTask,
-            handle,
-            prefetch=PREFETCH,
-            stop=stop,
-            dead_letter=ctx.topology.targets_dead,
-            backoff=ctx.topology.backoff(ctx.topology.targets),
+        async def dead(msg: DeliveryTask, ctx: Context, message: AbstractIncomingMessage) -> None:
+            await given_up(ctx, msg)
+
+        await asyncio.gather(
+            consume(
+                ctx,
+                ctx.topology.targets,
+                DeliveryTask,
+                handle,
+                prefetch=PREFETCH,
+                stop=stop,
+                dead_letter=ctx.topology.targets_dead,
+                backoff=ctx.topology.backoff(ctx.topology.targets),
+            ),
+            # The crashed ones: their targets end `failed` (an invalid message is dropped).
+            consume(ctx, ctx.topology.targets_dead, DeliveryTask, dead, prefetch=1, stop=stop),
         )

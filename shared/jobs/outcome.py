@@ -77,16 +77,17 @@ async def announce_terminal(
         if unsent
         else await ctx.jobs.view(job, ctx.settings.base_url)
     )
-    await publish_event(ctx, job, event_type, view)
     if job.target is not None and job.target.state == "pending":
-        # Its outputs go to the target off the extraction slots (handlers/targets.py); a
-        # repeated ending queues it again, and the handler finds it settled or the same keys.
+        # Its outputs go to the target off the extraction slots (handlers/targets.py), queued
+        # before anyone hears of the end; a repeated ending queues it again, and the handler
+        # finds it settled or the same keys.
         await ctx.broker.publish(
             ctx.topology.tasks,
             ctx.topology.DELIVER_KEY,
             DeliveryTask(job_id=job.job_id, tenant=job.tenant),
             message_id=f"{job.job_id}.deliver",
         )
+    await publish_event(ctx, job, event_type, view)
     if job.batch_id is not None:
         await batches.signal(ctx, job.batch_id, job)
     if job.reply_to is not None:

@@ -321,6 +321,22 @@ async def deliver(ctx: Context, writer: TargetWriter, task: DeliveryTask, tries:
     await lifecycle.target_settled(ctx, job, rev, settled)
 
 
+async def given_up(ctx: Context, task: DeliveryTask) -> None:
+    """A delivery task parked in `pdfrelay.targets.dead` (its handler crashed on every attempt):
+    the target is settled `failed`, so the job's record does not say `pending` for ever."""
+    try:
+        job, rev = await ctx.jobs.get_revision(task.job_id, task.tenant)
+    except JobNotFound:
+        return
+    if job.target is None or job.target.state != "pending":
+        return
+    log.error("job %s: the delivery to its target crashed on every attempt", job.job_id)
+    settled = _failed(
+        job.target, ErrorCode.INTERNAL, "the delivery to the target failed on every attempt"
+    )
+    await lifecycle.target_settled(ctx, job, rev, settled)
+
+
 def _failed(target: JobTarget, code: str, message: str) -> JobTarget:
     return target.model_copy(
         update={

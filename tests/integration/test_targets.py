@@ -23,7 +23,7 @@ from shared.adapters.storage import Storage
 from shared.models import DeliveryTask, JobTarget
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
-from tests.helpers import upload
+from tests.helpers import upload, wait_done
 from tests.integration.test_client import base_url
 
 pytestmark = pytest.mark.integration
@@ -323,3 +323,52 @@ async def test_a_failing_destination_is_retried_then_said_failed(make_settings: 
 def test_target_record_keeps_urls_out_of_its_repr() -> None:
     target = JobTarget(kind="presigned", urls={"manifest.json": "https://x/?sig=secret"})
     assert "secret" not in repr(target)
+
+
+async def test_a_batch_target_receives_every_item_once(make_settings: Any) -> None:
+    dest = f"dest-{uuid.uuid4().hex[:10]}"
+    settings = make_settings(targets={"default": {"archive": {"bucket": dest}}})
+    async with running_stack(settings) as stack, bucket(stack, dest), target_events(stack) as ev:
+        stack.start(targets.serve)
+        for name in ("a", "b"):
+            await stack.ctx.storage.put_bytes(f"in/{name}.pdf", make_pdf([name]), "application/pdf")
+        resp = await stack.client.post(
+            "/v1/batches",
+            json={"prefix": {"prefix": "in/"}, "target": {"name": "archive"}},
+        )
+        assert resp.status == 202, await resp.text()
+        job_ids = {i["job_id"] for i in (await resp.json())["items"]}
+        settled = {(await next_event(ev))[1]["job_id"] for _ in job_ids}
+        assert settled == job_ids
+        stored = await listing(stack, dest)
+        assert set(stored) == {
+            f"{j}/{n}" for j in job_ids for n in ("result.json", "manifest.json")
+        }
+        for job_id in job_ids:
+            raw = await stack.ctx.storage.get_bytes(f"{job_id}/manifest.json", bucket=dest)
+            assert json.loads(raw)["batch_id"] is not None
+
+
+async def test_a_delivery_that_keeps_crashing_ends_failed(make_settings: Any) -> None:
+    dest = f"dest-{uuid.uuid4().hex[:10]}"
+    settings = make_settings(targets={"default": {"archive": {"bucket": dest}}})
+    async with running_stack(settings) as stack, target_events(stack) as ev:
+        job = await upload(stack, make_pdf(["x"]), target='{"name": "archive"}')
+        await wait_done(stack, job["job_id"])
+        # The queue's delivery limit parks a task whose handler crashed on every attempt: here
+        # the job's task is taken off the queue and put where the limit would put it.
+        ctx = stack.ctx
+        channel = await ctx.connection.channel()
+        queue = await channel.declare_queue(ctx.topology.targets, passive=True)
+        assert (await queue.purge()).message_count == 1
+        await channel.close()
+        await ctx.broker.publish(
+            ctx.topology.dead_letters,
+            ctx.topology.targets_dead,
+            DeliveryTask(job_id=job["job_id"]),
+        )
+        stack.start(targets.serve)
+        key, body, _ = await next_event(ev)
+        assert key == "job.delivery_failed"
+        assert body["status"] == "completed"
+        assert body["target"]["error"]["code"] == "INTERNAL"
