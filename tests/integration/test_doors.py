@@ -246,8 +246,16 @@ async def _first(queue: Any) -> Any:
             {"schema": "pdfrelay.extract-request/1", "source": {"s3": {"key": "missing.pdf"}}},
             "SOURCE_UNREACHABLE",
         ),
+        (
+            {
+                "schema": "pdfrelay.extract-request/1",
+                "source": {"url": "https://x.test/a.pdf"},
+                "target": {"name": "nope"},
+            },
+            "TARGET_NOT_ALLOWED",
+        ),
     ],
-    ids=["not-json", "no-source", "wrong-schema", "missing-object"],
+    ids=["not-json", "no-source", "wrong-schema", "missing-object", "unknown-target"],
 )
 async def test_invalid_requests_are_dead_lettered_with_a_reason(
     stack: Stack, body: dict[str, Any] | bytes, reason: str
