@@ -325,9 +325,18 @@ def test_target_record_keeps_urls_out_of_its_repr() -> None:
     assert "secret" not in repr(target)
 
 
-async def test_a_batch_target_receives_every_item_once(make_settings: Any) -> None:
+async def test_a_batch_target_receives_every_item_once(
+    make_settings: Any, s3_endpoint: str
+) -> None:
     dest = f"dest-{uuid.uuid4().hex[:10]}"
-    settings = make_settings(targets={"default": {"archive": {"bucket": dest}}})
+    # An endpoint and keys of its own: written through an S3 client of its own.
+    config = {
+        "bucket": dest,
+        "endpoint": s3_endpoint,
+        "access_key": "pdfrelay",
+        "secret_key": "pdfrelay-secret",
+    }
+    settings = make_settings(targets={"default": {"archive": config}})
     async with running_stack(settings) as stack, bucket(stack, dest), target_events(stack) as ev:
         stack.start(targets.serve)
         for name in ("a", "b"):
