@@ -46,6 +46,7 @@ async def handle(
             idempotency_key=message.message_id,
             reply_to=message.reply_to,
             correlation_id=message.correlation_id,
+            recover=bool(message.redelivered),
         ),
     )
 
