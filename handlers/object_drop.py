@@ -49,6 +49,8 @@ async def submit_object(ctx: Context, obj: CreatedObject, submitter: Submitter) 
                 client_ref=obj.key,
                 filename=obj.key.rsplit("/", 1)[-1],
                 idempotency_key=f"object-drop:{obj.bucket}/{obj.key}@{obj.version}",
+                # An object is seen again only after its first sighting may have been cut short.
+                recover=True,
             ),
         )
     except (PermanentError, ValidationError) as exc:

@@ -48,6 +48,7 @@ async def handle(
             reply_to=message.reply_to,
             correlation_id=message.correlation_id,
             target=await resolve_target(ctx.settings, tenant, req.target),
+            recover=bool(message.redelivered),
         ),
     )
 

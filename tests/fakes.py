@@ -44,8 +44,12 @@ class InMemoryStore:
     async def put_json(self, key: str, obj: Any) -> None:
         await self.put_bytes(key, json.dumps(obj, separators=(",", ":")).encode())
 
-    async def put_versioned(self, key: str, data: bytes, if_match: str | None = None) -> str:
+    async def put_versioned(
+        self, key: str, data: bytes, if_match: str | None = None, *, if_absent: bool = False
+    ) -> str:
         self.requests.append(("put", key))
+        if if_absent and (None, key) in self.objects:
+            raise WriteConflict("the object exists")
         if if_match is not None:
             held = self.objects.get((None, key))
             if held is None:

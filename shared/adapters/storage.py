@@ -62,9 +62,12 @@ class ObjectStore(Protocol):
 
     async def put_json(self, key: str, obj: Any) -> None: ...
 
-    async def put_versioned(self, key: str, data: bytes, if_match: str | None = None) -> str:
+    async def put_versioned(
+        self, key: str, data: bytes, if_match: str | None = None, *, if_absent: bool = False
+    ) -> str:
         """Store JSON `data` at `key` and return its new ETag; with `if_match`, only if the
-        object is still at that ETag (WriteConflict if not, ObjectNotFound if there is none)."""
+        object is still at that ETag (WriteConflict if not, ObjectNotFound if there is none);
+        with `if_absent`, only if there is no object at `key` (WriteConflict if there is)."""
         ...
 
     async def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
@@ -175,19 +178,24 @@ class Storage:
     async def put_json(self, key: str, obj: Any) -> None:
         await self.put_bytes(key, json.dumps(obj, separators=(",", ":")).encode())
 
-    async def put_versioned(self, key: str, data: bytes, if_match: str | None = None) -> str:
+    async def put_versioned(
+        self, key: str, data: bytes, if_match: str | None = None, *, if_absent: bool = False
+    ) -> str:
         """Store JSON `data` at `key` and return its new ETag; with `if_match`, only if the
-        object is still at that ETag: the server checks and writes at once (S3, MinIO and the
-        test server honour `If-Match` on PutObject), so of two writers that saw one version
-        exactly one succeeds.
+        object is still at that ETag; with `if_absent`, only if there is none. The server checks
+        and writes at once (S3, MinIO and the test server honour `If-Match` and
+        `If-None-Match: *` on PutObject), so of two writers that saw one state exactly one
+        succeeds.
 
         Raises:
-            WriteConflict: the object is at another ETag.
+            WriteConflict: the object is at another ETag, or exists (with `if_absent`).
             ObjectNotFound: there is no object at `key` (with `if_match`).
         """
         headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/json"}
         if if_match is not None:
             headers["If-Match"] = f'"{if_match}"'
+        if if_absent:
+            headers["If-None-Match"] = "*"
 
         def put(bucket_name: str, object_key: str) -> str:
             # put_object would send If-Match as user metadata (x-amz-meta-if-match).

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from shared.adapters.storage import ObjectNotFound
-from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
+from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError, WriteConflict
 from shared.intake.fetch import check_source_url
 from shared.jobs import lifecycle, llm_usage
 from shared.jobs.llm_templates import load_template
 from shared.jobs.quota import release, reserve
-from shared.jobs.records import RECORD_ETAG_HEADER, inflight_key, upload_key
+from shared.jobs.records import (
+    RECORD_ETAG_HEADER,
+    IdempotencyClaim,
+    Revision,
+    inflight_key,
+    upload_key,
+)
 from shared.models import (
     LLM_OUTPUT,
     ExtractOptions,
     ExtractTask,
     Job,
+    JobStatus,
     JobTarget,
     WebhookSpec,
     id_created_at,
@@ -60,6 +68,9 @@ class Submission:
     batch_id: str | None = None
     target: JobTarget | None = None
     """Where the outputs go once the job ends (shared/intake/targets.py checked it)."""
+    recover: bool = False
+    """The request may repeat one whose submitter died midway (a redelivered message, a
+    dropped object seen again): a job it finds still queued gets its task published again."""
 
 
 class Submitter:
@@ -81,22 +92,14 @@ class Submitter:
         if LLM_OUTPUT in sub.options.outputs or sub.options.template is not None:
             await llm_usage.check_budget(ctx, sub.tenant)
         if sub.idempotency_key is None:
-            return await _create(ctx, sub), True
+            return await _create(ctx, sub)
         # The broker's message ids live in a namespace of their own (never an HTTP key's job).
         key = f"broker:{sub.idempotency_key}" if sub.door == "broker" else sub.idempotency_key
         lock_key = f"{sub.tenant}\0{key}"
         lock = self._locks[lock_key]
         try:
             async with lock:
-                existing = await ctx.jobs.find_idempotent(sub.tenant, key)
-                if existing is not None:
-                    with contextlib.suppress(JobNotFound):  # else: deleted after its retention
-                        job = await ctx.jobs.get(existing, sub.tenant)
-                        check_same_request(job, sub)
-                        return job, False
-                job = await _create(ctx, sub)
-                await ctx.jobs.remember_idempotent(sub.tenant, key, job.job_id)
-                return job, True
+                return await _submit_once(ctx, sub, key)
         finally:
             # Outside `async with`: only now is the lock free when nobody else waits on it.
             if not lock.locked() and self._locks.get(lock_key) is lock:
@@ -105,6 +108,60 @@ class Submitter:
     def __len__(self) -> int:
         """Idempotency keys with a submission in progress (their locks)."""
         return len(self._locks)
+
+
+async def _submit_once(ctx: Context, sub: Submission, key: str) -> tuple[Job, bool]:
+    """One job per idempotency key, whichever process submits it and however often: the key
+    is bound to the job's id first (`JobStore.claim_idempotent`), then the job is made under
+    that id. A repeat finds the job; one whose first submitter died (or is still at work)
+    before the record was stored makes it under the same id, and the record's own
+    create-only write lets one of them store it."""
+    digest = request_digest(sub)
+    claim = IdempotencyClaim(job_id=sub.job_id or new_job_id(), request=digest)
+    held = await ctx.jobs.claim_idempotent(sub.tenant, key, claim)
+    if held is None:
+        try:
+            return await _create(ctx, replace(sub, job_id=claim.job_id))
+        except BaseException:
+            # Not made: a later try of the request is a job of its own time.
+            with contextlib.suppress(TransientError):
+                await ctx.jobs.release_idempotent(sub.tenant, key)
+            raise
+    if held.request is not None and held.request != digest:
+        raise _mismatch()
+    try:
+        return await _existing(ctx, sub, held.job_id), False
+    except JobNotFound:
+        # Bound, never stored (its submitter died midway), or deleted after its retention
+        # just before its key: made now, under the bound id.
+        return await _create(ctx, replace(sub, job_id=held.job_id))
+
+
+async def _existing(ctx: Context, sub: Submission, job_id: str) -> Job:
+    """The job an idempotency key is bound to; a repeat of a request whose first submitter may
+    have died between storing the record and publishing the task (`sub.recover`) publishes the
+    task of a job still queued again (a second copy is harmless: a job ends once).
+
+    Raises:
+        JobNotFound: the job's record is not (or no longer) stored.
+    """
+    job, rev = await ctx.jobs.get_revision(job_id, sub.tenant)
+    check_same_request(job, sub)
+    if sub.recover and job.status is JobStatus.QUEUED:
+        log.info("job %s found queued on a repeated request: its task is published again", job_id)
+        await _publish_task(ctx, job, sub.webhook, rev)
+    return job
+
+
+def request_digest(sub: Submission) -> str:
+    """What makes two submissions the same request: the source and the options."""
+    if sub.spool_path is not None:
+        source = f"sha256:{sub.sha256}"
+    elif sub.url is not None:
+        source = f"url:{sub.url}"
+    else:
+        source = f"s3:{sub.s3_bucket}/{sub.s3_key}"
+    return hashlib.sha256(f"{source}\0{sub.options.model_dump_json()}".encode()).hexdigest()
 
 
 def check_llm_configured(settings: Settings, options: ExtractOptions) -> None:
@@ -129,13 +186,19 @@ def check_same_request(job: Job, sub: Submission) -> None:
     else:
         same_source = (job.source_key, job.source_bucket) == (sub.s3_key, sub.s3_bucket)
     if not same_source or job.options != sub.options:
-        raise PermanentError(
-            "this idempotency key was used for a different request (file, source or options)",
-            ErrorCode.IDEMPOTENCY_MISMATCH,
-        )
+        raise _mismatch()
 
 
-async def _create(ctx: Context, sub: Submission) -> Job:
+def _mismatch() -> PermanentError:
+    return PermanentError(
+        "this idempotency key was used for a different request (file, source or options)",
+        ErrorCode.IDEMPOTENCY_MISMATCH,
+    )
+
+
+async def _create(ctx: Context, sub: Submission) -> tuple[Job, bool]:
+    """Make the job; (job, True), or (the job, False) when another submitter of the same
+    idempotent request stored its record first."""
     job_id = sub.job_id or new_job_id()
     with job_context(job_id):
         # Raises QuotaExceeded before anything is stored.
@@ -157,7 +220,7 @@ async def _create(ctx: Context, sub: Submission) -> Job:
 
 async def _create_job(
     ctx: Context, sub: Submission, job_id: str, pages_reserved: int | None = None
-) -> Job:
+) -> tuple[Job, bool]:
     source_key, source_bucket = await _store_source(ctx, sub, job_id)
     job = Job(
         job_id=job_id,
@@ -181,18 +244,13 @@ async def _create_job(
         batch_id=sub.batch_id,
         target=sub.target,
     )
-    rev = await lifecycle.accept(ctx, job)
-    task = ExtractTask(job_id=job_id, tenant=sub.tenant, webhook=sub.webhook, job=job)
     try:
-        # The record's version travels beside it (a header: tasks of this version stay readable
-        # by handlers of the previous one); the handler's ending is written over it.
-        await ctx.broker.publish(
-            ctx.topology.tasks,
-            ctx.topology.TASK_KEY,
-            task,
-            message_id=job_id,
-            headers={RECORD_ETAG_HEADER: rev.etag} if rev.etag else None,
-        )
+        rev = await lifecycle.accept(ctx, job)
+    except WriteConflict:
+        # Another submitter of this idempotent request stored it meanwhile; it publishes.
+        return await _existing(ctx, sub, job_id), False
+    try:
+        await _publish_task(ctx, job, sub.webhook, rev)
     except TransientError:
         # Not accepted: take the record back so no half-made job lingers.
         with contextlib.suppress(TransientError):
@@ -203,7 +261,20 @@ async def _create_job(
     except TransientError:
         # The job is safely queued; only this notice is lost, and the terminal event still comes.
         log.warning("job %s accepted but the job.accepted event was not confirmed", job_id)
-    return job
+    return job, True
+
+
+async def _publish_task(ctx: Context, job: Job, webhook: WebhookSpec | None, rev: Revision) -> None:
+    """The job's task, confirmed. The record's version travels beside it (a header: tasks of
+    this version stay readable by handlers of the previous one); the handler's ending is
+    written over it."""
+    await ctx.broker.publish(
+        ctx.topology.tasks,
+        ctx.topology.TASK_KEY,
+        ExtractTask(job_id=job.job_id, tenant=job.tenant, webhook=webhook, job=job),
+        message_id=job.job_id,
+        headers={RECORD_ETAG_HEADER: rev.etag} if rev.etag else None,
+    )
 
 
 async def _store_source(

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.adapters.storage import ObjectNotFound, ObjectStore
-from shared.errors import JobNotFound, TransientError
+from shared.errors import JobNotFound, TransientError, WriteConflict
 from shared.models import JOB_ID_RE, Job, WebhookState, id_created_at
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,14 @@ def inflight_key(tenant: str, job_id: str, pages: int) -> str:
     return f"{inflight_prefix(tenant)}{job_id}.{pages}"
 
 
+class IdempotencyClaim(BaseModel):
+    """What an idempotency key is bound to: the job's id, and a digest of the request (its
+    source and options) to tell a repeat from another request reusing the key."""
+
+    job_id: str
+    request: str | None = None
+
+
 def idempotency_key(tenant: str, key: str) -> str:
     digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()
     return f"idempotency/{digest}.json"
@@ -149,13 +157,14 @@ class JobStore:
     def __init__(self, storage: ObjectStore) -> None:
         self.storage = storage
 
-    async def save(self, job: Job, rev: Revision | None = None) -> Revision:
+    async def save(self, job: Job, rev: Revision | None = None, *, new: bool = False) -> Revision:
         """Store the record and return its new version; with `rev` (its `etag` known), only over
-        that version, and `rev` then names the new one. A job that has ended gives back its
-        hold on the page quota.
+        that version, and `rev` then names the new one; with `new`, only if there is no record
+        yet. A job that has ended gives back its hold on the page quota.
 
         Raises:
-            WriteConflict: the record is no longer at `rev` (someone else wrote it).
+            WriteConflict: the record is no longer at `rev` (someone else wrote it), or exists
+                (with `new`).
             JobNotFound: there is no record to write over.
         """
         try:
@@ -163,6 +172,7 @@ class JobStore:
                 record_key(job.tenant, job.job_id),
                 job.model_dump_json(by_alias=True).encode(),
                 rev.etag if rev is not None else None,
+                if_absent=new,
             )
         except ObjectNotFound as exc:  # a conditional write of a record taken away
             raise JobNotFound(f"no job {job.job_id!r}") from exc
@@ -180,8 +190,13 @@ class JobStore:
 
     async def create(self, job: Job) -> Revision:
         """Store a new job's record, which is its entry in the tenant's index (GET /v1/jobs);
-        an id without a time (previous layout) gets an empty entry beside the record."""
-        rev = await self.save(job)
+        an id without a time (previous layout) gets an empty entry beside the record.
+
+        Raises:
+            WriteConflict: there is a record of this id already (another submitter of the
+                same idempotent request stored it).
+        """
+        rev = await self.save(job, new=True)
         if id_time_ms(job.job_id) is not None:
             return rev
         try:
@@ -263,6 +278,7 @@ class JobStore:
         )
 
     async def find_idempotent(self, tenant: str, key: str) -> str | None:
+        """The id of the job the idempotency `key` is bound to, if it is."""
         try:
             data = await self.storage.get_json(idempotency_key(tenant, key))
         except ObjectNotFound:
@@ -270,8 +286,34 @@ class JobStore:
         job_id = data.get("job_id") if isinstance(data, dict) else None
         return job_id if isinstance(job_id, str) else None
 
-    async def remember_idempotent(self, tenant: str, key: str, job_id: str) -> None:
-        await self.storage.put_json(idempotency_key(tenant, key), {"job_id": job_id})
+    async def claim_idempotent(
+        self, tenant: str, key: str, claim: IdempotencyClaim
+    ) -> IdempotencyClaim | None:
+        """Bind the idempotency `key` to `claim` (a job id not yet used) unless it is bound
+        already: the server writes only where there is nothing (`If-None-Match`), so of two
+        submitters of one key (a message redelivered to a second process while the first is at
+        work, two requests of one client) exactly one binds it. Returns None when `claim` is now
+        the key's, else the claim that was there first.
+
+        The key is bound before the job is stored, so a submitter that dies midway leaves the
+        id behind for the next try of the same request, which carries on with that job instead
+        of making a second one."""
+        name = idempotency_key(tenant, key)
+        body = claim.model_dump_json().encode()
+        try:
+            await self.storage.put_versioned(name, body, if_absent=True)
+            return None
+        except WriteConflict:
+            pass
+        try:
+            return IdempotencyClaim.model_validate_json(await self.storage.get_bytes(name))
+        except ObjectNotFound:  # released meanwhile by its submitter: ours on the next try
+            raise WriteConflict("the idempotency key was released meanwhile") from None
+
+    async def release_idempotent(self, tenant: str, key: str) -> None:
+        """Unbind a key whose job was not made (refused, or not stored), so that a later try
+        is a new job of its own time."""
+        await self.storage.delete(idempotency_key(tenant, key))
 
     async def view(self, job: Job, base_url: str) -> dict[str, Any]:
         """The job as GET /v1/jobs/{id} shows it: no secrets, no internal keys."""

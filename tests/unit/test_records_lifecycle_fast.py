@@ -17,6 +17,7 @@ from shared.errors import JobNotFound, WriteConflict
 from shared.jobs import lifecycle
 from shared.jobs.listing import JobFilter, list_jobs
 from shared.jobs.records import (
+    IdempotencyClaim,
     JobStore,
     Revision,
     cancel_key,
@@ -181,9 +182,15 @@ async def test_cancel_marker_idempotency_and_webhook_state() -> None:
     assert await jobs.cancel_requested(job.job_id)
 
     assert await jobs.find_idempotent("acme", "key-1") is None
-    await jobs.remember_idempotent("acme", "key-1", job.job_id)
+    mine = IdempotencyClaim(job_id=job.job_id, request="r1")
+    assert await jobs.claim_idempotent("acme", "key-1", mine) is None
     assert await jobs.find_idempotent("acme", "key-1") == job.job_id
     assert await jobs.find_idempotent("other", "key-1") is None
+    # A second claim of the key gets the first one back; the key stays bound to it.
+    assert await jobs.claim_idempotent("acme", "key-1", IdempotencyClaim(job_id="x")) == mine
+    assert await jobs.find_idempotent("acme", "key-1") == job.job_id
+    await jobs.release_idempotent("acme", "key-1")
+    assert await jobs.find_idempotent("acme", "key-1") is None
 
     state = WebhookState(state="delivered", url="https://hooks.example/x", attempts=1)
     await jobs.save_webhook_state(job.job_id, state, sealed="secret-sealed-blob")
