@@ -125,7 +125,8 @@ class Settings(BaseSettings):
     """Bytes a document's Flate streams may inflate to in all; beyond it the job fails
     `DECOMPRESSION_LIMIT`."""
     fanout_min_pages: int = Field(default=400, ge=1)
-    """Documents with more pages than this are split into page ranges (README "Fan-out")."""
+    """Documents with more pages than this are split into page ranges when no other document
+    waits for a worker (README "Fan-out")."""
     fanout_range_pages: int = Field(default=100, ge=1)
     """Pages per range task of a fanned-out document."""
     job_timeout_s: float = Field(default=600.0, gt=0, le=1500)

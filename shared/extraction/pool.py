@@ -111,7 +111,8 @@ class WorkRequest:
     """A whole document that may be fanned out: when it has more pages than this, the worker
     answers with its page count only (`WorkOutput.split`). It opens the document anyway, so the
     count costs nothing (no counting process of its own), and is exact; a document it keeps is
-    extracted from the same open file, checked and scanned once."""
+    extracted from the same open file, checked and scanned once. The pool drops it when other
+    documents wait for a worker when this one gets its slot (`WorkerPool.run`)."""
 
 
 def _serve(
@@ -270,6 +271,11 @@ class _Slots:
         finally:
             self._release()
 
+    @property
+    def waiting(self) -> int:
+        """Holders waiting for a slot."""
+        return sum(not f.done() for q in self._waiting.values() for f in q)
+
     def _release(self) -> None:
         for queue in (self._waiting[False], self._waiting[True]):
             while queue:
@@ -378,6 +384,11 @@ class WorkerPool:
         async with self._slots.hold(background):
             if tracked is not None and tracked.cancelled:
                 raise JobCancelled("the job was cancelled")
+            if req.split_above is not None and self._slots.waiting:
+                # Others wait for a worker: this document's ranges would finish nothing
+                # sooner, while costing their parts, merge and re-parsed resources. Split only
+                # what would otherwise leave a worker idle (the last large document of a batch).
+                req = replace(req, split_above=None)
             if on_slot is not None:
                 await on_slot()
             while self._idle and not self._idle[-1].proc.is_alive():

@@ -236,3 +236,42 @@ async def test_the_pool_returns_a_split_answer(tmp_path: Path) -> None:
         assert (out.split, out.page_count, out.pages_extracted) == (False, 4, 4)
     finally:
         pool.kill_all()
+
+
+@pytest.mark.timeout(120)
+async def test_a_document_is_split_only_when_no_other_waits_for_a_worker(tmp_path: Path) -> None:
+    """Ranges pay for their parts, merge and re-parsed resources; they finish sooner only when
+    a worker would otherwise idle. The first of two large documents on one worker, with the
+    second waiting, is extracted whole; the second, with nobody waiting, is split."""
+    pool = WorkerPool(1, timeout_s=60, memory_mb=2048)
+    try:
+        first = _probe(tmp_path, "first", make_pdf(["a", "b", "c", "d"]), split_above=3)
+        second = _probe(tmp_path, "second", make_pdf(["a", "b", "c", "d"]), split_above=3)
+        slot_taken = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold_then_release() -> None:
+            slot_taken.set()
+            await release.wait()
+
+        # A third party holds the only worker until both documents are waiting for it.
+        blocker = asyncio.create_task(
+            pool.run(
+                _probe(tmp_path, "small", make_pdf(["x"]), split_above=3),
+                _ignore,
+                on_slot=hold_then_release,
+            )
+        )
+        await asyncio.wait_for(slot_taken.wait(), 30)
+        runs = [asyncio.create_task(pool.run(r, _ignore)) for r in (first, second)]
+        # One turn of the loop: both new tasks run up to their first wait, the slot queue (no
+        # time passes; the ready tasks run in order before this one resumes).
+        await asyncio.sleep(0)
+        assert pool._slots.waiting == 2
+        release.set()
+        await blocker
+        whole, split = await asyncio.gather(*runs)
+        assert (whole.split, whole.pages_extracted) == (False, 4)
+        assert (split.split, split.page_count) == (True, 4)
+    finally:
+        pool.kill_all()
