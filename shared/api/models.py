@@ -239,6 +239,20 @@ class BatchCounts(ApiModel):
     cancelled: int
 
 
+class BatchProgress(ApiModel):
+    """Pages over the batch's items whose page count is known."""
+
+    pages_done: int = Field(
+        description="Pages of the ended items (all of each) and pages done of the running ones."
+    )
+    pages_total: int = Field(description="The page counts of the same items.")
+    items_counted: int = Field(
+        description="How many accepted items these pages cover: the ended ones and those "
+        "running (the first items not ended, as queued); items still queued have no page count "
+        "yet, so `pages_total` grows while they start."
+    )
+
+
 class BatchItemView(ApiModel):
     index: int = Field(description="The file's place in the request (0-based).")
     filename: str | None = None
@@ -258,6 +272,7 @@ class BatchView(ApiModel):
     created_at: datetime
     completed_at: datetime | None = None
     counts: BatchCounts
+    progress: BatchProgress
     links: dict[str, str]
     webhook: WebhookState | None = None
     items: list[BatchItemView]

@@ -107,6 +107,7 @@ async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
             "total": 33, "refused": 3, "accepted": 30, "pending": 30,
             "completed": 0, "failed": 0, "cancelled": 0,
         }  # fmt: skip
+        assert accepted["progress"] == {"pages_done": 0, "pages_total": 0, "items_counted": 0}
         refused = {i["filename"]: i for i in accepted["items"] if i["status"] == "refused"}
         assert {n: i["error"]["code"] for n, i in refused.items()} == {
             "page.html": "NOT_A_PDF",
@@ -123,12 +124,16 @@ async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
         assert call.headers["webhook-id"] == f"msg_{accepted['batch_id']}_batch_completed"
         assert event["data"]["counts"]["completed"] == 30
         assert event["data"]["counts"]["refused"] == 3
+        # One page each, every item ended: all of its pages are done.
+        pages = {"pages_done": 30, "pages_total": 30, "items_counted": 30}
+        assert event["data"]["progress"] == pages
 
         batch_id = accepted["batch_id"]
         view = await get_batch(stack, batch_id, limit="10")
         assert view["status"] == "completed"
         assert view["completed_at"] is not None
         assert view["counts"]["pending"] == 0
+        assert view["progress"] == pages
         assert view["next_cursor"] == "10"
         assert len(view["items"]) == 10
         last = await get_batch(stack, batch_id, cursor="30", limit="10")
