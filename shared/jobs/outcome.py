@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Any
 
+from aio_pika.abc import HeadersType
+
 from shared.errors import NotRoutable, TransientError
 from shared.jobs import batches
 from shared.jobs.records import public_view
@@ -54,8 +56,17 @@ async def publish_event(
         event_type,
         json.dumps(view).encode(),
         message_id=event_id(job.job_id, event_type) if event_type != "job.progress" else None,
-        headers={"job_id": job.job_id, "tenant": job.tenant},
+        headers=_event_headers(job),
     )
+
+
+def _event_headers(job: Job) -> HeadersType:
+    """A job event's headers: its job and tenant, and the batch of an item (the ingress's
+    watcher follows a batch's items by it: `GET /v1/batches/{id}/events`)."""
+    headers: HeadersType = {"job_id": job.job_id, "tenant": job.tenant}
+    if job.batch_id is not None:
+        headers["batch_id"] = job.batch_id
+    return headers
 
 
 async def announce_terminal(
