@@ -71,7 +71,9 @@ class JobLinks(ApiModel):
 class TargetView(ApiModel):
     """Where a job's outputs were written once it ended (README "Result destinations")."""
 
-    kind: Literal["destination", "presigned"]
+    kind: Literal["destination", "presigned", "outbox"] = Field(
+        description="`outbox`: a dropped file's (the object drop names it for its jobs)."
+    )
     name: str | None = Field(default=None, description="The operator's destination.")
     state: TargetState = Field(
         description="`pending` until written (then `job.delivered`), `failed` once given up on "
@@ -80,7 +82,8 @@ class TargetView(ApiModel):
     error: JobError | None = None
     location: str | None = Field(
         default=None,
-        description="`s3://bucket/prefix{job_id}/`, or the manifest URL without its query.",
+        description="`s3://bucket/prefix{job_id}/`, the manifest URL without its query, or "
+        "the outbox name the files share (`s3://bucket/outbox/<name>`).",
     )
     objects: int | None = Field(default=None, description="Objects written, the manifest too.")
     settled_at: datetime | None = None
