@@ -1,5 +1,7 @@
 """Job control over HTTP: list, cancel, follow (Server-Sent Events), status estimates, retention.
 
+Its event streams (a job's here, a batch's in handlers/http/batches.py) are ended at shutdown.
+
 Its state is set up on the ingress application by `setup` (called from `ingress.create_app`);
 its routes are in the table (handlers/http/routes.py).
 """
@@ -94,13 +96,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     api = request.app[API]
     ctx = api.ctx
     job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
-        }
-    )
+    resp = stream_response()
     async with api.watcher.listen(job.job_id) as events:
         api.streams.add(events)
         try:
@@ -127,9 +123,22 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def stream_response() -> web.StreamResponse:
+    """An event stream's response, before `prepare`."""
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+        }
+    )
+
+
 async def _end_streams(app: web.Application) -> None:
     """At shutdown: end open event streams, so they do not hold the server's graceful stop."""
     for events in list(app[API].streams):
+        while events.full():  # a bounded backlog (a batch's): what is unsent goes anyway
+            events.get_nowait()
         events.put_nowait({"type": SHUTDOWN})
 
 

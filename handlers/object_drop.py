@@ -13,13 +13,14 @@ from shared.doors.outbox import INBOX, outbox_key
 from shared.doors.s3events import CreatedObject, S3Notification, created_objects
 from shared.errors import ErrorCode, PermanentError, TransientError
 from shared.intake.submit import Submission, Submitter
-from shared.models import ExtractOptions, WebhookSpec
+from shared.models import ExtractOptions, JobTarget, WebhookSpec
 from shared.runtime.consumer import consume
 from shared.runtime.context import Context
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = ExtractOptions(outputs=("text", "markdown", "metadata"))
+OUTBOX_TARGET = JobTarget(kind="outbox")
 META_OPTIONS = "x-amz-meta-pdfrelay-options"
 META_WEBHOOK_URL = "x-amz-meta-pdfrelay-webhook-url"
 META_WEBHOOK_TOKEN = "x-amz-meta-pdfrelay-webhook-token"  # noqa: S105 - a header name
@@ -51,6 +52,8 @@ async def submit_object(ctx: Context, obj: CreatedObject, submitter: Submitter) 
                 idempotency_key=f"object-drop:{obj.bucket}/{obj.key}@{obj.version}",
                 # An object is seen again only after its first sighting may have been cut short.
                 recover=True,
+                # The outcome lands in outbox/ as the job's target (`job.delivered` says so).
+                target=OUTBOX_TARGET,
             ),
         )
     except (PermanentError, ValidationError) as exc:
@@ -110,7 +113,7 @@ async def poll_forever(
 
 
 async def serve(ctx: Context, stop: asyncio.Event) -> None:
-    """Consume bucket notifications (the extract handler writes the outbox); poll if set."""
+    """Consume bucket notifications (the targets handler writes the outbox); poll if set."""
     submitter = Submitter()
 
     async def on_note(note: S3Notification, ctx: Context, message: AbstractIncomingMessage) -> None:

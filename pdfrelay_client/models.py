@@ -152,6 +152,9 @@ class Batch:
     items: tuple[BatchItem, ...] = ()
     next_cursor: str | None = None
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    progress: dict[str, int] = field(default_factory=dict)
+    """``pages_done``, ``pages_total`` and ``items_counted`` (the items whose page count is
+    known); empty from a service of the version before."""
 
     @property
     def refused(self) -> list[BatchItem]:
@@ -167,6 +170,7 @@ class Batch:
             items=tuple(BatchItem.from_view(i) for i in view.get("items") or ()),
             next_cursor=view.get("next_cursor"),
             data=view,
+            progress={k: int(v) for k, v in (view.get("progress") or {}).items()},
         )
 
 

@@ -251,14 +251,17 @@ TargetState = Literal["pending", "delivered", "failed"]
 class JobTarget(Frozen):
     """Where a job's outputs go once it ends, and how that went (`target` in the job's view)."""
 
-    kind: Literal["destination", "presigned"]
+    kind: Literal["destination", "presigned", "outbox"]
+    """`outbox`: the object drop's own, `outbox/<name>…` beside the dropped name (the door
+    names it; a client cannot)."""
     name: str | None = None
     """The operator's destination (kind `destination`)."""
     state: TargetState = "pending"
     error: JobError | None = None
     location: str | None = None
-    """Where the outputs are: `s3://bucket/prefix{job_id}/`, or the presigned URLs' host and
-    path of the manifest (without the query: it holds the signature)."""
+    """Where the outputs are: `s3://bucket/prefix{job_id}/`, the presigned URLs' host and path
+    of the manifest (without the query: it holds the signature), or the outbox name the files
+    share (`s3://bucket/outbox/<name>`)."""
     objects: int | None = None
     """Objects written, the manifest included."""
     settled_at: datetime | None = None

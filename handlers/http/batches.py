@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
 
+from handlers import jobs_api
 from handlers.http.batch_sources import read_json_batch
 from handlers.http.bodies import read_batch_form
 from handlers.http.common import CTX, SUBMITTER, options, tenant_of, webhook_spec
 from handlers.jobs_api import API
-from shared.errors import ErrorCode, JobNotFound, PermanentError
+from shared.api.sse import batch_completed, follow_batch, sse
+from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
 from shared.intake import limits
 from shared.intake.batch import BatchFile, BatchRefused, submit_batch
 from shared.intake.targets import resolve_target
@@ -20,12 +24,18 @@ from shared.jobs import batches
 from shared.jobs.batches import Batch, BatchItem
 from shared.jobs.cancel import request_cancel
 from shared.jobs.throughput import QUEUE_PROBE_TTL_S, batch_eta
-from shared.models import Job, JobError, WebhookState, utcnow
+from shared.models import Job, JobError, Progress, WebhookState, utcnow
 from shared.runtime.context import Context
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ITEMS = 100
 MAX_ITEMS_PAGE = 1000
 READS_AT_ONCE = 16
+LIVE_READS = 64
+"""Records of items not ended read for a batch's pages done: the running ones (items are queued
+in order, the extract queue is first in, first out); the later ones, still queued, have no page
+count yet."""
 
 
 async def create_batch(request: web.Request) -> web.Response:
@@ -162,6 +172,43 @@ async def _eta(request: web.Request, batch: Batch, counts: dict[str, int]) -> fl
     return batch_eta(batch.created_at, utcnow(), ended, counts["pending"], api.meter, parallel)
 
 
+async def batch_events(request: web.Request) -> web.StreamResponse:
+    """The batch now (`batch.state`: counts and pages, no items), then its items' events as
+    they happen, then `batch.completed`; then EOF. A batch that has completed gets only its
+    `batch.completed`. Kept as a job's stream is (handlers/jobs_api.py `job_events`): a
+    keep-alive when quiet, ended at shutdown, and its backlog bounded."""
+    api = request.app[API]
+    ctx = api.ctx
+    batch = await batches.load(ctx, request.match_info["batch_id"], tenant_of(request))
+    resp = jobs_api.stream_response()
+    async with api.watcher.listen_batch(batch.batch_id) as events:
+        api.streams.add(events)
+        try:
+            # After subscribing: no change falls between (the record leaves `accepting` too).
+            batch = await batches.load(ctx, batch.batch_id, batch.tenant)
+            completed = await batch_completed(ctx, batch)
+            await resp.prepare(request)
+            await resp.write(b"retry: 3000\n\n")
+            if completed is not None:
+                await resp.write(completed)
+            else:
+                state = await batch_view(ctx, batch, 0, 0)
+                del state["items"], state["next_cursor"]  # the state only: items are paged
+                await resp.write(sse("batch.state", state))
+                async with contextlib.aclosing(follow_batch(ctx, batch, events)) as frames:
+                    async for frame in frames:
+                        await resp.write(frame)
+            await resp.write_eof()
+        except ConnectionResetError:
+            log.debug("event stream of batch %s: the client went away", batch.batch_id)
+        except TransientError as exc:
+            # Headers are sent: end the stream, the client reconnects and starts afresh.
+            log.warning("event stream of batch %s ended: %s", batch.batch_id, exc.message)
+        finally:
+            api.streams.discard(events)
+    return resp
+
+
 async def cancel_batch(request: web.Request) -> web.Response:
     """Cancel every item that has not ended; the batch as it is then."""
     ctx = request.app[CTX]
@@ -197,30 +244,53 @@ def _page(request: web.Request) -> tuple[int, int]:
 async def batch_view(
     ctx: Context, batch: Batch, start: int, limit: int, *, fresh: bool = False
 ) -> dict[str, Any]:
-    """Counts, and the items `start`…`start + limit`; `fresh`: just queued (no job is read)."""
+    """Counts, pages, and the items `start`…`start + limit`; `fresh`: just queued (no job is
+    read). The records read are the page's items' and, for the pages done, the first
+    `LIVE_READS` items not ended (in the order they were queued: those running now)."""
     ends = {} if fresh else await batches.ended(ctx, batch.batch_id)
     done = None if fresh else await batches.completion(ctx, batch.batch_id)
-    view = batches.summary(batch, ends, done, ctx.settings.base_url)
     page = batch.items[start : start + limit]
-    slots = asyncio.Semaphore(READS_AT_ONCE)
-
-    async def item(it: BatchItem) -> dict[str, Any]:
-        job: Job | None = None
-        if it.job_id is not None and not fresh:
-            async with slots:
-                try:
-                    job = await ctx.jobs.get(it.job_id, batch.tenant)
-                except JobNotFound:
-                    job = None
-        return _item_view(it, job)
-
-    view["items"] = list(await asyncio.gather(*(item(it) for it in page)))
+    jobs: dict[str, Job] = {}
+    if not fresh:
+        accepted = batch.accepted
+        running = [
+            it.job_id
+            for it in batch.items
+            if it.job_id is not None and it.job_id in accepted and it.job_id not in ends
+        ][:LIVE_READS]
+        wanted = {*running, *(it.job_id for it in page if it.job_id is not None)}
+        jobs = await _read_jobs(ctx, batch.tenant, wanted)
+    live = {job_id: _progress(job) for job_id, job in jobs.items()}
+    view = batches.summary(batch, ends, done, ctx.settings.base_url, live)
+    view["items"] = [_item_view(it, jobs.get(it.job_id or "")) for it in page]
     view["next_cursor"] = str(start + limit) if start + limit < len(batch.items) else None
     view["webhook"] = None
     if batch.webhook_url is not None:
         state = None if fresh else await ctx.jobs.webhook_state(batch.batch_id)
         view["webhook"] = (state or WebhookState(url=batch.webhook_url)).model_dump(mode="json")
     return view
+
+
+def _progress(job: Job) -> Progress:
+    """A read item's progress; one that has ended (its marker not written yet) is done."""
+    if not job.status.terminal:
+        return job.progress
+    pages = batches.item_pages(job.progress)
+    return Progress(pages_done=pages, pages_total=pages)
+
+
+async def _read_jobs(ctx: Context, tenant: str, job_ids: set[str]) -> dict[str, Job]:
+    slots = asyncio.Semaphore(READS_AT_ONCE)
+
+    async def read(job_id: str) -> Job | None:
+        async with slots:
+            try:
+                return await ctx.jobs.get(job_id, tenant)
+            except JobNotFound:
+                return None
+
+    found = await asyncio.gather(*(read(job_id) for job_id in sorted(job_ids)))
+    return {job.job_id: job for job in found if job is not None}
 
 
 def _item_view(item: BatchItem, job: Job | None) -> dict[str, Any]:

@@ -285,6 +285,35 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         Operation(
+            "get",
+            "/v1/batches/{batch_id}/events",
+            "streamBatchEvents",
+            "Server-Sent Events: the batch's state, its items' events and `batch.completed`",
+            "batches",
+            description=(
+                "`batch.state` (the batch as `GET /v1/batches/{batch_id}` heads it: counts, "
+                "progress, no items), then every event of its items as they happen "
+                "(`job.progress`, `job.completed`, `job.failed`, `job.cancelled`, "
+                "`job.delivered`, …, each with its job's view), then `batch.completed` (the "
+                "view its webhook carries); then the stream ends. A completed batch gets only "
+                "its `batch.completed`. Events of items that ended before the stream opened are "
+                "not replayed: `batch.state` counts them."
+            ),
+            responses=(
+                Resp(
+                    200,
+                    "`batch.state`, item events, then `batch.completed`.",
+                    content_type="text/event-stream",
+                    schema=SSE_EVENT,
+                ),
+                *errors(401, 404),
+            ),
+            auth=True,
+        ),
+        batches.batch_events,
+    ),
+    Route(
+        Operation(
             "delete",
             "/v1/batches/{batch_id}",
             "cancelBatch",

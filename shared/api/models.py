@@ -71,7 +71,9 @@ class JobLinks(ApiModel):
 class TargetView(ApiModel):
     """Where a job's outputs were written once it ended (README "Result destinations")."""
 
-    kind: Literal["destination", "presigned"]
+    kind: Literal["destination", "presigned", "outbox"] = Field(
+        description="`outbox`: a dropped file's (the object drop names it for its jobs)."
+    )
     name: str | None = Field(default=None, description="The operator's destination.")
     state: TargetState = Field(
         description="`pending` until written (then `job.delivered`), `failed` once given up on "
@@ -80,7 +82,8 @@ class TargetView(ApiModel):
     error: JobError | None = None
     location: str | None = Field(
         default=None,
-        description="`s3://bucket/prefix{job_id}/`, or the manifest URL without its query.",
+        description="`s3://bucket/prefix{job_id}/`, the manifest URL without its query, or "
+        "the outbox name the files share (`s3://bucket/outbox/<name>`).",
     )
     objects: int | None = Field(default=None, description="Objects written, the manifest too.")
     settled_at: datetime | None = None
@@ -239,6 +242,20 @@ class BatchCounts(ApiModel):
     cancelled: int
 
 
+class BatchProgress(ApiModel):
+    """Pages over the batch's items whose page count is known."""
+
+    pages_done: int = Field(
+        description="Pages of the ended items (all of each) and pages done of the running ones."
+    )
+    pages_total: int = Field(description="The page counts of the same items.")
+    items_counted: int = Field(
+        description="How many accepted items these pages cover: the ended ones and those "
+        "running (the first items not ended, as queued); items still queued have no page count "
+        "yet, so `pages_total` grows while they start."
+    )
+
+
 class BatchItemView(ApiModel):
     index: int = Field(description="The file's place in the request (0-based).")
     filename: str | None = None
@@ -258,6 +275,7 @@ class BatchView(ApiModel):
     created_at: datetime
     completed_at: datetime | None = None
     counts: BatchCounts
+    progress: BatchProgress
     links: dict[str, str]
     webhook: WebhookState | None = None
     items: list[BatchItemView]

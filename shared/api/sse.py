@@ -1,5 +1,6 @@
-"""A job's Server-Sent Events (`GET /v1/jobs/{id}/events`): the frames, and following the job's
-events until it ends; the handler writes what `follow` yields."""
+"""Server-Sent Events: a job's (`GET /v1/jobs/{id}/events`: its events until it ends) and a
+batch's (`GET /v1/batches/{id}/events`: its items' events until `batch.completed`); the frames,
+and what the handlers write (`follow`, `follow_batch`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from shared.jobs import batches
+from shared.jobs.batches import Batch
 from shared.jobs.outcome import TERMINAL_EVENTS, event_id
-from shared.jobs.watch import JobEvents
+from shared.jobs.watch import LAGGED, JobEvents
 from shared.models import Job
 from shared.runtime.context import Context
 
@@ -52,8 +55,57 @@ async def follow(ctx: Context, job: Job, events: JobEvents) -> AsyncGenerator[by
         if kind == SHUTDOWN:
             return
         if kind == "job.progress":
-            done = (event["data"].get("progress") or {}).get("pages_done")
-            yield sse(kind, event["data"], f"{job_id}-progress-{done}")
+            yield frame(event)
         elif kind in TERMINAL_TYPES:
-            yield sse(kind, event["data"], event_id(job_id, kind))
+            yield frame(event)
             return
+
+
+def frame(event: dict[str, Any]) -> bytes:
+    """One job event from the watcher as a frame, with its stable id (a progress event's names
+    its pages done)."""
+    kind, data = event["type"], event["data"]
+    job_id = str(data.get("job_id"))
+    if kind == "job.progress":
+        done = (data.get("progress") or {}).get("pages_done")
+        return sse(kind, data, f"{job_id}-progress-{done}")
+    return sse(kind, data, event_id(job_id, kind))
+
+
+async def batch_completed(ctx: Context, batch: Batch) -> bytes | None:
+    """The batch's `batch.completed` frame (its stable event id, the view its webhook carried)
+    once its completion is recorded; None before."""
+    done = await batches.completion(ctx, batch.batch_id)
+    if done is None:
+        return None
+    ends = await batches.ended(ctx, batch.batch_id)
+    view = batches.summary(batch, ends, done, ctx.settings.base_url)
+    return sse(batches.COMPLETED_EVENT, view, batches.event_id(batch.batch_id))
+
+
+async def follow_batch(
+    ctx: Context, batch: Batch, events: JobEvents
+) -> AsyncGenerator[bytes, None]:
+    """The frames after the batch's state: every event of its items (progress, ends,
+    deliveries), keep-alives, then `batch.completed`; or nothing more at shutdown, or when the
+    client fell so far behind that its backlog was dropped (it reconnects and reads the state
+    afresh). `events`: the batch's, subscribed before its state was read."""
+    while True:
+        try:
+            async with asyncio.timeout(KEEPALIVE_S):
+                event = await events.get()
+        except TimeoutError:
+            # Quiet: keep proxies from closing the stream, and make up for a lost event.
+            completed = await batch_completed(ctx, batch)
+            if completed is not None:
+                yield completed
+                return
+            yield b": keep-alive\n\n"
+            continue
+        kind = event["type"]
+        if kind in (SHUTDOWN, LAGGED):
+            return
+        if kind == batches.COMPLETED_EVENT:
+            yield sse(kind, event["data"], batches.event_id(batch.batch_id))
+            return
+        yield frame(event)

@@ -8,20 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shared.doors.outbox import write_outbox
+from shared.doors.outbox import outbox_key, write_outbox
 from shared.doors.seed_payloads import webhook_body
+from shared.errors import ErrorCode, PermanentError
 from shared.models import Job
 from shared.runtime.context import Context, DoorAnnouncements
 
 
 class ObjectDrop:
-    """The object drop: the outcome lands in `outbox/` beside the dropped name."""
+    """The object drop: the outcome lands in `outbox/` beside the dropped name, as the job's
+    target of kind `outbox` (delivered after the ending, like every target: `job.delivered`)."""
 
     async def ended(self, ctx: Context, job: Job) -> None:
-        await write_outbox(ctx.storage, job)
+        if job.target is None:
+            # Accepted by the version before (no target named): its outbox is written here,
+            # before the event, as it was then.
+            await write_outbox(ctx.storage, job)
 
     async def webhook_body(self, ctx: Context, job: Job) -> str | None:
         return None
+
+    async def write_outbox(self, ctx: Context, job: Job) -> tuple[str, int]:
+        assert job.source_key is not None
+        objects = await write_outbox(ctx.storage, job)
+        return f"s3://{ctx.settings.s3_bucket}/{outbox_key(job.source_key, '')}", objects
 
 
 class Seed:
@@ -32,6 +42,9 @@ class Seed:
 
     async def webhook_body(self, ctx: Context, job: Job) -> str | None:
         return await webhook_body(ctx, job)
+
+    async def write_outbox(self, ctx: Context, job: Job) -> tuple[str, int]:
+        raise PermanentError("the seed door has no outbox", ErrorCode.TARGET_NOT_ALLOWED)
 
 
 DOORS: Mapping[str, DoorAnnouncements] = {"object-drop": ObjectDrop(), "seed": Seed()}

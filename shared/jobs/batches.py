@@ -5,7 +5,8 @@ job ids chosen up front, state `accepting`) and once more when every item is que
 (state `open`), then a `BatchSignal` without a job; nobody writes it after. A batch item's
 terminal announcement (shared/jobs/outcome.py) sends a `BatchSignal` to the single-active-consumer
 queue `pdfrelay.batches` (handlers/batches.py): each becomes an empty marker
-`batches/{id}/ended/{job_id}.{status}` (idempotent), and the one consumer that finds every
+`batches/{id}/ended/{job_id}.{status}.{pages}` (idempotent; the item's page count rides in
+the key, so one LIST gives a batch's counts and its pages), and the one consumer that finds every
 accepted item ended queues the webhook, publishes `batch.completed` and writes
 `batches/{id}/completed.json`; a later or redelivered signal finds that marker and does nothing
 (the fan-out merge's discipline: one consumer at a time decides, a marker makes it stick).
@@ -16,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.adapters.storage import ObjectNotFound
 from shared.errors import JobNotFound, NotRoutable, TransientError
-from shared.models import JOB_ID_RE, Job, JobError, JobStatus, WebhookDelivery, utcnow
+from shared.models import JOB_ID_RE, Job, JobError, JobStatus, Progress, WebhookDelivery, utcnow
 from shared.runtime.context import Context
 from shared.webhooks.dispatch import enqueue
 
@@ -71,6 +72,9 @@ class BatchSignal(BaseModel):
     batch_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     job_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     status: str | None = None
+    pages: int | None = Field(default=None, ge=0)
+    """The ended item's page count (its pages total, else the pages it did); None from a
+    sender of the version before (its marker then has no pages)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -81,9 +85,23 @@ async def signal(ctx: Context, batch_id: str, job: Job | None = None) -> None:
         batch_id=batch_id,
         job_id=job.job_id if job else None,
         status=job.status.value if job else None,
+        pages=item_pages(job.progress) if job else None,
     )
     message_id = f"{batch_id}.{job.job_id if job else 'open'}"
     await ctx.broker.publish(ctx.topology.tasks, ctx.topology.BATCH_KEY, msg, message_id=message_id)
+
+
+def item_pages(progress: Progress) -> int:
+    """An ended item's pages for its batch's progress: its page count, else what it did."""
+    return progress.pages_total if progress.pages_total is not None else progress.pages_done
+
+
+class Ended(NamedTuple):
+    """An item that has ended, as its marker says."""
+
+    status: str
+    pages: int | None
+    """None: a marker of the version before, without its pages."""
 
 
 def batch_key(batch_id: str) -> str:
@@ -138,13 +156,14 @@ async def load(ctx: Context, batch_id: str, tenant: str | None) -> Batch:
     return batch
 
 
-async def ended(ctx: Context, batch_id: str) -> dict[str, str]:
-    """job id → terminal status of the items that have ended (one LIST)."""
+async def ended(ctx: Context, batch_id: str) -> dict[str, Ended]:
+    """job id → status and pages of the items that have ended (one LIST)."""
     prefix = ended_prefix(batch_id)
-    out: dict[str, str] = {}
+    out: dict[str, Ended] = {}
     for key in await ctx.storage.list_keys(prefix):
-        job_id, _, status = key.removeprefix(prefix).partition(".")
-        out[job_id] = status
+        job_id, _, rest = key.removeprefix(prefix).partition(".")
+        status, _, pages = rest.partition(".")
+        out[job_id] = Ended(status, int(pages) if pages.isdigit() else None)
     return out
 
 
@@ -156,9 +175,9 @@ async def completion(ctx: Context, batch_id: str) -> dict[str, Any] | None:
     return data
 
 
-def counts(batch: Batch, ends: dict[str, str]) -> dict[str, int]:
+def counts(batch: Batch, ends: dict[str, Ended]) -> dict[str, int]:
     accepted = batch.accepted
-    done = {job: status for job, status in ends.items() if job in accepted}
+    done = {job: end.status for job, end in ends.items() if job in accepted}
     by_status = {s: sum(1 for v in done.values() if v == s) for s in sorted(ENDED)}
     return {
         "total": len(batch.items),
@@ -169,8 +188,34 @@ def counts(batch: Batch, ends: dict[str, str]) -> dict[str, int]:
     }
 
 
+def progress(
+    batch: Batch, ends: dict[str, Ended], live: dict[str, Progress] | None = None
+) -> dict[str, int]:
+    """Pages done / total over the accepted items whose page count is known: an ended item
+    counts its pages as done (what it will ever do), an item still running (`live`: the records
+    read of some not ended) its progress; `items_counted` says over how many items."""
+    done = total = counted = 0
+    for job_id in batch.accepted:
+        end = ends.get(job_id)
+        if end is not None:
+            if end.pages is None:
+                continue
+            done, total = done + end.pages, total + end.pages
+        else:
+            now = (live or {}).get(job_id)
+            if now is None or now.pages_total is None:
+                continue
+            done, total = done + now.pages_done, total + now.pages_total
+        counted += 1
+    return {"pages_done": done, "pages_total": total, "items_counted": counted}
+
+
 def summary(
-    batch: Batch, ends: dict[str, str], done: dict[str, Any] | None, base_url: str
+    batch: Batch,
+    ends: dict[str, Ended],
+    done: dict[str, Any] | None,
+    base_url: str,
+    live: dict[str, Progress] | None = None,
 ) -> dict[str, Any]:
     """The batch without its items: what `GET /v1/batches/{id}` heads with, and the webhook."""
     tally = counts(batch, ends)
@@ -183,6 +228,7 @@ def summary(
         "created_at": batch.created_at.isoformat(),
         "completed_at": done.get("completed_at") if done else None,
         "counts": tally,
+        "progress": progress(batch, ends, live),
         "links": {"self": f"{base_url}/v1/batches/{batch.batch_id}"},
     }
 
@@ -191,7 +237,10 @@ async def on_signal(ctx: Context, signal: BatchSignal) -> None:
     """One message of the arbiter's queue (its only consumer at a time: no race here)."""
     batch_id = signal.batch_id
     if signal.job_id is not None and signal.status in ENDED:
-        await ctx.storage.put_bytes(f"{ended_prefix(batch_id)}{signal.job_id}.{signal.status}", b"")
+        pages = "" if signal.pages is None else f".{signal.pages}"
+        await ctx.storage.put_bytes(
+            f"{ended_prefix(batch_id)}{signal.job_id}.{signal.status}{pages}", b""
+        )
     try:
         batch = await load(ctx, batch_id, None)
     except JobNotFound:

@@ -4,10 +4,12 @@ webhook, reply, outbox: shared/jobs/outcome.py).
 
     accept ─► start ─► progress… ─► end (completed | failed | cancelled) ─► target_settled
        └──────────────► cancel_queued (ingress)      dead_letter (extract queue gave up)
+                                            target_reopened (an operator) ◄─┘ (failed)
 
 `target_settled`: a job with a result destination (`Job.target`) has its outputs written there
 after its end, by the targets handler (shared/jobs/targets.py), and that outcome is stored and
-announced (`job.delivered` | `job.delivery_failed`) here, once.
+announced (`job.delivered` | `job.delivery_failed`) here, once. `target_reopened`: an operator
+sends a failed delivery again (`pdfrelay dlq replay --targets`, shared/jobs/target_dlq.py).
 
 The extract handler, the fan-out, cancel, the dead-letter drain and the doors
 (shared/intake/submit.py) call these; none of them writes a job record itself.
@@ -26,8 +28,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from shared.errors import ErrorCode, JobCancelled, WriteConflict
-from shared.jobs.outcome import announce_terminal, publish_event, target_event
+from shared.errors import ErrorCode, JobCancelled, PermanentError, WriteConflict
+from shared.jobs.outcome import announce_terminal, publish_event, queue_delivery, target_event
 from shared.jobs.records import Revision, public_view
 from shared.models import (
     Job,
@@ -268,3 +270,37 @@ async def announce_target(ctx: Context, job: Job) -> None:
     """`job.delivered` or `job.delivery_failed` of a job whose target is settled (repeatable)."""
     assert job.target is not None
     await publish_event(ctx, job, target_event(job.target.state))
+
+
+async def target_reopened(ctx: Context, job: Job, rev: Revision) -> Job:
+    """Put the job's failed target back to `pending` over the version `rev` (one conditional
+    write) and queue its delivery again, its retry budget afresh; returns the job as stored.
+
+    Raises:
+        PermanentError: CONFLICT when its target has not failed, or is presigned URLs (they are
+            dropped from the record once settled: the client submits again).
+        WriteConflict: the record changed since `rev` (read it again).
+    """
+    target = job.target
+    if target is None or target.state != "failed":
+        state = "no target" if target is None else f"a target {target.state}"
+        raise PermanentError(f"the job has {state}, not failed", ErrorCode.CONFLICT)
+    if target.kind == "presigned":
+        raise PermanentError(
+            "a presigned target's URLs are dropped once settled: submit the job again",
+            ErrorCode.CONFLICT,
+        )
+    pending = target.model_copy(
+        update={
+            "state": "pending",
+            "error": None,
+            "location": None,
+            "objects": None,
+            "settled_at": None,
+        }
+    )
+    reopened = job.model_copy(update={"target": pending})
+    await ctx.jobs.save(reopened, rev)
+    log.info("job %s: its failed target is delivered again", job.job_id)
+    await queue_delivery(ctx, reopened)
+    return reopened

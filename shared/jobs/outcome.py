@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Any
 
+from aio_pika.abc import HeadersType
+
 from shared.errors import NotRoutable, TransientError
 from shared.jobs import batches
 from shared.jobs.records import public_view
@@ -54,8 +56,17 @@ async def publish_event(
         event_type,
         json.dumps(view).encode(),
         message_id=event_id(job.job_id, event_type) if event_type != "job.progress" else None,
-        headers={"job_id": job.job_id, "tenant": job.tenant},
+        headers=_event_headers(job),
     )
+
+
+def _event_headers(job: Job) -> HeadersType:
+    """A job event's headers: its job and tenant, and the batch of an item (the ingress's
+    watcher follows a batch's items by it: `GET /v1/batches/{id}/events`)."""
+    headers: HeadersType = {"job_id": job.job_id, "tenant": job.tenant}
+    if job.batch_id is not None:
+        headers["batch_id"] = job.batch_id
+    return headers
 
 
 async def announce_terminal(
@@ -81,12 +92,7 @@ async def announce_terminal(
         # Its outputs go to the target off the extraction slots (handlers/targets.py), queued
         # before anyone hears of the end; a repeated ending queues it again, and the handler
         # finds it settled or the same keys.
-        await ctx.broker.publish(
-            ctx.topology.tasks,
-            ctx.topology.DELIVER_KEY,
-            DeliveryTask(job_id=job.job_id, tenant=job.tenant),
-            message_id=f"{job.job_id}.deliver",
-        )
+        await queue_delivery(ctx, job)
     await publish_event(ctx, job, event_type, view)
     if job.batch_id is not None:
         await batches.signal(ctx, job.batch_id, job)
@@ -95,6 +101,16 @@ async def announce_terminal(
     if webhook is None:
         return
     await queue_webhook(ctx, job, webhook, event_type, event_id(job.job_id, event_type), view)
+
+
+async def queue_delivery(ctx: Context, job: Job) -> None:
+    """Queue the writing of the ended job's outputs to its target (`pdfrelay.targets`)."""
+    await ctx.broker.publish(
+        ctx.topology.tasks,
+        ctx.topology.DELIVER_KEY,
+        DeliveryTask(job_id=job.job_id, tenant=job.tenant),
+        message_id=f"{job.job_id}.deliver",
+    )
 
 
 async def _reply(ctx: Context, job: Job, event_type: str, view: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@ The job's terminal announcement (shared/jobs/outcome.py) queues a `DeliveryTask`
 extraction slot waits on a destination) runs `deliver` for it:
 
 - the outputs go to deterministic names, `{prefix}{job_id}/result.json` and one object per
-  artifact (operator destinations), or to the URL the client gave for each name (presigned);
+  artifact (operator destinations), or to the URL the client gave for each name (presigned),
+  or (kind `outbox`, which the object drop names for its jobs) to the door's `outbox/<name>…`
+  in the door's own layout, written by the door's code through `Context.doors`, no manifest;
 - `manifest.json` goes last: it lists what was written, with sizes and digests, and the job's
   outcome (a failed job's target gets the manifest alone);
 - the record's `target` is settled then (`lifecycle.target_settled`), once.
@@ -273,6 +275,20 @@ async def _to_urls(ctx: Context, writer: TargetWriter, job: Job, urls: dict[str,
     return len(written) + 1
 
 
+async def _to_outbox(ctx: Context, job: Job) -> tuple[str, int]:
+    """The door's own destination (the object drop's `outbox/`), written by the door's code
+    (its names are the door's): the same bytes to the same keys on every delivery."""
+    door = ctx.doors.get(job.door)
+    if door is None:
+        raise PermanentError(f"the {job.door} door has no outbox", ErrorCode.TARGET_NOT_ALLOWED)
+    try:
+        return await door.write_outbox(ctx, job)
+    except ObjectNotFound as exc:
+        raise PermanentError(
+            "an output of the job is no longer stored", ErrorCode.TARGET_UNREACHABLE
+        ) from exc
+
+
 async def deliver(ctx: Context, writer: TargetWriter, task: DeliveryTask, tries: int) -> None:
     """Write the job's outputs and manifest to its target and settle it (one task).
 
@@ -297,6 +313,8 @@ async def deliver(ctx: Context, writer: TargetWriter, task: DeliveryTask, tries:
     try:
         if target.kind == "destination":
             location, objects = await _to_destination(ctx, writer, job, target)
+        elif target.kind == "outbox":
+            location, objects = await _to_outbox(ctx, job)
         else:
             assert target.urls is not None
             objects = await _to_urls(ctx, writer, job, target.urls)

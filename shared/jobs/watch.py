@@ -1,4 +1,4 @@
-"""Wake up long-polls and event streams when a job changes, from the events exchange."""
+"""Wake up long-polls and event streams when a job or a batch changes, from the events exchange."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from shared.jobs.batches import COMPLETED_EVENT as BATCH_COMPLETED
 from shared.jobs.records import JobStore
 from shared.models import Job
 from shared.runtime.context import Context
@@ -18,12 +19,21 @@ from shared.runtime.context import Context
 JobEvents = asyncio.Queue[dict[str, Any]]
 """One listener's events of a job: `{"type": routing key, "data": the job's view}`."""
 
+BATCH_BACKLOG = 1000
+"""Events a batch's stream may hold unsent (a batch of many items ends many jobs at once);
+past it the stream is told it lagged."""
+LAGGED = "_lagged"
+"""The type of the event that replaces a batch stream's backlog when it overflowed: the stream
+ends, and its client reconnects and reads the batch's state afresh."""
+
 
 class JobWatcher:
-    """One exclusive, auto-deleted queue per process, bound to every job event."""
+    """One exclusive, auto-deleted queue per process, bound to every job event and to
+    `batch.completed`."""
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[JobEvents]] = defaultdict(set)
+        self._batches: dict[str, set[JobEvents]] = defaultdict(set)
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self.observers: list[Callable[[str, bytes], None]] = []
@@ -33,6 +43,7 @@ class JobWatcher:
         self._channel = await ctx.connection.channel()
         self._queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         await self._queue.bind(ctx.topology.events, routing_key="job.#")
+        await self._queue.bind(ctx.topology.events, routing_key=BATCH_COMPLETED)
         await self._queue.consume(self._on_event, no_ack=True)
 
     async def stop(self) -> None:
@@ -42,12 +53,23 @@ class JobWatcher:
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         for observe in self.observers:
             observe(message.routing_key or "", message.body)
-        job_id = (message.headers or {}).get("job_id")
-        if not isinstance(job_id, str) or job_id not in self._listeners:
+        headers = message.headers or {}
+        job_id, batch_id = headers.get("job_id"), headers.get("batch_id")
+        jobs = self._listeners.get(job_id) if isinstance(job_id, str) else None
+        batches = self._batches.get(batch_id) if isinstance(batch_id, str) else None
+        if not jobs and not batches:
             return
         event = {"type": message.routing_key, "data": json.loads(message.body)}
-        for q in self._listeners[job_id]:
+        for q in jobs or ():
             q.put_nowait(event)
+        for q in batches or ():
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                # A client that does not read: drop its backlog, not the process's memory.
+                while not q.empty():
+                    q.get_nowait()
+                q.put_nowait({"type": LAGGED})
 
     @contextlib.asynccontextmanager
     async def listen(self, job_id: str) -> AsyncIterator[JobEvents]:
@@ -60,6 +82,19 @@ class JobWatcher:
             self._listeners[job_id].discard(q)
             if not self._listeners[job_id]:
                 del self._listeners[job_id]
+
+    @contextlib.asynccontextmanager
+    async def listen_batch(self, batch_id: str) -> AsyncIterator[JobEvents]:
+        """The events of the batch's items and its `batch.completed` while the block runs;
+        subscribe before reading the batch's state."""
+        q: JobEvents = asyncio.Queue(BATCH_BACKLOG)
+        self._batches[batch_id].add(q)
+        try:
+            yield q
+        finally:
+            self._batches[batch_id].discard(q)
+            if not self._batches[batch_id]:
+                del self._batches[batch_id]
 
 
 async def until_ended(jobs: JobStore, job: Job, events: JobEvents, wait: float) -> Job:

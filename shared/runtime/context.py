@@ -35,10 +35,15 @@ class DoorAnnouncements(Protocol):
     calls these through `Context.doors`, keyed by `Job.door`, and imports no door."""
 
     async def ended(self, ctx: Context, job: Job) -> None:
-        """The job ended: before its event is published (the object drop writes its outbox)."""
+        """The job ended: before its event is published (the object drop writes the outbox of
+        a job accepted by the version before, which names no target)."""
 
     async def webhook_body(self, ctx: Context, job: Job) -> str | None:
         """The terminal webhook's body, when the door's clients expect their own (None: ours)."""
+
+    async def write_outbox(self, ctx: Context, job: Job) -> tuple[str, int]:
+        """Write the ended job's outputs to the door's own destination (a target of kind
+        `outbox`, delivered by shared/jobs/targets.py): where they are, and how many objects."""
 
 
 @dataclass(frozen=True)

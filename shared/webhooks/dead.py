@@ -8,7 +8,7 @@ when the channel closes, so nothing is lost if the command dies half-way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -58,9 +58,11 @@ def _describe(message: AbstractIncomingMessage) -> DeadLetter:
 
 
 @asynccontextmanager
-async def _dead_queue(
-    settings: Settings,
+async def parked_queue(
+    settings: Settings, name: Callable[[Topology], str]
 ) -> AsyncIterator[tuple[Topology, AbstractConnection, AbstractQueue]]:
+    """A parking lot (`name` of the topology), to take messages from with basic.get and manual
+    acks: what is not acked goes back, in order, when the block ends."""
     topo = topology_for(settings)
     # Not a robust connection: if it drops half-way, every unacked message is back in the
     # queue and the command fails loudly rather than carrying on with a new channel.
@@ -72,14 +74,18 @@ async def _dead_queue(
         channel = await connection.channel()
         # Unacked messages go back to the queue, in order, when this channel closes.
         async with channel:
-            queue = await channel.declare_queue(topo.webhooks_dead, passive=True)
+            queue = await channel.declare_queue(name(topo), passive=True)
             yield topo, connection, queue
+
+
+def _webhooks_dead(topo: Topology) -> str:
+    return topo.webhooks_dead
 
 
 async def list_dead(settings: Settings, limit: int = 1000) -> list[DeadLetter]:
     """The parked webhook deliveries, oldest first; the queue is left as it was."""
     found: list[DeadLetter] = []
-    async with _dead_queue(settings) as (_, _connection, queue):
+    async with parked_queue(settings, _webhooks_dead) as (_, _connection, queue):
         while len(found) < limit:
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
@@ -99,7 +105,7 @@ async def replay_dead(
     if (job_id is None) == (not replay_all):
         raise ValueError("give exactly one of job_id or replay_all")
     replayed = 0
-    async with _dead_queue(settings) as (topo, connection, queue):
+    async with parked_queue(settings, _webhooks_dead) as (topo, connection, queue):
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         async with publisher:
             while (message := await queue.get(no_ack=False, fail=False)) is not None:

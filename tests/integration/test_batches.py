@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from handlers import batches as batch_handler
+from pdfrelay_client.sse import sse_events
 from shared.intake import batch as batch_intake
 from shared.jobs import batches
 from shared.jobs.batches import BatchSignal
@@ -107,6 +108,7 @@ async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
             "total": 33, "refused": 3, "accepted": 30, "pending": 30,
             "completed": 0, "failed": 0, "cancelled": 0,
         }  # fmt: skip
+        assert accepted["progress"] == {"pages_done": 0, "pages_total": 0, "items_counted": 0}
         refused = {i["filename"]: i for i in accepted["items"] if i["status"] == "refused"}
         assert {n: i["error"]["code"] for n, i in refused.items()} == {
             "page.html": "NOT_A_PDF",
@@ -123,12 +125,16 @@ async def test_thirty_pdfs_and_three_bad_files_one_batch_completed(
         assert call.headers["webhook-id"] == f"msg_{accepted['batch_id']}_batch_completed"
         assert event["data"]["counts"]["completed"] == 30
         assert event["data"]["counts"]["refused"] == 3
+        # One page each, every item ended: all of its pages are done.
+        pages = {"pages_done": 30, "pages_total": 30, "items_counted": 30}
+        assert event["data"]["progress"] == pages
 
         batch_id = accepted["batch_id"]
         view = await get_batch(stack, batch_id, limit="10")
         assert view["status"] == "completed"
         assert view["completed_at"] is not None
         assert view["counts"]["pending"] == 0
+        assert view["progress"] == pages
         assert view["next_cursor"] == "10"
         assert len(view["items"]) == 10
         last = await get_batch(stack, batch_id, cursor="30", limit="10")
@@ -175,6 +181,62 @@ async def test_cancel_a_batch_then_it_completes_cancelled(
         assert view["status"] == "completed"
         assert view["counts"]["cancelled"] == 3
         assert view["counts"]["pending"] == 0
+
+
+async def test_the_batch_event_stream_follows_every_item_to_batch_completed(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subscribed while the batch is queued: `batch.state`, every item's events as it runs and
+    ends, `batch.completed` last, then the server closes the stream."""
+    Arbiter(monkeypatch)
+    async with running_stack(make_settings(progress_after_s=0), extract_running=False) as stack:
+        stack.start(batch_handler.serve)
+        files = [
+            (f"{i}.pdf", make_pdf([f"doc {i} page {p}" for p in range(i + 1)])) for i in range(3)
+        ]
+        resp = await stack.client.post("/v1/batches", data=batch_form([*files, BAD[0]]))
+        assert resp.status == 202, await resp.text()
+        accepted = await resp.json()
+        batch_id = accepted["batch_id"]
+        jobs = {i["job_id"] for i in accepted["items"] if i["job_id"] is not None}
+        assert len(jobs) == 3
+
+        stream = await stack.client.get(f"/v1/batches/{batch_id}/events")
+        assert stream.status == 200
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        seen: list[tuple[str, dict[str, Any]]] = []
+        async with asyncio.timeout(TIMEOUT_S):
+            async for kind, data in sse_events(stream.content):
+                seen.append((kind, json.loads(data)))
+                if kind == "batch.state":
+                    state = seen[-1][1]
+                    assert state["status"] == "processing"
+                    assert state["counts"]["pending"] == 3
+                    assert "items" not in state
+                    stack.start_extract()  # only now: the stream sees the items run
+        # The server closed the stream after batch.completed.
+        kinds = [kind for kind, _ in seen]
+        assert kinds[0] == "batch.state"
+        assert kinds[-1] == "batch.completed"
+        assert kinds.count("batch.completed") == 1
+        ended = {d["job_id"] for k, d in seen if k == "job.completed"}
+        assert ended == jobs  # every item's end, all before batch.completed
+        assert all(d["batch_id"] == batch_id for k, d in seen if k.startswith("job."))
+        assert "job.progress" in kinds
+        final = seen[-1][1]
+        assert final["batch_id"] == batch_id
+        assert final["counts"]["completed"] == 3
+        assert final["counts"]["refused"] == 1
+        assert final["progress"] == {"pages_done": 6, "pages_total": 6, "items_counted": 3}
+
+        # A completed batch: its batch.completed alone, with the same event id.
+        again = await stack.client.get(f"/v1/batches/{batch_id}/events")
+        async with asyncio.timeout(TIMEOUT_S):
+            raw = (await again.read()).decode()
+        assert raw.count("event: ") == 1
+        assert f"event: batch.completed\nid: msg_{batch_id}_batch_completed\n" in raw
+        missing = await stack.client.get(f"/v1/batches/{'0' * 32}/events")
+        assert missing.status == 404
 
 
 @asynccontextmanager
@@ -226,11 +288,12 @@ async def test_another_tenant_sees_no_batch(make_settings: Any) -> None:
         )
         assert resp.status == 202
         batch_id = (await resp.json())["batch_id"]
-        for method in ("GET", "DELETE"):
+        for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/events")):
             other = await stack.client.request(
-                method, f"/v1/batches/{batch_id}", headers={"Authorization": "Bearer key-b"}
+                method, f"/v1/batches/{batch_id}{path}", headers={"Authorization": "Bearer key-b"}
             )
-            assert other.status == 404
+            assert other.status == 404, (method, path)
+            assert (await other.json())["error"]["code"] == "NOT_FOUND"
 
 
 async def test_items_over_the_page_quota_are_refused_and_said_so(

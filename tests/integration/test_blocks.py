@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from handlers import object_drop
+from handlers import object_drop, targets
 from shared.adapters.broker import publish
 from shared.extraction import ExtractLimits, extract_document
 from shared.models import ExtractOptions
 from tests.conftest import Stack, running_stack
 from tests.helpers import form, upload, wait_done
-from tests.integration.test_doors import minio_notification, next_event
+from tests.integration.test_doors import minio_notification, next_body, subscribed
 from tests.unit.pdfgen import figures_pdf, structured_pdf
 
 pytestmark = pytest.mark.integration
@@ -78,25 +78,25 @@ async def test_object_drop_writes_chunks_and_blocks_to_the_outbox(
     stack: Stack, tmp_path: Path
 ) -> None:
     stack.start(object_drop.serve)
+    stack.start(targets.serve)
     storage = stack.ctx.storage
     key = "inbox/manual.pdf"
     body = structured_pdf(tmp_path / "s.pdf").read_bytes()
     options = {"outputs": ["blocks", "chunks"]}
-    events = next_event(stack, "job.completed")
-    await asyncio.to_thread(
-        storage.client.put_object,
-        stack.ctx.settings.s3_bucket,
-        key,
-        io.BytesIO(body),
-        len(body),
-        "application/pdf",
-        {"pdfrelay-options": json.dumps(options)},
-    )
-    info = await storage.stat(key)
-    note = minio_notification(stack.ctx.settings.s3_bucket, key, info.etag)
-    await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", note)
-    done = await anext(events)
-    await events.aclose()
+    async with subscribed(stack, "job.delivered") as events:  # the outbox is the target
+        await asyncio.to_thread(
+            storage.client.put_object,
+            stack.ctx.settings.s3_bucket,
+            key,
+            io.BytesIO(body),
+            len(body),
+            "application/pdf",
+            {"pdfrelay-options": json.dumps(options)},
+        )
+        info = await storage.stat(key)
+        note = minio_notification(stack.ctx.settings.s3_bucket, key, info.etag)
+        await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", note)
+        done = await next_body(events)
     assert done["status"] == "completed", done
     chunks = await storage.get_bytes("outbox/manual.pdf.chunks.jsonl")
     assert chunks == await artifact(stack, done["job_id"], "chunks.jsonl")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
-from handlers import object_drop, requests
+from handlers import object_drop, requests, targets
 from shared.adapters.broker import publish
 from shared.intake.submit import Submitter
 from shared.jobs.records import record_key
@@ -87,6 +90,31 @@ async def next_event(stack: Stack, routing_key: str) -> AsyncGenerator[Any, None
         await channel.close()
 
 
+@asynccontextmanager
+async def subscribed(stack: Stack, *routing_keys: str) -> AsyncIterator[asyncio.Queue[Any]]:
+    """The bodies of the job events of `routing_keys`, bound before the block runs (an event
+    published in it is never missed); the queue goes with its channel."""
+    channel = await stack.ctx.connection.channel()
+    try:
+        queue = await channel.declare_queue(exclusive=True)
+        for key in routing_keys:
+            await queue.bind(stack.ctx.topology.events, key)
+        bodies: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            bodies.put_nowait(json.loads(message.body))
+
+        await queue.consume(on_message, no_ack=True)
+        yield bodies
+    finally:
+        await channel.close()
+
+
+async def next_body(bodies: asyncio.Queue[Any]) -> Any:
+    async with asyncio.timeout(60):
+        return await bodies.get()
+
+
 async def drop_and_notify(stack: Stack, key: str, body: bytes, event: str = "Put") -> None:
     await stack.ctx.storage.put_bytes(key, body, "application/pdf")
     info = await stack.ctx.storage.stat(key)
@@ -100,32 +128,48 @@ async def drop_and_notify(stack: Stack, key: str, body: bytes, event: str = "Put
 
 async def test_object_drop_writes_the_outbox_once_per_object(stack: Stack) -> None:
     stack.start(object_drop.serve)
+    stack.start(targets.serve)  # the outbox is the job's target: the targets handler writes it
     key = "inbox/reports/Quarterly Report ü.pdf"
-    events = next_event(stack, "job.completed")
-    await drop_and_notify(stack, key, make_pdf(["dropped text"], title="Q"))
-    done = await anext(events)
-    assert done["door"] == "object-drop"
-    assert done["client_ref"] == key
+    outbox = "outbox/reports/Quarterly Report ü.pdf"
+    async with subscribed(stack, "job.completed", "job.delivered") as events:
+        await drop_and_notify(stack, key, make_pdf(["dropped text"], title="Q"))
+        # job.completed (its target pending: the outbox is written after), then job.delivered
+        # (the outbox is there); two queues' messages, compared by the state they carry.
+        both = {(e := await next_body(events))["target"]["state"]: e for _ in range(2)}
+        assert both.keys() == {"pending", "delivered"}
+        done = both["delivered"]
+        assert done["status"] == "completed"
+        assert done["door"] == "object-drop"
+        assert done["client_ref"] == key
+        assert done["target"] == {
+            "kind": "outbox",
+            "name": None,
+            "state": "delivered",  # `job.delivered`: the outbox is there
+            "error": None,
+            "location": f"s3://{stack.ctx.settings.s3_bucket}/{outbox}",
+            "objects": 2,  # .json and .md
+            "settled_at": done["target"]["settled_at"],
+        }
+        result = await stack.ctx.storage.get_json(f"{outbox}.json")
+        assert "dropped text" in result["pages"][0]["text"]
+        markdown = await stack.ctx.storage.get_bytes(f"{outbox}.md")
+        assert b"dropped text" in markdown
 
-    result = await stack.ctx.storage.get_json("outbox/reports/Quarterly Report ü.pdf.json")
-    assert "dropped text" in result["pages"][0]["text"]
-    markdown = await stack.ctx.storage.get_bytes("outbox/reports/Quarterly Report ü.pdf.md")
-    assert b"dropped text" in markdown
-
-    # The same notification again (MinIO retries, replays) makes no second job.
-    info = await stack.ctx.storage.stat(key)
-    note = minio_notification(stack.ctx.settings.s3_bucket, key, info.etag)
-    await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", note)
-    # A notification for our own outbox write, and one for another bucket, make none either.
-    out_note = minio_notification(stack.ctx.settings.s3_bucket, "outbox/x.pdf.json", "e")
-    await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", out_note)
-    other = minio_notification("another-bucket", "inbox/y.pdf", "e")
-    await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", other)
-    # A multipart upload of a new file is a job; its event proves the ones before were handled.
-    await drop_and_notify(stack, "inbox/big.pdf", make_pdf(["multi"]), "CompleteMultipartUpload")
-    second = await anext(events)
-    assert second["client_ref"] == "inbox/big.pdf"
-    await events.aclose()
+        # The same notification again (MinIO retries, replays) makes no second job.
+        info = await stack.ctx.storage.stat(key)
+        note = minio_notification(stack.ctx.settings.s3_bucket, key, info.etag)
+        await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", note)
+        # A notification for our own outbox write, and one for another bucket, make none either.
+        out_note = minio_notification(stack.ctx.settings.s3_bucket, "outbox/x.pdf.json", "e")
+        await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", out_note)
+        other = minio_notification("another-bucket", "inbox/y.pdf", "e")
+        await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", other)
+        # A multipart upload of a new file is a job; its events prove the ones before were
+        # handled.
+        big = make_pdf(["multi"])
+        await drop_and_notify(stack, "inbox/big.pdf", big, "CompleteMultipartUpload")
+        second = [await next_body(events), await next_body(events)]
+        assert [e["client_ref"] for e in second] == ["inbox/big.pdf"] * 2
     records = await stack.ctx.storage.list_keys("index/")
     assert len([k for k in records if k.endswith(".json")]) == 2
 
@@ -136,13 +180,15 @@ async def test_object_drop_writes_the_outbox_once_per_object(stack: Stack) -> No
 
 async def test_object_drop_failure_lands_as_error_json(stack: Stack) -> None:
     stack.start(object_drop.serve)
-    events = next_event(stack, "job.failed")
-    await stack.ctx.storage.put_bytes("inbox/broken.pdf", b"%PDF-1.4\n" + b"\x00garbage" * 200)
-    info = await stack.ctx.storage.stat("inbox/broken.pdf")
-    note = aws_notification(stack.ctx.settings.s3_bucket, "inbox/broken.pdf", info.etag)
-    await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", note)
-    failed = await anext(events)
-    await events.aclose()
+    stack.start(targets.serve)
+    async with subscribed(stack, "job.delivered") as events:
+        await stack.ctx.storage.put_bytes("inbox/broken.pdf", b"%PDF-1.4\n" + b"\x00garbage" * 200)
+        info = await stack.ctx.storage.stat("inbox/broken.pdf")
+        note = aws_notification(stack.ctx.settings.s3_bucket, "inbox/broken.pdf", info.etag)
+        await publish(stack.ctx.channel, stack.ctx.topology.s3_events, "", note)
+        failed = await next_body(events)
+    assert failed["status"] == "failed"
+    assert failed["target"]["state"] == "delivered"
     error = await stack.ctx.storage.get_json("outbox/broken.pdf.error.json")
     assert error["job_id"] == failed["job_id"]
     assert error["error"]["code"] == failed["error"]["code"]
@@ -150,12 +196,12 @@ async def test_object_drop_failure_lands_as_error_json(stack: Stack) -> None:
 
 async def test_polling_finds_dropped_files_once(stack: Stack) -> None:
     await stack.ctx.storage.put_bytes("inbox/polled.pdf", make_pdf(["polled"]), "application/pdf")
-    events = next_event(stack, "job.completed")
-    # Two pollers (or a restart) over the same inbox submit it once.
-    assert await object_drop.poll_inbox(stack.ctx, Submitter()) == 1
-    assert await object_drop.poll_inbox(stack.ctx, Submitter()) == 1
-    done = await anext(events)
-    await events.aclose()
+    stack.start(targets.serve)
+    async with subscribed(stack, "job.delivered") as events:
+        # Two pollers (or a restart) over the same inbox submit it once.
+        assert await object_drop.poll_inbox(stack.ctx, Submitter()) == 1
+        assert await object_drop.poll_inbox(stack.ctx, Submitter()) == 1
+        done = await next_body(events)
     assert done["client_ref"] == "inbox/polled.pdf"
     assert (
         "polled" in (await stack.ctx.storage.get_json("outbox/polled.pdf.json"))["pages"][0]["text"]

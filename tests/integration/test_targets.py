@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,10 +22,14 @@ from aiohttp.test_utils import TestServer
 from handlers import targets
 from pdfrelay_client import AsyncClient, ErrorCode, InvalidInput
 from shared.adapters.storage import Storage
+from shared.errors import JobNotFound, PermanentError
+from shared.jobs import target_dlq
 from shared.models import DeliveryTask, JobTarget
+from shared.settings import Settings
 from tests.conftest import Stack, running_stack
 from tests.factories import make_pdf
 from tests.helpers import upload, wait_done
+from tests.integration.test_cli import PDFRELAY
 from tests.integration.test_client import base_url
 
 pytestmark = pytest.mark.integration
@@ -381,3 +387,71 @@ async def test_a_delivery_that_keeps_crashing_ends_failed(make_settings: Any) ->
         assert key == "job.delivery_failed"
         assert body["status"] == "completed"
         assert body["target"]["error"]["code"] == "INTERNAL"
+
+
+async def pdfrelay_cli(settings: Settings, *args: str) -> str:
+    """`pdfrelay …` with the test's broker namespace, S3 server and bucket; its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDFRELAY_")} | {
+        "PDFRELAY_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "PDFRELAY_NAMESPACE": settings.namespace,
+        "PDFRELAY_S3_ENDPOINT": settings.s3_endpoint or "",
+        "PDFRELAY_S3_BUCKET": settings.s3_bucket,
+    }
+    done = await asyncio.to_thread(
+        subprocess.run, [PDFRELAY, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def test_dlq_sends_parked_and_failed_target_deliveries_again(make_settings: Any) -> None:
+    """`pdfrelay dlq … --targets`: a task parked in pdfrelay.targets.dead is listed and moved
+    back; a target that failed (its bucket missing) is reopened, once the bucket is there, and
+    delivered."""
+    dest = f"dest-{uuid.uuid4().hex[:10]}"
+    settings = make_settings(targets={"default": {"archive": {"bucket": dest}}})
+    async with running_stack(settings) as stack, target_events(stack) as ev:
+        ctx = stack.ctx
+        job = await upload(stack, make_pdf(["again"]), target='{"name": "archive"}')
+        job_id = job["job_id"]
+        await wait_done(stack, job_id)
+        # Parked as the delivery limit parks it (no targets handler runs yet to settle it).
+        channel = await ctx.connection.channel()
+        queue = await channel.declare_queue(ctx.topology.targets, passive=True)
+        assert (await queue.purge()).message_count == 1
+        await channel.close()
+        task = DeliveryTask(job_id=job_id)
+        await ctx.broker.publish(ctx.topology.dead_letters, ctx.topology.targets_dead, task)
+
+        parked = await target_dlq.list_parked(ctx.settings)
+        assert parked == [target_dlq.ParkedDelivery(job_id, "default", "rejected")]
+        out = await pdfrelay_cli(ctx.settings, "dlq", "list", "--targets", "--json")
+        assert json.loads(out) == [{"job_id": job_id, "tenant": "default", "reason": "rejected"}]
+        assert await target_dlq.list_parked(ctx.settings) == parked  # listing leaves it parked
+        with pytest.raises(JobNotFound):  # no such job, nothing of it parked
+            await target_dlq.replay(ctx, job_id="f" * 32)
+        assert await target_dlq.replay(ctx, replay_all=True) == 1
+        assert await target_dlq.list_parked(ctx.settings) == []
+
+        # Back on pdfrelay.targets: delivered now, to a bucket that does not exist: failed.
+        stack.start(targets.serve)
+        key, body, _ = await next_event(ev)
+        assert key == "job.delivery_failed"
+        assert body["target"]["error"]["code"] == "TARGET_UNREACHABLE"
+
+        async with bucket(stack, dest):
+            # The failed target reopened (its job's id), delivered this time.
+            out = await pdfrelay_cli(ctx.settings, "dlq", "replay", "--targets", "--job", job_id)
+            assert "queued 1 target deliveries again" in out
+            key, body, _ = await next_event(ev)
+            assert key == "job.delivered"
+            assert body["target"]["state"] == "delivered"
+            assert body["target"]["error"] is None
+            assert set(await listing(stack, dest)) == {
+                f"{job_id}/result.json",
+                f"{job_id}/manifest.json",
+            }
+            # Delivered: nothing to send again.
+            with pytest.raises(PermanentError) as refused:
+                await target_dlq.replay(ctx, job_id=job_id)
+            assert str(refused.value.code) == "CONFLICT"

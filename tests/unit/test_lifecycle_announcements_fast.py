@@ -19,7 +19,7 @@ from shared.jobs import lifecycle, progress
 from shared.jobs.outcome import event_id
 from shared.jobs.progress import ProgressReporter
 from shared.jobs.records import record_key
-from shared.models import Job, JobResultSummary, JobStatus, WebhookSpec, new_job_id
+from shared.models import Job, JobResultSummary, JobStatus, JobTarget, WebhookSpec, new_job_id
 from shared.runtime.context import Context
 from tests.fakes import InMemoryBroker, InMemoryStore, fake_context
 
@@ -188,10 +188,27 @@ async def test_a_broker_request_gets_one_reply_and_a_vanished_reply_queue_is_no_
     assert len(fakes.broker.to("")) == 1
 
 
-async def test_an_object_drop_ending_writes_its_outbox_through_the_door_table(fakes: Fakes) -> None:
+async def test_an_object_drop_ending_queues_its_outbox_as_the_jobs_target(fakes: Fakes) -> None:
+    job = await fakes.accepted(
+        door="object-drop", source_key="inbox/report.pdf", target=JobTarget(kind="outbox")
+    )
+    await lifecycle.end(fakes.ctx, lifecycle.failed(job, ErrorCode.NOT_A_PDF, "no"), None)
+    # Not written while ending: the targets handler writes it (then `job.delivered`).
+    assert outbox_key("inbox/report.pdf", ".error.json") not in fakes.store.names()
+    (task,) = fakes.broker.to(fakes.ctx.topology.tasks)
+    assert task.routing_key == fakes.ctx.topology.DELIVER_KEY
+    assert fakes.events() == [_ids(job, "job.failed")]
+
+
+async def test_an_object_drop_job_of_the_version_before_gets_its_outbox_as_it_ends(
+    fakes: Fakes,
+) -> None:
+    # Accepted before the outbox was a target (no target in the record): written through the
+    # door table before the event, as then.
     job = await fakes.accepted(door="object-drop", source_key="inbox/report.pdf")
     await lifecycle.end(fakes.ctx, lifecycle.failed(job, ErrorCode.NOT_A_PDF, "no"), None)
     assert outbox_key("inbox/report.pdf", ".error.json") in fakes.store.names()
+    assert fakes.broker.to(fakes.ctx.topology.tasks) == []
     assert fakes.events() == [_ids(job, "job.failed")]
 
 
