@@ -49,6 +49,8 @@ KEEP_ENV = "PDFRELAY_CLUSTER_KEEP"
 NODE_NAME = re.compile(r"^(?!rabbit\d*@)[a-z]+\d+@localhost$")
 STARTUP_TIMEOUT_S = 120
 CTL_TIMEOUT_S = 180
+RESTORE_GRACE_S = 60
+"""How long a node paused or cut off may take to come back by itself before it is restarted."""
 
 
 class ClusterUnavailable(Exception):
@@ -347,34 +349,45 @@ class Cluster:
                     + self.log_tails()
                 )
 
-    def restore(self) -> None:
-        """Make the cluster whole again after whatever a scenario left behind.
+    def restore(self, grace: float = RESTORE_GRACE_S) -> list[str]:
+        """Make the cluster whole again; the names of the nodes that had to be restarted.
 
-        Heals any cut, starts a node that is not running, and restarts the app of a node the
-        others do not count as running (after a partition that `pause_minority` does not undo
-        by itself, RabbitMQ's documented recovery: restart the nodes of the side that lost).
+        Heals any cut and starts a node that is not running, then gives the nodes `grace`
+        seconds to find each other. A node still not whole after that is SIGKILLed and started
+        again, the recovery RabbitMQ documents for a partition (restart the nodes of the side
+        that lost), and the one that works for a node whose boot hangs: after a cut is healed,
+        a paused node's restart can block for good in `rabbit_node_monitor:global_sync/0`
+        (Erlang's `global` waiting on a peer that abandoned a connection attempt made during
+        the cut), still running its VM, listed as running by the others, serving nothing.
         """
         self.heal()
         for node in self.nodes:
             if not node.alive():
                 node.pid_file.unlink(missing_ok=True)
                 node.start()
-        for node in self.nodes:
-            node.await_startup()
-        if not self.problems():
-            return
+        try:
+            self.await_whole(within=grace)
+            return []
+        except ClusterUnavailable:
+            pass
         counts = {n.name: 0 for n in self.nodes}
+        serving = {}
         for node in self.nodes:
-            for name in self.view(node).running:
+            view = self.view(node)
+            # A node whose own app is not running sees no node running, itself included.
+            serving[node.name] = node.name in view.running
+            for name in view.running:
                 if name in counts:
                     counts[name] += 1
         majority = len(self.nodes) // 2 + 1
+        restarted = []
         for node in self.nodes:
-            if counts[node.name] < majority:
-                node.ctl("stop_app")
-                node.ctl("start_app")
-                node.await_startup()
+            if not serving[node.name] or counts[node.name] < majority:
+                node.kill()
+                node.start()
+                restarted.append(node.name)
         self.await_whole()
+        return restarted
 
     def log_tails(self, lines: int = 15) -> str:
         """The last lines of every node's log (why a node did not come back)."""
