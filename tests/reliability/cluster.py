@@ -16,11 +16,17 @@ from the others (`Cluster.isolate`) while `rabbitmqctl` (from 127.0.0.1) still r
     PDFRELAY_CLUSTER_DIST_PORT=25781 Erlang distribution port of rc1 (rc2, rc3: the next ones)
     PDFRELAY_CLUSTER_NAME=rc         node names rc1@localhost …: another prefix and other ports
                                      let a second cluster (the soak's) run beside the tests'
+    PDFRELAY_CLUSTER_KEEP=1          keep the nodes' folders (logs, data) after the teardown
+
+Whether the cluster is whole is asked of every node (`Cluster.problems`): a node that came back
+on its own side of a partition lists all three as running while the others do not list it.
+`Cluster.restore` mends what a scenario left behind before the next one starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -29,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +45,12 @@ RABBIT_USER = "rabbitmq"
 PORT_ENV = "PDFRELAY_CLUSTER_PORT"
 DIST_PORT_ENV = "PDFRELAY_CLUSTER_DIST_PORT"
 NAME_ENV = "PDFRELAY_CLUSTER_NAME"
+KEEP_ENV = "PDFRELAY_CLUSTER_KEEP"
 NODE_NAME = re.compile(r"^(?!rabbit\d*@)[a-z]+\d+@localhost$")
 STARTUP_TIMEOUT_S = 120
 CTL_TIMEOUT_S = 180
+RESTORE_GRACE_S = 60
+"""How long a node paused or cut off may take to come back by itself before it is restarted."""
 
 
 class ClusterUnavailable(Exception):
@@ -66,6 +76,16 @@ def _as_rabbit(argv: list[str], env: dict[str, str]) -> list[str]:
     assignments = [f"{k}={v}" for k, v in {"HOME": home, **env}.items()]
     prefix = ["runuser", "-u", RABBIT_USER, "--"] if os.geteuid() == 0 else []
     return [*prefix, "env", *assignments, *argv]
+
+
+@dataclass(frozen=True)
+class View:
+    """One node's `cluster_status`: the nodes it sees running and the partitions it knows of."""
+
+    node: str
+    running: list[str]
+    partitions: dict[str, list[str]]
+    error: str
 
 
 @dataclass
@@ -169,6 +189,14 @@ class Node:
         stat = _state(Path(f"/proc/{pid}"))
         return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
 
+    def await_paused(self, within: float = 90) -> None:
+        """Until this node has stopped serving on its own (`pause_minority`), bounded."""
+        deadline = time.monotonic() + within
+        # One `rabbitmqctl eval` per round (about a second): the loop paces itself.
+        while self.ctl("eval", "rabbit:is_running().", check=False).strip() != "false":
+            if time.monotonic() > deadline:
+                raise ClusterUnavailable(f"{self.name} still serving {within:.0f} s after a cut")
+
     def kill(self) -> None:
         """SIGKILL to the node's Erlang VM (and its port programs), then wait until it is gone."""
         pid = self.pid()
@@ -258,28 +286,120 @@ class Cluster:
             node.ctl("join_cluster", first.name)
             node.ctl("start_app")
             node.await_startup()
-        running = first.ctl("cluster_status", "--formatter", "json")
-        for node in self.nodes:
-            if node.name not in running:
-                raise ClusterUnavailable(f"{node.name} did not join: {running}")
+        self.await_whole()
 
     def teardown(self) -> None:
         self.heal()
         for node in self.nodes:
             node.kill()
-        shutil.rmtree(self.base, ignore_errors=True)
+        if os.environ.get(KEEP_ENV) != "1":
+            shutil.rmtree(self.base, ignore_errors=True)
 
     def running(self) -> list[str]:
-        """The nodes the first live node reports as running."""
-        import json
+        """The nodes that every live node reports as running (one node's view can be wrong).
 
+        A node that came back on its own side of a partition still lists every node as
+        running; the others do not list it. Only what all of them agree on counts.
+        """
+        views = [self.view(node) for node in self.nodes if node.alive()]
+        if not views:
+            return []
+        agreed = set.intersection(*(set(v.running) for v in views))
+        return [n.name for n in self.nodes if n.name in agreed]
+
+    def view(self, node: Node) -> View:
+        """`node`'s own `cluster_status`: whom it sees running, and the partitions it knows of."""
+        out = node.ctl("cluster_status", "--formatter", "json", check=False)
+        try:
+            status = json.loads(out)
+        except ValueError:
+            return View(node.name, [], {}, out.strip()[-300:])
+        return View(
+            node.name, status.get("running_nodes", []), status.get("partitions", {}) or {}, ""
+        )
+
+    def problems(self) -> list[str]:
+        """Why the cluster is not whole now: a node not running, not seen, or partitioned."""
+        found = []
         for node in self.nodes:
-            if node.alive():
-                out = node.ctl("cluster_status", "--formatter", "json", check=False)
-                with contextlib.suppress(ValueError):
-                    names: list[str] = json.loads(out).get("running_nodes", [])
-                    return names
-        return []
+            if not node.alive():
+                found.append(f"{node.name}: not running")
+                continue
+            view = self.view(node)
+            missing = [n.name for n in self.nodes if n.name not in view.running]
+            if view.error or missing or view.partitions:
+                found.append(
+                    f"{node.name} sees running {view.running}, partitions {view.partitions}"
+                    + (f" ({view.error})" if view.error else "")
+                )
+        return found
+
+    def await_whole(self, within: float = STARTUP_TIMEOUT_S) -> None:
+        """Until every node runs and sees all the others running with no partition (bounded).
+
+        Raises `ClusterUnavailable` with each node's view and the tail of its log otherwise.
+        """
+        deadline = time.monotonic() + within
+        # Each round asks every node through `rabbitmqctl` (about a second a call): it paces
+        # itself. A node that is not running does not come back by itself: no point waiting.
+        while problems := self.problems():
+            if time.monotonic() > deadline or not all(n.alive() for n in self.nodes):
+                raise ClusterUnavailable(
+                    f"cluster not whole ({within:.0f} s): {'; '.join(problems)}\n"
+                    + self.log_tails()
+                )
+
+    def restore(self, grace: float = RESTORE_GRACE_S) -> list[str]:
+        """Make the cluster whole again; the names of the nodes that had to be restarted.
+
+        Heals any cut and starts a node that is not running, then gives the nodes `grace`
+        seconds to find each other. A node still not whole after that is SIGKILLed and started
+        again, the recovery RabbitMQ documents for a partition (restart the nodes of the side
+        that lost), and the one that works for a node whose boot hangs: after a cut is healed,
+        a paused node's restart can block for good in `rabbit_node_monitor:global_sync/0`
+        (Erlang's `global` waiting on a peer that abandoned a connection attempt made during
+        the cut), still running its VM, listed as running by the others, serving nothing.
+        """
+        self.heal()
+        for node in self.nodes:
+            if not node.alive():
+                node.pid_file.unlink(missing_ok=True)
+                node.start()
+        try:
+            self.await_whole(within=grace)
+            return []
+        except ClusterUnavailable:
+            pass
+        counts = {n.name: 0 for n in self.nodes}
+        serving = {}
+        for node in self.nodes:
+            view = self.view(node)
+            # A node whose own app is not running sees no node running, itself included.
+            serving[node.name] = node.name in view.running
+            for name in view.running:
+                if name in counts:
+                    counts[name] += 1
+        majority = len(self.nodes) // 2 + 1
+        restarted = []
+        for node in self.nodes:
+            if not serving[node.name] or counts[node.name] < majority:
+                node.kill()
+                node.start()
+                restarted.append(node.name)
+        self.await_whole()
+        return restarted
+
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of every node's log (why a node did not come back)."""
+        parts = []
+        for node in self.nodes:
+            log = node.base / "log" / f"{node.name}.log"
+            try:
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as exc:
+                tail = [f"(no log: {exc})"]
+            parts.append(f"--- {log}\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def leader(self, queue: str, vhost: str = "/") -> Node:
         """The node that leads quorum queue `queue`."""
