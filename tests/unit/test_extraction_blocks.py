@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -452,6 +453,67 @@ def test_figure_marks_are_joined_and_filtered() -> None:
     assert clusters(flat, page) == [(100.0, 100.0, 200.0, 160.0)]
 
 
+def _fixpoint_clusters(marks: list[float], page: tuple[float, float, float, float]) -> Any:
+    """The plain definition: clip, then join any two touching boxes until none touch."""
+    px0, py0, px1, py1 = page
+    boxes = []
+    for i in range(0, len(marks) - 3, 4):
+        x0, y0, x1, y1 = marks[i : i + 4]
+        x0, y0, x1, y1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
+        share = figures.PAGE_SHARE
+        full = x1 - x0 >= share * (px1 - px0) and y1 - y0 >= share * (py1 - py0)
+        if x1 >= x0 and y1 >= y0 and not full:
+            boxes.append([x0, y0, x1, y1])
+    gap = figures.JOIN_GAP
+    merged = True
+    while merged:
+        merged = False
+        for a, b in itertools.combinations(boxes, 2):
+            if (
+                a[0] <= b[2] + gap
+                and b[0] <= a[2] + gap
+                and a[1] <= b[3] + gap
+                and b[1] <= a[3] + gap
+            ):
+                a[:] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                boxes.remove(b)
+                merged = True
+                break
+    side = figures.MIN_SIDE
+    kept = [b for b in boxes if b[2] - b[0] >= side and b[3] - b[1] >= side]
+    share = figures.PAGE_SHARE
+    kept = [b for b in kept if not (b[2] - b[0] >= share * px1 and b[3] - b[1] >= share * py1)]
+    return sorted((tuple(b) for b in kept), key=lambda b: (b[1], b[0]))
+
+
+def test_figure_clusters_do_not_depend_on_the_order_of_the_joins() -> None:
+    rnd = random.Random(17)
+    page = (0.0, 0.0, 600.0, 800.0)
+    for _ in range(300):
+        marks: list[float] = []
+        for _ in range(rnd.randint(0, 40)):
+            x, y = rnd.uniform(-20, 620), rnd.uniform(-20, 820)
+            marks += [x, y, x + rnd.uniform(0, 120), y + rnd.uniform(0, 120)]
+        assert clusters(marks, page) == _fixpoint_clusters(marks, page)
+
+
+def test_one_figure_finder_for_many_pages_gives_what_a_fresh_one_gives(tmp_path: Path) -> None:
+    doc = pymupdf.open(structured_pdf(tmp_path / "s.pdf"))
+    figs = pymupdf.open(figures_pdf(tmp_path / "f.pdf"))
+    try:
+        pages = [d[i] for d in (doc, figs, doc) for i in range(d.page_count)]
+        finder = figures.FigureFinder(pymupdf.TEXTFLAGS_TEXT)
+        for page in pages:
+            textpage, found = finder.textpage(page)
+            fresh_page, fresh = textpage_with_figures(page, pymupdf.TEXTFLAGS_TEXT)
+            assert found == fresh
+            assert textpage.extractJSON() == fresh_page.extractJSON()
+        assert finder.textpage(figs[0])[1]
+    finally:
+        doc.close()
+        figs.close()
+
+
 def test_the_text_page_with_figures_is_the_plain_text_page(tmp_path: Path) -> None:
     doc = pymupdf.open(figures_pdf(tmp_path / "f.pdf"))
     try:
@@ -475,14 +537,15 @@ def test_the_mark_replay_stops_at_max_marks(monkeypatch: pytest.MonkeyPatch) -> 
         page.draw_rect(pymupdf.Rect(x, y, x + 4, y + 4), color=(0, 0, 0), fill=(0.5, 0.5, 0.5))
     page.insert_text((72, 500), "Below the marks", fontsize=11)
     calls = 0
-    full = figures._MarkDevice._full
+    for name in ("fill_path", "stroke_path"):
+        noted = getattr(figures._MarkDevice, name)
 
-    def counted(device: Any) -> bool:
-        nonlocal calls
-        calls += 1
-        return full(device)
+        def counted(device: Any, *args: Any, noted: Any = noted) -> None:
+            nonlocal calls
+            calls += 1
+            noted(device, *args)
 
-    monkeypatch.setattr(figures._MarkDevice, "_full", counted)
+        monkeypatch.setattr(figures._MarkDevice, name, counted)
     try:
         textpage, found = textpage_with_figures(page, pymupdf.TEXTFLAGS_TEXT)
         assert textpage.extractText() == "Above the marks\nBelow the marks\n"
