@@ -142,7 +142,7 @@ class _Chunker:
     def atoms(self, block: dict[str, Any], continues: str | None = None) -> list[_Atom]:
         """`continues`: the header rows of the previous page's table this one goes on from."""
         start, end = block["md"]
-        size = self.size(start, end)
+        size = approx_tokens(self.md[start:end]) if self.tokens else end - start
         table = block["kind"] == "table"
         if size <= self.budget:
             atoms = [_Atom(start, end, block, size, table)]
@@ -207,8 +207,10 @@ class _Chunker:
             chunks: list[_Chunk] = []
             cur = carry
             carry = None
+            continued = self.continued
             for block in blocks:
-                for atom in self.atoms(block, self.continued.get(block["id"])):
+                goes_on = continued.get(block["id"]) if continued else None
+                for atom in self.atoms(block, goes_on):
                     cur = self._add(chunks, cur, atom)
             if cur is not None:
                 chunks.append(cur)
