@@ -196,11 +196,6 @@ class _Chunker:
 
     # --- packing
 
-    def _joined_size(self, chunk: _Chunk, atom: _Atom) -> int:
-        if self.tokens:
-            return chunk.size + atom.size
-        return atom.end - chunk.start
-
     def pack(self, groups: Sequence[tuple[int, list[dict[str, Any]]]]) -> None:
         carry: _Chunk | None = None
         for n, (level, blocks) in enumerate(groups):
@@ -228,7 +223,9 @@ class _Chunker:
 
     def _add(self, chunks: list[_Chunk], cur: _Chunk | None, atom: _Atom) -> _Chunk:
         if cur is not None:
-            fits = self._joined_size(cur, atom) <= self.budget
+            # the chunk's size with the atom: tokens add up, characters run from its start
+            joined = cur.size + atom.size if self.tokens else atom.end - cur.start
+            fits = joined <= self.budget
             if atom.table:
                 same_table = cur.table and cur.atoms[-1].block is atom.block
                 goes_on = cur.table and atom.continues and cur.atoms[-1].block["kind"] == "table"
@@ -237,19 +234,19 @@ class _Chunker:
                     fits and ((same_table and atom.header is None) or goes_on)
                 ):
                     cur.end = atom.end
-                    cur.size = self._joined_size(cur, atom)
+                    cur.size = joined
                     cur.atoms.append(atom)
                     cur.table = True
                     cur.heading_only = False
                     return cur
             elif cur.table and fits and atom.block["kind"] == "caption":
                 cur.end = atom.end  # a table's caption goes with it
-                cur.size = self._joined_size(cur, atom)
+                cur.size = joined
                 cur.atoms.append(atom)
                 return cur
             elif not cur.table and fits:
                 cur.end = atom.end
-                cur.size = self._joined_size(cur, atom)
+                cur.size = joined
                 cur.atoms.append(atom)
                 cur.heading_only = False
                 return cur

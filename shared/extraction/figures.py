@@ -14,6 +14,7 @@ code listing) is a figure.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import pymupdf
@@ -218,7 +219,7 @@ def clusters(marks: Sequence[float], page: Rect) -> list[Rect]:
         boxes.append((x0, y0, x1, y1))
     if not boxes:
         return []
-    boxes.sort(key=lambda b: b[1])
+    boxes.sort(key=itemgetter(1))
     out: list[tuple[float, float, float, float]] = []
     for x0, y0, x1, y1 in boxes:
         grew = True
@@ -244,5 +245,5 @@ def clusters(marks: Sequence[float], page: Rect) -> list[Rect]:
         and b[3] - b[1] >= MIN_SIDE
         and not (b[2] - b[0] >= wide and b[3] - b[1] >= tall)
     ]
-    found.sort(key=lambda b: (b[1], b[0]))
+    found.sort(key=itemgetter(1, 0))
     return found
