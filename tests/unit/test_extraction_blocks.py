@@ -17,7 +17,7 @@ from shared.extraction.chunks import approx_tokens
 from shared.extraction.document import ChunkModel, DocumentModel
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.figures import clusters, textpage_with_figures
-from shared.extraction.layout import merged_outputs
+from shared.extraction.layout import document_json, merged_outputs
 from shared.extraction.outline import outline_items
 from shared.models import ChunkOptions, ExtractOptions
 from tests.unit.pdfgen import (
@@ -633,3 +633,32 @@ def test_the_outline_is_read_as_get_toc_gives_it(plain: Out) -> None:
     with pymupdf.open(plain["path"]) as doc:
         assert outline_items(doc) == [tuple(item) for item in doc.get_toc(simple=True)]
         assert outline_items(doc) == PLAIN_OUTLINE
+
+
+STDLIB_DOCUMENT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""How document.json was written before orjson: `document_json` must give these bytes."""
+
+
+def test_document_json_is_what_the_standard_encoder_writes(one: Out, figs: Out) -> None:
+    for out in (one, figs):
+        assert out["json"] == STDLIB_DOCUMENT.encode(out["doc"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.0, -0.0, 1e-4, 3.0517578125e-05, -2e-7, 287.40000000000003, 1e15, 1.5e17, 2**70],
+)
+def test_document_json_writes_any_number_as_the_standard_encoder(value: float) -> None:
+    doc = {
+        "schema": "pdfrelay.document/1",
+        "pages": [{"number": 1, "width": 612.0, "height": 792.0, "blocks": ["p1.b0"]}],
+        "outline": [],
+        "blocks": [{"id": "p1.b0", "bbox": [value, 1.0, 2.5, 3.25], "text": 'é\u2028\x1f"'}],
+    }
+    assert document_json(doc) == STDLIB_DOCUMENT.encode(doc).encode()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_document_json_writes_non_finite_boxes_as_the_standard_encoder(value: float) -> None:
+    doc = {"schema": "s", "pages": [], "outline": [], "blocks": [{"bbox": [value, 0, 1, 1]}]}
+    assert document_json(doc) == STDLIB_DOCUMENT.encode(doc).encode()
