@@ -110,13 +110,14 @@ def _orjson_floats(document: dict[str, Any]) -> bool:
     """Whether every float of `build_document`'s dict (page sizes, block boxes; the rest is
     strings and integers) is one that orjson writes as `json` does."""
     low, high = ORJSON_FLOATS
+    # comparisons only (no abs() call per number): most numbers are positive coordinates
     for page in document["pages"]:
         for v in (page["width"], page["height"]):
-            if v != 0 and not low <= abs(v) < high:
+            if not (low <= v < high or v == 0 or -high < v <= -low):
                 return False
     for block in document["blocks"]:
         for v in block["bbox"]:
-            if v != 0 and not low <= abs(v) < high:
+            if not (low <= v < high or v == 0 or -high < v <= -low):
                 return False
     return True
 
