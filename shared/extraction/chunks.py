@@ -28,7 +28,6 @@ cannot download and the image does not ship.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -379,13 +378,3 @@ def _continued_tables(blocks: Sequence[dict[str, Any]]) -> dict[str, str]:
                 found[block["id"]] = found.get(prev["id"], own)  # the first part's header
         prev = block
     return found
-
-
-def chunks_jsonl(chunks: Sequence[dict[str, Any]]) -> str:
-    """One JSON object per line."""
-    encode = _ENCODER.encode
-    return "".join([encode(c) + "\n" for c in chunks])
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
-"""One encoder for every line (json.dumps with options builds one per call)."""

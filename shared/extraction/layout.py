@@ -4,15 +4,13 @@ these pure functions, so that a merged document is byte for byte what one pass g
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from shared.extraction.chunks import build_chunks, chunks_jsonl
+from shared.extraction.chunks import build_chunks
 from shared.extraction.document import build_document
+from shared.extraction.jsonwrite import chunks_jsonl, document_json, plain_floats
 from shared.extraction.markdown import MarkdownBuilder
 from shared.models import ExtractOptions
 
@@ -72,54 +70,14 @@ def _with_blocks(
         files.append(LayoutFile(DOCUMENT_ARTIFACT, data, "application/json"))
     if "chunks" in outputs:
         chunks = build_chunks(markdown, document["blocks"], options.chunking)
-        files.append(
-            LayoutFile(CHUNKS_ARTIFACT, chunks_jsonl(chunks).encode(), "application/x-ndjson")
-        )
+        # the parts' boxes are the blocks' boxes
+        plain = plain_floats(block["bbox"] for block in document["blocks"])
+        data = chunks_jsonl(chunks, plain).encode()
+        files.append(LayoutFile(CHUNKS_ARTIFACT, data, "application/x-ndjson"))
     return LayoutOutputs(markdown, files)
 
 
 MARKDOWN_TYPE = "text/markdown; charset=utf-8"
-_DOCUMENT_ENCODER = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), check_circular=False
-)
-"""document.json, compact (a tree of fresh dicts and lists: no cycle to look for)."""
-
-ORJSON_FLOATS = (1e-4, 1e15)
-"""Finite floats in [1e-4, 1e15) in magnitude (and zero) are written by orjson as by `json`
-(the shortest repr, in fixed notation); below 1e-4 orjson keeps fixed notation where `json`
-writes an exponent, and it writes null for NaN and the infinities."""
-
-
-def document_json(document: dict[str, Any]) -> bytes:
-    """document.json's bytes, exactly as `_DOCUMENT_ENCODER` writes them (UTF-8).
-
-    orjson writes them about ten times faster (writing document.json was the largest part of
-    the blocks' own cost, about 4 % of the Markdown's CPU); where the document holds a float
-    it would print differently (ORJSON_FLOATS) or a value it refuses (an integer beyond 64
-    bits, a lone surrogate), the standard encoder writes it as before.
-    """
-    if _orjson_floats(document):
-        try:
-            return orjson.dumps(document)
-        except TypeError:  # orjson.JSONEncodeError is one
-            pass
-    return _DOCUMENT_ENCODER.encode(document).encode()
-
-
-def _orjson_floats(document: dict[str, Any]) -> bool:
-    """Whether every float of `build_document`'s dict (page sizes, block boxes; the rest is
-    strings and integers) is one that orjson writes as `json` does."""
-    low, high = ORJSON_FLOATS
-    # comparisons only (no abs() call per number): most numbers are positive coordinates
-    for page in document["pages"]:
-        for v in (page["width"], page["height"]):
-            if not (low <= v < high or v == 0 or -high < v <= -low):
-                return False
-    for block in document["blocks"]:
-        for v in block["bbox"]:
-            if not (low <= v < high or v == 0 or -high < v <= -low):
-                return False
-    return True
 
 
 def merged_outputs(states: Iterable[Mapping[str, Any]], options: ExtractOptions) -> LayoutOutputs:

@@ -17,7 +17,8 @@ from shared.extraction.chunks import approx_tokens
 from shared.extraction.document import ChunkModel, DocumentModel
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.figures import clusters, textpage_with_figures
-from shared.extraction.layout import document_json, merged_outputs
+from shared.extraction.jsonwrite import chunks_jsonl, document_json, plain_floats
+from shared.extraction.layout import merged_outputs
 from shared.extraction.outline import outline_items
 from shared.models import ChunkOptions, ExtractOptions
 from tests.unit.pdfgen import (
@@ -662,3 +663,59 @@ def test_document_json_writes_any_number_as_the_standard_encoder(value: float) -
 def test_document_json_writes_non_finite_boxes_as_the_standard_encoder(value: float) -> None:
     doc = {"schema": "s", "pages": [], "outline": [], "blocks": [{"bbox": [value, 0, 1, 1]}]}
     assert document_json(doc) == STDLIB_DOCUMENT.encode(doc).encode()
+
+
+STDLIB_CHUNK = json.JSONEncoder(ensure_ascii=False)
+"""How a line of chunks.jsonl was written before orjson: `chunks_jsonl` must give these."""
+
+
+def stdlib_jsonl(chunks: list[Out]) -> str:
+    return "".join(STDLIB_CHUNK.encode(chunk) + "\n" for chunk in chunks)
+
+
+def test_chunks_jsonl_is_what_the_standard_encoder_writes(one: Out, figs: Out) -> None:
+    for out in (one, figs):
+        assert out["jsonl"] == stdlib_jsonl(out["chunks"])
+
+
+def a_chunk(**changes: Any) -> Out:
+    chunk: Out = {
+        "id": "c0",
+        "kind": "table",
+        "text": '| a | b |\n|---|---|\n| "text": -1, x: y |',
+        "heading_path": ['1 "Quoted", a: b', "é\u2028\x1f"],
+        "pages": [1, 2],
+        "parts": [
+            {"block": "p1.b0", "page": 1, "bbox": [72.0, 287.40000000000003, 540.5, 300.0]},
+            {"block": "p2.b3", "page": 2, "bbox": [0.0, -0.0, 1e-4, 12.25]},
+        ],
+        "block_ids": ["p1.b0", "p2.b3"],
+        "span": [0, 42],
+        "overlap": 0,
+        "chars": 42,
+        "tokens": 17,
+        "table_header": '| "text": -1 |\n|---|',
+    }
+    return chunk | changes
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"table_header": None, "tokens": None, "kind": "text"},
+        {"block_ids": ["p1.b0, x", "p2:b3"]},  # a comma and a colon in an id
+        {"id": 'c"0\\'},
+        {"parts": [], "pages": [], "block_ids": []},
+        {"parts": [{"block": "p1.b0", "page": 1, "bbox": [3.0517578125e-05, 1.0, 2.0, 3.0]}]},
+        {"parts": [{"block": "p1.b0", "page": 1, "bbox": [float("nan"), 1.0, 2.0, 3.0]}]},
+        {"parts": [{"block": "p1.b0", "page": 1, "bbox": [1.0, 2.0]}]},
+        {"span": [0, 2**70]},
+        {"pages": [1.5]},
+    ],
+)
+def test_chunks_jsonl_writes_any_chunk_as_the_standard_encoder(changes: Out) -> None:
+    chunks = [a_chunk(**changes), a_chunk(id="c1")]
+    assert chunks_jsonl(chunks) == stdlib_jsonl(chunks)
+    if plain_floats(part["bbox"] for chunk in chunks for part in chunk["parts"]):
+        assert chunks_jsonl(chunks, True) == stdlib_jsonl(chunks)
