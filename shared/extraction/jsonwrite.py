@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -41,19 +42,28 @@ _escape = json.encoder.encode_basestring
 def plain_floats(boxes: Iterable[Sequence[float]]) -> bool:
     """Whether every number of the boxes is one orjson writes as `json` does."""
     low, high = ORJSON_FLOATS
-    for box in boxes:
-        for v in box:
-            # comparisons only (no abs() per number): most are positive coordinates
-            if not (low <= v < high or v == 0 or -high < v <= -low):
-                return False
+    try:
+        for box in boxes:
+            for v in box:
+                # comparisons only (no abs() per number): most are positive coordinates
+                if not (low <= v < high or v == 0 or -high < v <= -low):
+                    return False
+    except TypeError:  # not a number
+        return False
     return True
 
 
-def document_json(document: dict[str, Any]) -> bytes:
+def document_json(document: dict[str, Any], boxes_plain: bool | None = None) -> bytes:
     """document.json's bytes (UTF-8), exactly as `DOCUMENT_ENCODER` writes them, for
-    `build_document`'s dict (its floats: page sizes and block boxes)."""
+    `build_document`'s dict (its floats: page sizes and block boxes).
+
+    `boxes_plain`: whether the blocks' boxes are known to pass `plain_floats`; None to check
+    them here.
+    """
+    if boxes_plain is None:
+        boxes_plain = plain_floats(block["bbox"] for block in document["blocks"])
     sizes = ((page["width"], page["height"]) for page in document["pages"])
-    if plain_floats(sizes) and plain_floats(block["bbox"] for block in document["blocks"]):
+    if boxes_plain and plain_floats(sizes):
         try:
             return orjson.dumps(document)
         except TypeError:  # orjson.JSONEncodeError is one
@@ -99,25 +109,18 @@ def _chunk_line(chunk: dict[str, Any]) -> str | None:
     text = chunk["text"]
     path = chunk["heading_path"]
     header = chunk["table_header"]
-    if type(text) is not str or not (header is None or type(header) is str):
-        return None
-    try:
-        # the free text out (as numbers no chunk has), the rest by orjson, compact
-        bare = orjson.dumps(chunk | {"text": -1, "heading_path": -2, "table_header": -3})
-    except TypeError:
-        return None
-    line = bare.decode()
     parts = chunk["parts"]
     pages = chunk["pages"]
     ids = chunk["block_ids"]
     span = chunk["span"]
     tokens = chunk["tokens"]
     if not (
-        type(parts) is list
+        type(text) is str
+        and (header is None or type(header) is str)
+        and type(parts) is list
         and type(pages) is list
         and type(ids) is list
         and type(span) is list
-        and all(type(part) is dict and len(part) == 3 for part in parts)
         and all(type(n) is int for n in pages)
         and all(type(n) is int for n in span)
         and type(chunk["overlap"]) is int
@@ -125,13 +128,23 @@ def _chunk_line(chunk: dict[str, Any]) -> str | None:
         and (tokens is None or type(tokens) is int)
     ):
         return None  # numbers other than the parts' boxes: integers only
+    try:
+        # the parts' shapes, counted in C: three keys each, boxes of at least one number
+        box_numbers = sum(map(len, map(_BBOX, parts)))
+        if parts and (set(map(len, parts)) != {3} or min(map(len, map(_BBOX, parts))) < 1):
+            return None
+        # the free text out (as numbers no chunk has), the rest by orjson, compact
+        line = orjson.dumps(chunk | {"text": -1, "heading_path": -2, "table_header": -3}).decode()
+    except (TypeError, KeyError):
+        return None
     colons = len(_CHUNK_KEYS) + 3 * len(parts)
     commas = (
         len(_CHUNK_KEYS)
         - 1
         + _gaps(pages)
         + _gaps(parts)
-        + sum(2 + _gaps(part["bbox"]) for part in parts)
+        + len(parts)
+        + box_numbers
         + _gaps(ids)
         + _gaps(span)
     )
@@ -145,6 +158,9 @@ def _chunk_line(chunk: dict[str, Any]) -> str | None:
         line = line.replace('"table_header": -3', '"table_header": null', 1)
     head, _, tail = line.partition('"text": -1')
     return f'{head}"text": {_escape(text)}{tail}'
+
+
+_BBOX = itemgetter("bbox")
 
 
 def _gaps(items: Any) -> int:

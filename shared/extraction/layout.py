@@ -65,13 +65,13 @@ def _with_blocks(
     markdown, placed = builder.render_placed()
     files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
     document = build_document(builder, placed)
+    # one check of the boxes' numbers for both files: the chunks' parts are the blocks' boxes
+    plain = plain_floats(block["bbox"] for block in document["blocks"])
     if "blocks" in outputs:
-        data = document_json(document)
+        data = document_json(document, plain)
         files.append(LayoutFile(DOCUMENT_ARTIFACT, data, "application/json"))
     if "chunks" in outputs:
         chunks = build_chunks(markdown, document["blocks"], options.chunking)
-        # the parts' boxes are the blocks' boxes
-        plain = plain_floats(block["bbox"] for block in document["blocks"])
         data = chunks_jsonl(chunks, plain).encode()
         files.append(LayoutFile(CHUNKS_ARTIFACT, data, "application/x-ndjson"))
     return LayoutOutputs(markdown, files)
