@@ -245,14 +245,16 @@ class _Extraction:
         text = ""
         ocr = self.ocr_mode == "always"
         self.figures = []
-        if not ocr and self.want_figures:
-            # one run of the page for its text and its figures' boxes
-            if self.figure_finder is None:
-                self.figure_finder = FigureFinder(TEXT_FLAGS)
-            textpage, self.figures = self.figure_finder.textpage(page)
-        elif not ocr:
-            textpage = page.get_textpage(flags=TEXT_FLAGS)
-            # the auto check needs the text only where an image could be a scan
+        if not ocr:
+            if self.want_figures:
+                # one run of the page for its text and its figures' boxes
+                if self.figure_finder is None:
+                    self.figure_finder = FigureFinder(TEXT_FLAGS)
+                textpage, self.figures = self.figure_finder.textpage(page)
+            else:
+                textpage = page.get_textpage(flags=TEXT_FLAGS)
+            # the `text` output, and the auto check, which needs the text only where an image
+            # could be a scan (with figures too: a scan's blocks are its OCR)
             if self.want_text or (self.ocr_mode == "auto" and page.get_images()):
                 text = textpage.extractText()
                 ocr = self.ocr_mode == "auto" and needs_ocr(page, text)

@@ -719,3 +719,19 @@ def test_chunks_jsonl_writes_any_chunk_as_the_standard_encoder(changes: Out) -> 
     assert chunks_jsonl(chunks) == stdlib_jsonl(chunks)
     if plain_floats(part["bbox"] for chunk in chunks for part in chunk["parts"]):
         assert chunks_jsonl(chunks, True) == stdlib_jsonl(chunks)
+
+
+def test_the_text_output_is_the_same_with_blocks(pdf: Path, figs: Out, tmp_path: Path) -> None:
+    for path in (pdf, figs["path"]):
+        texts = []
+        for outputs in (["text"], ["text", "blocks", "chunks"]):
+            out = extract_document(
+                str(path),
+                ExtractOptions.model_validate({"outputs": outputs}),
+                ExtractLimits(),
+                str(tmp_path),
+                lambda d, t: None,
+            )
+            texts.append([(p.number, p.text, p.ocr) for p in out.result.pages])
+        assert texts[0] == texts[1]
+        assert any(text.strip() for _, text, _ in texts[1])
