@@ -735,3 +735,23 @@ def test_the_text_output_is_the_same_with_blocks(pdf: Path, figs: Out, tmp_path:
             texts.append([(p.number, p.text, p.ocr) for p in out.result.pages])
         assert texts[0] == texts[1]
         assert any(text.strip() for _, text, _ in texts[1])
+
+
+def test_the_figure_search_leaves_out_only_markers_and_keeps_the_text(tmp_path: Path) -> None:
+    doc = pymupdf.open()
+    try:
+        page = doc.new_page(width=A4[0], height=A4[1])
+        shown = doc.add_ocg("shown", on=True)
+        hidden = doc.add_ocg("hidden", on=False)
+        page.insert_text((72, 72), "In a visible layer", fontsize=11, oc=shown)
+        page.insert_text((72, 100), "In a hidden layer", fontsize=11, oc=hidden)
+        page.draw_rect(pymupdf.Rect(72, 120, 200, 200), color=(0, 0, 0), oc=shown)
+        page.insert_text((72, 240), "In no layer", fontsize=11)
+        finder = figures.FigureFinder(pymupdf.TEXTFLAGS_TEXT)
+        assert set(finder._unrecorded) <= set(figures.UNRECORDED)
+        textpage, found = finder.textpage(page)
+        plain = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+        assert textpage.extractJSON() == plain.extractJSON()
+        assert found == [(72.0, 120.0, 200.0, 200.0)]
+    finally:
+        doc.close()
