@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from shared.models import ExtractionResult
 
-EXTRACTOR_VERSION = "6"
+EXTRACTOR_VERSION = "7"
 """Part of the result-cache key: bump it whenever the same input would extract differently."""
 
 ProgressFn = Callable[[int, int], None]

@@ -28,7 +28,6 @@ cannot download and the image does not ship.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -142,7 +141,7 @@ class _Chunker:
     def atoms(self, block: dict[str, Any], continues: str | None = None) -> list[_Atom]:
         """`continues`: the header rows of the previous page's table this one goes on from."""
         start, end = block["md"]
-        size = self.size(start, end)
+        size = approx_tokens(self.md[start:end]) if self.tokens else end - start
         table = block["kind"] == "table"
         if size <= self.budget:
             atoms = [_Atom(start, end, block, size, table)]
@@ -196,19 +195,16 @@ class _Chunker:
 
     # --- packing
 
-    def _joined_size(self, chunk: _Chunk, atom: _Atom) -> int:
-        if self.tokens:
-            return chunk.size + atom.size
-        return atom.end - chunk.start
-
     def pack(self, groups: Sequence[tuple[int, list[dict[str, Any]]]]) -> None:
         carry: _Chunk | None = None
         for n, (level, blocks) in enumerate(groups):
             chunks: list[_Chunk] = []
             cur = carry
             carry = None
+            continued = self.continued
             for block in blocks:
-                for atom in self.atoms(block, self.continued.get(block["id"])):
+                goes_on = continued.get(block["id"]) if continued else None
+                for atom in self.atoms(block, goes_on):
                     cur = self._add(chunks, cur, atom)
             if cur is not None:
                 chunks.append(cur)
@@ -226,7 +222,9 @@ class _Chunker:
 
     def _add(self, chunks: list[_Chunk], cur: _Chunk | None, atom: _Atom) -> _Chunk:
         if cur is not None:
-            fits = self._joined_size(cur, atom) <= self.budget
+            # the chunk's size with the atom: tokens add up, characters run from its start
+            joined = cur.size + atom.size if self.tokens else atom.end - cur.start
+            fits = joined <= self.budget
             if atom.table:
                 same_table = cur.table and cur.atoms[-1].block is atom.block
                 goes_on = cur.table and atom.continues and cur.atoms[-1].block["kind"] == "table"
@@ -235,19 +233,19 @@ class _Chunker:
                     fits and ((same_table and atom.header is None) or goes_on)
                 ):
                     cur.end = atom.end
-                    cur.size = self._joined_size(cur, atom)
+                    cur.size = joined
                     cur.atoms.append(atom)
                     cur.table = True
                     cur.heading_only = False
                     return cur
             elif cur.table and fits and atom.block["kind"] == "caption":
                 cur.end = atom.end  # a table's caption goes with it
-                cur.size = self._joined_size(cur, atom)
+                cur.size = joined
                 cur.atoms.append(atom)
                 return cur
             elif not cur.table and fits:
                 cur.end = atom.end
-                cur.size = self._joined_size(cur, atom)
+                cur.size = joined
                 cur.atoms.append(atom)
                 cur.heading_only = False
                 return cur
@@ -380,13 +378,3 @@ def _continued_tables(blocks: Sequence[dict[str, Any]]) -> dict[str, str]:
                 found[block["id"]] = found.get(prev["id"], own)  # the first part's header
         prev = block
     return found
-
-
-def chunks_jsonl(chunks: Sequence[dict[str, Any]]) -> str:
-    """One JSON object per line."""
-    encode = _ENCODER.encode
-    return "".join([encode(c) + "\n" for c in chunks])
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
-"""One encoder for every line (json.dumps with options builds one per call)."""

@@ -106,42 +106,57 @@ class DocumentModel(_Model):
     blocks: list[DocBlock] = Field(description="Every block of the pages, in reading order")
 
 
-_CAPTION = re.compile(
+_CAPTION_TEXT = re.compile(
     r"^(?:fig(?:ure|\.)?|table|tab\.|abbildung|abb\.|tabelle|listing|рис(?:унок|\.)|таблица|图|表)"
     r"\s*[\dIVX]+[\d.\-]*(?:[:.\s]|$)",
     re.I,
 )
-_FOOTNOTE = re.compile(r"^\s*(?:\d{1,3}|[*\u2020\u2021\u00a7\u00b9\u00b2\u00b3])\s*\S")
+_FOOTNOTE_TEXT = re.compile(r"^\s*(?:\d{1,3}|[*\u2020\u2021\u00a7\u00b9\u00b2\u00b3])\s*\S")
 FOOTNOTE_BAND = 0.35
 """Footnotes: small type in this lower share of the page."""
 
 
-def _kind(place: Placed, height: float, body: float) -> BlockKind:
+_HEADING = BlockKind.HEADING.value
+_PARAGRAPH = BlockKind.PARAGRAPH.value
+_LIST_ITEM = BlockKind.LIST_ITEM.value
+_TABLE = BlockKind.TABLE.value
+_FIGURE = BlockKind.FIGURE.value
+_CAPTION = BlockKind.CAPTION.value
+_CODE = BlockKind.CODE.value
+_FOOTNOTE = BlockKind.FOOTNOTE.value
+_PAGE_HEADER = BlockKind.PAGE_HEADER.value
+_PAGE_FOOTER = BlockKind.PAGE_FOOTER.value
+"""The kinds as plain strings: what document.json holds, and cheaper to compare and to write
+than the enum's members (whose `.value` is a descriptor call per block)."""
+
+
+def _kind(place: Placed, height: float, body: float) -> str:
+    """The block kind (a `BlockKind` value) of a placed paragraph."""
     para = place.para
     if place.margin:
         bbox = para.bbox
         middle = (bbox[1] + bbox[3]) / 2 if bbox else 0.0
-        return BlockKind.PAGE_HEADER if middle < height / 2 else BlockKind.PAGE_FOOTER
+        return _PAGE_HEADER if middle < height / 2 else _PAGE_FOOTER
     if place.level:
-        return BlockKind.HEADING
+        return _HEADING
     kind = para.kind
     if kind == "table":
-        return BlockKind.TABLE
+        return _TABLE
     if kind == "figure":
-        return BlockKind.FIGURE
+        return _FIGURE
     if kind == "code":
-        return BlockKind.CODE
+        return _CODE
     text = para.text
-    if para.lines <= 3 and len(text) < 400 and _CAPTION.match(text):
-        return BlockKind.CAPTION
+    if para.lines <= 3 and len(text) < 400 and _CAPTION_TEXT.match(text):
+        return _CAPTION
     if (
         para.size < body - 0.9
         and para.bbox
         and para.bbox[1] > height * (1 - FOOTNOTE_BAND)
-        and _FOOTNOTE.match(text)
+        and _FOOTNOTE_TEXT.match(text)
     ):
-        return BlockKind.FOOTNOTE
-    return BlockKind.LIST_ITEM if kind == "li" else BlockKind.PARAGRAPH
+        return _FOOTNOTE
+    return _LIST_ITEM if kind == "li" else _PARAGRAPH
 
 
 CAPTION_GAP = 30.0
@@ -197,48 +212,53 @@ def build_document(builder: MarkdownBuilder, placed: Sequence[Placed]) -> dict[s
     empty: list[str] = []
     page_number = -1
     index = 0
+    height = 0.0
+    page_blocks: list[str] | None = None
+    append = blocks.append
+    # the hot loop of the blocks: one pass, plain strings, the page's data fetched once a page
     for place in placed:
         para = place.para
-        if place.page != page_number:
-            page_number = place.page
+        number = place.page
+        if number != page_number:
+            page_number = number
             index = 0
-        kind = _kind(place, heights.get(place.page, 0.0), body)
+            height = heights.get(number, 0.0)
+            page = pages.get(number)
+            page_blocks = page["blocks"] if page is not None else None
+        kind = _kind(place, height, body)
         level = place.level
-        block_id = f"p{place.page}.b{index}"
+        block_id = f"p{number}.b{index}"
         index += 1
-        if kind is BlockKind.TABLE:
+        if kind == _TABLE:
             text = para.text.strip("\n")
-        elif kind is BlockKind.CODE or kind is BlockKind.FIGURE:
+        elif kind in (_CODE, _FIGURE):
             text = para.text
         else:
             text = plain_text(para.text)
-        if kind is BlockKind.HEADING:
+        margin = place.margin
+        if kind == _HEADING:
             while stack and stack[-1][0] >= level:
                 stack.pop()
             parents = [title for _, title in stack]
             stack.append((level, text))
             section = [title for _, title in stack]
         else:
-            parents = empty if place.margin else section
-        blocks.append(
-            {
-                "id": block_id,
-                "kind": kind.value,
-                "level": level or None,
-                "page": place.page,
-                "bbox": para.bbox or [0.0, 0.0, 0.0, 0.0],
-                "text": text,
-                "section": parents,
-                "md": None
-                if place.margin or kind is BlockKind.FIGURE
-                else [place.start, place.end],
-            }
-        )
-        if kind is BlockKind.FIGURE or kind is BlockKind.CAPTION:
-            figures_and_captions.append(blocks[-1])
-        page = pages.get(place.page)
-        if page is not None:
-            page["blocks"].append(block_id)
+            parents = empty if margin else section
+        block = {
+            "id": block_id,
+            "kind": kind,
+            "level": level or None,
+            "page": number,
+            "bbox": para.bbox or [0.0, 0.0, 0.0, 0.0],
+            "text": text,
+            "section": parents,
+            "md": None if margin or kind == _FIGURE else [place.start, place.end],
+        }
+        append(block)
+        if kind in (_FIGURE, _CAPTION):
+            figures_and_captions.append(block)
+        if page_blocks is not None:
+            page_blocks.append(block_id)
     if figures_and_captions:
         _link_captions(figures_and_captions)
     return {

@@ -22,7 +22,7 @@ from shared.extraction.base import (
     ExtractLimits,
     ProgressFn,
 )
-from shared.extraction.figures import textpage_with_figures
+from shared.extraction.figures import FigureFinder
 from shared.extraction.hostile import (
     HeldDocument,
     MuPdfError,
@@ -117,6 +117,8 @@ class _Extraction:
         self.tessdata: str | None = None
         boxes = "blocks" in outputs or "chunks" in outputs
         self.want_figures = boxes and self.want_layout
+        self.figure_finder: FigureFinder | None = None
+        """Made for the first native text page that needs figures, then used for the rest."""
         self.figures: list[tuple[float, float, float, float]] = []
         """The current page's figure candidates (native text pages only)."""
         self.markdown = MarkdownBuilder(boxes=boxes) if self.want_layout else None
@@ -243,12 +245,16 @@ class _Extraction:
         text = ""
         ocr = self.ocr_mode == "always"
         self.figures = []
-        if not ocr and self.want_figures:
-            # one run of the page for its text and its figures' boxes
-            textpage, self.figures = textpage_with_figures(page, TEXT_FLAGS)
-        elif not ocr:
-            textpage = page.get_textpage(flags=TEXT_FLAGS)
-            # the auto check needs the text only where an image could be a scan
+        if not ocr:
+            if self.want_figures:
+                # one run of the page for its text and its figures' boxes
+                if self.figure_finder is None:
+                    self.figure_finder = FigureFinder(TEXT_FLAGS)
+                textpage, self.figures = self.figure_finder.textpage(page)
+            else:
+                textpage = page.get_textpage(flags=TEXT_FLAGS)
+            # the `text` output, and the auto check, which needs the text only where an image
+            # could be a scan (with figures too: a scan's blocks are its OCR)
             if self.want_text or (self.ocr_mode == "auto" and page.get_images()):
                 text = textpage.extractText()
                 ocr = self.ocr_mode == "auto" and needs_ocr(page, text)

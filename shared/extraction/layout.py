@@ -4,13 +4,13 @@ these pure functions, so that a merged document is byte for byte what one pass g
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.extraction.chunks import build_chunks, chunks_jsonl
+from shared.extraction.chunks import build_chunks
 from shared.extraction.document import build_document
+from shared.extraction.jsonwrite import chunks_jsonl, document_json, plain_floats
 from shared.extraction.markdown import MarkdownBuilder
 from shared.models import ExtractOptions
 
@@ -65,22 +65,19 @@ def _with_blocks(
     markdown, placed = builder.render_placed()
     files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
     document = build_document(builder, placed)
+    # one check of the boxes' numbers for both files: the chunks' parts are the blocks' boxes
+    plain = plain_floats(block["bbox"] for block in document["blocks"])
     if "blocks" in outputs:
-        data = _DOCUMENT_ENCODER.encode(document).encode()
+        data = document_json(document, plain)
         files.append(LayoutFile(DOCUMENT_ARTIFACT, data, "application/json"))
     if "chunks" in outputs:
         chunks = build_chunks(markdown, document["blocks"], options.chunking)
-        files.append(
-            LayoutFile(CHUNKS_ARTIFACT, chunks_jsonl(chunks).encode(), "application/x-ndjson")
-        )
+        data = chunks_jsonl(chunks, plain).encode()
+        files.append(LayoutFile(CHUNKS_ARTIFACT, data, "application/x-ndjson"))
     return LayoutOutputs(markdown, files)
 
 
 MARKDOWN_TYPE = "text/markdown; charset=utf-8"
-_DOCUMENT_ENCODER = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), check_circular=False
-)
-"""document.json, compact (a tree of fresh dicts and lists: no cycle to look for)."""
 
 
 def merged_outputs(states: Iterable[Mapping[str, Any]], options: ExtractOptions) -> LayoutOutputs:

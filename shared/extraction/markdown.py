@@ -630,12 +630,19 @@ def _box(lines: Sequence[Line]) -> list[float]:
     if len(lines) == 1:
         line = lines[0]
         return [line.x0, line.y0, line.x1, line.y1]
-    return [
-        min(line.x0 for line in lines),
-        min(line.y0 for line in lines),
-        max(line.x1 for line in lines),
-        max(line.y1 for line in lines),
-    ]
+    first = lines[0]
+    x0, y0, x1, y1 = first.x0, first.y0, first.x1, first.y1
+    # one pass, comparing as min()/max() do (the first of equal values stays)
+    for line in lines[1:]:
+        if line.x0 < x0:
+            x0 = line.x0
+        if line.y0 < y0:
+            y0 = line.y0
+        if line.x1 > x1:
+            x1 = line.x1
+        if line.y1 > y1:
+            y1 = line.y1
+    return [x0, y0, x1, y1]
 
 
 def _has_leader(text: str) -> bool:

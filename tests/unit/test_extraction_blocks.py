@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from shared.extraction.chunks import approx_tokens
 from shared.extraction.document import ChunkModel, DocumentModel
 from shared.extraction.engine import MARKDOWN_STATE
 from shared.extraction.figures import clusters, textpage_with_figures
+from shared.extraction.jsonwrite import chunks_jsonl, document_json, plain_floats
 from shared.extraction.layout import merged_outputs
 from shared.extraction.outline import outline_items
 from shared.models import ChunkOptions, ExtractOptions
@@ -452,6 +454,67 @@ def test_figure_marks_are_joined_and_filtered() -> None:
     assert clusters(flat, page) == [(100.0, 100.0, 200.0, 160.0)]
 
 
+def _fixpoint_clusters(marks: list[float], page: tuple[float, float, float, float]) -> Any:
+    """The plain definition: clip, then join any two touching boxes until none touch."""
+    px0, py0, px1, py1 = page
+    boxes = []
+    for i in range(0, len(marks) - 3, 4):
+        x0, y0, x1, y1 = marks[i : i + 4]
+        x0, y0, x1, y1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
+        share = figures.PAGE_SHARE
+        full = x1 - x0 >= share * (px1 - px0) and y1 - y0 >= share * (py1 - py0)
+        if x1 >= x0 and y1 >= y0 and not full:
+            boxes.append([x0, y0, x1, y1])
+    gap = figures.JOIN_GAP
+    merged = True
+    while merged:
+        merged = False
+        for a, b in itertools.combinations(boxes, 2):
+            if (
+                a[0] <= b[2] + gap
+                and b[0] <= a[2] + gap
+                and a[1] <= b[3] + gap
+                and b[1] <= a[3] + gap
+            ):
+                a[:] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                boxes.remove(b)
+                merged = True
+                break
+    side = figures.MIN_SIDE
+    kept = [b for b in boxes if b[2] - b[0] >= side and b[3] - b[1] >= side]
+    share = figures.PAGE_SHARE
+    kept = [b for b in kept if not (b[2] - b[0] >= share * px1 and b[3] - b[1] >= share * py1)]
+    return sorted((tuple(b) for b in kept), key=lambda b: (b[1], b[0]))
+
+
+def test_figure_clusters_do_not_depend_on_the_order_of_the_joins() -> None:
+    rnd = random.Random(17)
+    page = (0.0, 0.0, 600.0, 800.0)
+    for _ in range(300):
+        marks: list[float] = []
+        for _ in range(rnd.randint(0, 40)):
+            x, y = rnd.uniform(-20, 620), rnd.uniform(-20, 820)
+            marks += [x, y, x + rnd.uniform(0, 120), y + rnd.uniform(0, 120)]
+        assert clusters(marks, page) == _fixpoint_clusters(marks, page)
+
+
+def test_one_figure_finder_for_many_pages_gives_what_a_fresh_one_gives(tmp_path: Path) -> None:
+    doc = pymupdf.open(structured_pdf(tmp_path / "s.pdf"))
+    figs = pymupdf.open(figures_pdf(tmp_path / "f.pdf"))
+    try:
+        pages = [d[i] for d in (doc, figs, doc) for i in range(d.page_count)]
+        finder = figures.FigureFinder(pymupdf.TEXTFLAGS_TEXT)
+        for page in pages:
+            textpage, found = finder.textpage(page)
+            fresh_page, fresh = textpage_with_figures(page, pymupdf.TEXTFLAGS_TEXT)
+            assert found == fresh
+            assert textpage.extractJSON() == fresh_page.extractJSON()
+        assert finder.textpage(figs[0])[1]
+    finally:
+        doc.close()
+        figs.close()
+
+
 def test_the_text_page_with_figures_is_the_plain_text_page(tmp_path: Path) -> None:
     doc = pymupdf.open(figures_pdf(tmp_path / "f.pdf"))
     try:
@@ -475,14 +538,15 @@ def test_the_mark_replay_stops_at_max_marks(monkeypatch: pytest.MonkeyPatch) -> 
         page.draw_rect(pymupdf.Rect(x, y, x + 4, y + 4), color=(0, 0, 0), fill=(0.5, 0.5, 0.5))
     page.insert_text((72, 500), "Below the marks", fontsize=11)
     calls = 0
-    full = figures._MarkDevice._full
+    for name in ("fill_path", "stroke_path"):
+        noted = getattr(figures._MarkDevice, name)
 
-    def counted(device: Any) -> bool:
-        nonlocal calls
-        calls += 1
-        return full(device)
+        def counted(device: Any, *args: Any, noted: Any = noted) -> None:
+            nonlocal calls
+            calls += 1
+            noted(device, *args)
 
-    monkeypatch.setattr(figures._MarkDevice, "_full", counted)
+        monkeypatch.setattr(figures._MarkDevice, name, counted)
     try:
         textpage, found = textpage_with_figures(page, pymupdf.TEXTFLAGS_TEXT)
         assert textpage.extractText() == "Above the marks\nBelow the marks\n"
@@ -570,3 +634,124 @@ def test_the_outline_is_read_as_get_toc_gives_it(plain: Out) -> None:
     with pymupdf.open(plain["path"]) as doc:
         assert outline_items(doc) == [tuple(item) for item in doc.get_toc(simple=True)]
         assert outline_items(doc) == PLAIN_OUTLINE
+
+
+STDLIB_DOCUMENT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""How document.json was written before orjson: `document_json` must give these bytes."""
+
+
+def test_document_json_is_what_the_standard_encoder_writes(one: Out, figs: Out) -> None:
+    for out in (one, figs):
+        assert out["json"] == STDLIB_DOCUMENT.encode(out["doc"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.0, -0.0, 1e-4, 3.0517578125e-05, -2e-7, 287.40000000000003, 1e15, 1.5e17, 2**70],
+)
+def test_document_json_writes_any_number_as_the_standard_encoder(value: float) -> None:
+    doc = {
+        "schema": "pdfrelay.document/1",
+        "pages": [{"number": 1, "width": 612.0, "height": 792.0, "blocks": ["p1.b0"]}],
+        "outline": [],
+        "blocks": [{"id": "p1.b0", "bbox": [value, 1.0, 2.5, 3.25], "text": 'é\u2028\x1f"'}],
+    }
+    assert document_json(doc) == STDLIB_DOCUMENT.encode(doc).encode()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_document_json_writes_non_finite_boxes_as_the_standard_encoder(value: float) -> None:
+    doc = {"schema": "s", "pages": [], "outline": [], "blocks": [{"bbox": [value, 0, 1, 1]}]}
+    assert document_json(doc) == STDLIB_DOCUMENT.encode(doc).encode()
+
+
+STDLIB_CHUNK = json.JSONEncoder(ensure_ascii=False)
+"""How a line of chunks.jsonl was written before orjson: `chunks_jsonl` must give these."""
+
+
+def stdlib_jsonl(chunks: list[Out]) -> str:
+    return "".join(STDLIB_CHUNK.encode(chunk) + "\n" for chunk in chunks)
+
+
+def test_chunks_jsonl_is_what_the_standard_encoder_writes(one: Out, figs: Out) -> None:
+    for out in (one, figs):
+        assert out["jsonl"] == stdlib_jsonl(out["chunks"])
+
+
+def a_chunk(**changes: Any) -> Out:
+    chunk: Out = {
+        "id": "c0",
+        "kind": "table",
+        "text": '| a | b |\n|---|---|\n| "text": -1, x: y |',
+        "heading_path": ['1 "Quoted", a: b', "é\u2028\x1f"],
+        "pages": [1, 2],
+        "parts": [
+            {"block": "p1.b0", "page": 1, "bbox": [72.0, 287.40000000000003, 540.5, 300.0]},
+            {"block": "p2.b3", "page": 2, "bbox": [0.0, -0.0, 1e-4, 12.25]},
+        ],
+        "block_ids": ["p1.b0", "p2.b3"],
+        "span": [0, 42],
+        "overlap": 0,
+        "chars": 42,
+        "tokens": 17,
+        "table_header": '| "text": -1 |\n|---|',
+    }
+    return chunk | changes
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"table_header": None, "tokens": None, "kind": "text"},
+        {"block_ids": ["p1.b0, x", "p2:b3"]},  # a comma and a colon in an id
+        {"id": 'c"0\\'},
+        {"parts": [], "pages": [], "block_ids": []},
+        {"parts": [{"block": "p1.b0", "page": 1, "bbox": [3.0517578125e-05, 1.0, 2.0, 3.0]}]},
+        {"parts": [{"block": "p1.b0", "page": 1, "bbox": [float("nan"), 1.0, 2.0, 3.0]}]},
+        {"parts": [{"block": "p1.b0", "page": 1, "bbox": [1.0, 2.0]}]},
+        {"span": [0, 2**70]},
+        {"pages": [1.5]},
+    ],
+)
+def test_chunks_jsonl_writes_any_chunk_as_the_standard_encoder(changes: Out) -> None:
+    chunks = [a_chunk(**changes), a_chunk(id="c1")]
+    assert chunks_jsonl(chunks) == stdlib_jsonl(chunks)
+    if plain_floats(part["bbox"] for chunk in chunks for part in chunk["parts"]):
+        assert chunks_jsonl(chunks, True) == stdlib_jsonl(chunks)
+
+
+def test_the_text_output_is_the_same_with_blocks(pdf: Path, figs: Out, tmp_path: Path) -> None:
+    for path in (pdf, figs["path"]):
+        texts = []
+        for outputs in (["text"], ["text", "blocks", "chunks"]):
+            out = extract_document(
+                str(path),
+                ExtractOptions.model_validate({"outputs": outputs}),
+                ExtractLimits(),
+                str(tmp_path),
+                lambda d, t: None,
+            )
+            texts.append([(p.number, p.text, p.ocr) for p in out.result.pages])
+        assert texts[0] == texts[1]
+        assert any(text.strip() for _, text, _ in texts[1])
+
+
+def test_the_figure_search_leaves_out_only_markers_and_keeps_the_text(tmp_path: Path) -> None:
+    doc = pymupdf.open()
+    try:
+        page = doc.new_page(width=A4[0], height=A4[1])
+        shown = doc.add_ocg("shown", on=True)
+        hidden = doc.add_ocg("hidden", on=False)
+        page.insert_text((72, 72), "In a visible layer", fontsize=11, oc=shown)
+        page.insert_text((72, 100), "In a hidden layer", fontsize=11, oc=hidden)
+        page.draw_rect(pymupdf.Rect(72, 120, 200, 200), color=(0, 0, 0), oc=shown)
+        page.insert_text((72, 240), "In no layer", fontsize=11)
+        finder = figures.FigureFinder(pymupdf.TEXTFLAGS_TEXT)
+        assert set(finder._unrecorded) <= set(figures.UNRECORDED)
+        textpage, found = finder.textpage(page)
+        plain = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+        assert textpage.extractJSON() == plain.extractJSON()
+        assert found == [(72.0, 120.0, 200.0, 200.0)]
+    finally:
+        doc.close()

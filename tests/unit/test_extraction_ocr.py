@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pymupdf
@@ -173,3 +174,13 @@ def test_text_is_usable(text: str, usable: bool) -> None:
 def test_find_tessdata_explicit_folder(tmp_path: Path) -> None:
     assert find_tessdata(str(tmp_path)) == str(tmp_path)
     assert find_tessdata(NO_TESSDATA) is None
+
+
+@needs_tesseract
+def test_auto_ocrs_the_scan_when_blocks_are_asked_for_too(scan: Path, tmp_path: Path) -> None:
+    # the blocks take the page's text from the figure search: the scan check must run there too
+    out = run(scan, tmp_path, ocr="auto", ocr_language="eng+deu", outputs=["text", "blocks"])
+    assert [p.ocr for p in out.result.pages] == [False, True]
+    assert "Invoice number 4711" in out.result.pages[1].text
+    doc = json.loads((tmp_path / "document.json").read_text(encoding="utf-8"))
+    assert any("Invoice number 4711" in b["text"] for b in doc["blocks"] if b["page"] == 2)
