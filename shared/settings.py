@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     """Files one `POST /v1/batches` may hold (413 BATCH_TOO_LARGE beyond it)."""
     max_batch_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     """Bytes of all files of one batch together (1 GiB; 413 BATCH_TOO_LARGE beyond it)."""
+    batch_accept_deadline_s: float = Field(default=900.0, gt=0)
+    """A batch still being queued this long after its record was written (its ingress died
+    meanwhile) is opened as it stands: the items never queued are refused (README "Batches")."""
     max_pages: int = Field(default=5_000, ge=1)
     """`TOO_MANY_PAGES` beyond it."""
     max_inflated_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)

@@ -115,6 +115,12 @@ class Topology:
         return f"{self.ns}.batches.dead"
 
     @property
+    def batches_deadline(self) -> str:
+        """A batch's deadline signal waits here (its own TTL, no consumer) and then goes to
+        `batches`: a batch whose ingress died while queuing it is opened as it stands."""
+        return f"{self.ns}.batches.deadline"
+
+    @property
     def targets(self) -> str:
         """Ended jobs whose outputs go to a result destination (shared/jobs/targets.py)."""
         return f"{self.ns}.targets"
@@ -256,6 +262,16 @@ class Topology:
                 bindings=((self.tasks, self.BATCH_KEY),),
             ),
             Queue(self.batches_dead, quorum, bindings=((self.dead_letters, self.batches_dead),)),
+            Queue(
+                self.batches_deadline,
+                {
+                    **quorum,
+                    "x-overflow": "reject-publish",
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.batches,
+                    "x-dead-letter-strategy": "at-least-once",
+                },
+            ),
             Queue(
                 self.targets,
                 {

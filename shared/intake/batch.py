@@ -96,6 +96,8 @@ async def submit_batch(
             for i, f in enumerate(files)
         ),
     )
+    # First: should this process die before the batch is open, the arbiter opens it then.
+    await batches.signal_deadline(ctx, batch.batch_id)
     if webhook_token is not None:
         await batches.save_token(ctx, batch.batch_id, webhook_token)
     await batches.save(ctx, batch)

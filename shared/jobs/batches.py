@@ -10,6 +10,8 @@ the key, so one LIST gives a batch's counts and its pages), and the one consumer
 accepted item ended queues the webhook, publishes `batch.completed` and writes
 `batches/{id}/completed.json`; a later or redelivered signal finds that marker and does nothing
 (the fan-out merge's discipline: one consumer at a time decides, a marker makes it stick).
+A deadline signal (`signal_deadline`, sent before the record is written) reaches the arbiter
+`batch_accept_deadline_s` later and opens a batch still `accepting`, its ingress dead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.adapters.storage import ObjectNotFound
-from shared.errors import JobNotFound, NotRoutable, TransientError
+from shared.errors import ErrorCode, JobNotFound, NotRoutable, TransientError, WriteConflict
 from shared.models import JOB_ID_RE, Job, JobError, JobStatus, Progress, WebhookDelivery, utcnow
 from shared.runtime.context import Context
 from shared.webhooks.dispatch import enqueue
@@ -75,6 +77,8 @@ class BatchSignal(BaseModel):
     pages: int | None = Field(default=None, ge=0)
     """The ended item's page count (its pages total, else the pages it did); None from a
     sender of the version before (its marker then has no pages)."""
+    deadline: bool = False
+    """(No job) the batch's acceptance deadline has passed (`signal_deadline`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -89,6 +93,20 @@ async def signal(ctx: Context, batch_id: str, job: Job | None = None) -> None:
     )
     message_id = f"{batch_id}.{job.job_id if job else 'open'}"
     await ctx.broker.publish(ctx.topology.tasks, ctx.topology.BATCH_KEY, msg, message_id=message_id)
+
+
+async def signal_deadline(ctx: Context, batch_id: str) -> None:
+    """Have the arbiter look at the batch once `batch_accept_deadline_s` has passed: the signal
+    waits in `batches.deadline` until it expires into the arbiter's queue. A batch its ingress
+    died while queuing stays `accepting` until then (its items queued so far run; the client
+    had no answer), and is opened as it stands (`open_as_it_stands`)."""
+    await ctx.broker.publish(
+        "",
+        ctx.topology.batches_deadline,
+        BatchSignal(batch_id=batch_id, deadline=True),
+        message_id=f"{batch_id}.deadline",
+        expiration=ctx.settings.batch_accept_deadline_s,
+    )
 
 
 def item_pages(progress: Progress) -> int:
@@ -233,6 +251,44 @@ def summary(
     }
 
 
+NOT_QUEUED = JobError(
+    code=ErrorCode.INTERNAL.value,
+    message="the service stopped before this item was queued; nothing of it runs: send it again",
+)
+
+
+async def open_as_it_stands(ctx: Context, batch: Batch) -> Batch:
+    """A batch still `accepting` at its deadline (its ingress died while queuing it), opened:
+    an item whose job exists is accepted, the others are refused with NOT_QUEUED. Written over
+    the version read, so an ingress that was only slow and opened it meanwhile stands."""
+    items, never_queued = [], 0
+    for item in batch.items:
+        if item.job_id is not None and item.refused is None:
+            try:
+                await ctx.jobs.get(item.job_id, batch.tenant)
+            except JobNotFound:
+                item = item.model_copy(update={"job_id": None, "refused": NOT_QUEUED})
+                never_queued += 1
+        items.append(item)
+    data, etag = await ctx.storage.get_versioned(batch_key(batch.batch_id))
+    stored = Batch.model_validate_json(data)
+    if stored.state != "accepting":
+        return stored
+    opened = batch.model_copy(update={"items": tuple(items), "state": "open"})
+    try:
+        await ctx.storage.put_versioned(
+            batch_key(batch.batch_id), opened.model_dump_json(by_alias=True).encode(), etag
+        )
+    except WriteConflict:
+        return await load(ctx, batch.batch_id, None)
+    log.warning(
+        "batch %s was still accepting at its deadline: opened, %d items never queued refused",
+        batch.batch_id,
+        never_queued,
+    )
+    return opened
+
+
 async def on_signal(ctx: Context, signal: BatchSignal) -> None:
     """One message of the arbiter's queue (its only consumer at a time: no race here)."""
     batch_id = signal.batch_id
@@ -245,6 +301,8 @@ async def on_signal(ctx: Context, signal: BatchSignal) -> None:
         batch = await load(ctx, batch_id, None)
     except JobNotFound:
         return  # deleted after its retention
+    if signal.deadline and batch.state == "accepting":
+        batch = await open_as_it_stands(ctx, batch)
     if batch.state != "open" or await completion(ctx, batch_id) is not None:
         return  # still accepting (its `batch.accepted` comes), or completed already
     ends = await ended(ctx, batch_id)

@@ -4,6 +4,7 @@ limits, and exactly one `batch.completed` however often the arbiter hears an ite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,9 +16,10 @@ import pytest
 from handlers import batches as batch_handler
 from pdfrelay_client.sse import sse_events
 from shared.intake import batch as batch_intake
+from shared.intake.submit import Submission, Submitter
 from shared.jobs import batches
 from shared.jobs.batches import BatchSignal
-from shared.models import WebhookDelivery, new_job_id
+from shared.models import ExtractOptions, Job, S3Source, Source, WebhookDelivery, new_job_id
 from shared.runtime.context import Context
 from shared.webhooks import dispatch
 from tests.conftest import Stack, running_stack
@@ -402,3 +404,64 @@ async def test_an_s3_prefix_batch_picks_up_every_pdf_and_nothing_else(make_setti
         assert await refused({"prefix": "../drop/"}) == (403, "SOURCE_NOT_ALLOWED")
         assert await refused({"prefix": "nothing-here/"}) == (422, "BATCH_REFUSED")
         assert await refused({"prefix": "drop/", "extra": "x"}) == (400, "INVALID_REQUEST")
+
+
+async def test_a_batch_whose_ingress_died_while_queuing_it_is_opened_at_its_deadline(
+    make_settings: Any,
+) -> None:
+    """The ingress queues the first item and dies before the second (nothing more of the
+    batch is written; the client had no answer). At the batch's deadline the arbiter opens it
+    as it stands: the queued item runs to its end, the other is refused, `batch.completed`
+    comes once."""
+    settings = make_settings(batch_accept_deadline_s=1.0)
+    async with running_stack(settings) as stack:
+        stack.start(batch_handler.serve)
+        for i in range(2):
+            await stack.ctx.storage.put_bytes(f"in/{i}.pdf", make_pdf([f"item {i}"]))
+        first_queued, never = asyncio.Event(), asyncio.Event()
+
+        class DiesOnTheSecond(Submitter):
+            async def submit(self, ctx: Context, sub: Submission) -> tuple[Job, bool]:
+                if sub.s3_key == "in/1.pdf":
+                    await first_queued.wait()
+                    await never.wait()  # the process dies here
+                created = await super().submit(ctx, sub)
+                first_queued.set()
+                return created
+
+        files = [
+            batch_intake.BatchFile(
+                filename=f"{i}.pdf", client_ref=f"ref-{i}", source=Source(s3=S3Source(key=k))
+            )
+            for i, k in enumerate(("in/0.pdf", "in/1.pdf"))
+        ]
+        events = await stack.ctx.connection.channel()
+        completed = await events.declare_queue(exclusive=True)
+        await completed.bind(stack.ctx.topology.events, batches.COMPLETED_EVENT)
+        accepting = asyncio.create_task(
+            batch_intake.submit_batch(
+                stack.ctx,
+                DiesOnTheSecond(),
+                tenant="default",
+                options=ExtractOptions(),
+                files=files,
+                webhook_url=None,
+            )
+        )
+        await asyncio.wait_for(first_queued.wait(), TIMEOUT_S)
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+
+        async with completed.iterator(timeout=TIMEOUT_S) as it:
+            message = await anext(aiter(it))
+            await message.ack()
+        view = json.loads(message.body)
+        assert view["counts"]["completed"] == 1
+        assert view["counts"]["refused"] == 1
+        batch_id = view["batch_id"]
+        items = (await get_batch(stack, batch_id))["items"]
+        refused = [i for i in items if i["status"] == "refused"]
+        assert [(i["client_ref"], i["job_id"]) for i in refused] == [("ref-1", None)]
+        assert refused[0]["error"]["code"] == "INTERNAL"
+        await events.close()
