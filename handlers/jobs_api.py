@@ -18,7 +18,7 @@ from aiohttp import web
 
 from handlers.http.common import tenant_of
 from shared.api.queries import list_query
-from shared.api.sse import SHUTDOWN, follow, sse, terminal
+from shared.api.sse import MAX_FOLLOWED, SHUTDOWN, follow, follow_tenant, sse, terminal
 from shared.errors import ErrorCode, PermanentError, QuotaExceeded, TransientError
 from shared.jobs import retention
 from shared.jobs.cancel import cancel_and_wait
@@ -94,13 +94,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     api = request.app[API]
     ctx = api.ctx
     job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
-        }
-    )
+    resp = _stream_response()
     async with api.watcher.listen(job.job_id) as events:
         api.streams.add(events)
         try:
@@ -125,6 +119,49 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         finally:
             api.streams.discard(events)
     return resp
+
+
+async def tenant_events(request: web.Request) -> web.StreamResponse:
+    """One stream for many jobs: the states of the jobs in `jobs` (comma-separated ids), then
+    every job event of the tenant until the client goes (a console follows all its cards over
+    it; a browser has only ~6 connections per host)."""
+    api = request.app[API]
+    ids = [i for i in request.query.get("jobs", "").split(",") if i]
+    if len(ids) > MAX_FOLLOWED:
+        raise PermanentError(
+            f"jobs may name at most {MAX_FOLLOWED} jobs", ErrorCode.INVALID_REQUEST
+        )
+    tenant = tenant_of(request)
+    resp = _stream_response()
+    async with api.watcher.listen_tenant(tenant) as events:
+        api.streams.add(events)
+        try:
+            # Subscribed before the states are read: no change falls between.
+            await resp.prepare(request)
+            await resp.write(b"retry: 3000\n\n")
+            async with contextlib.aclosing(
+                follow_tenant(api.ctx, tenant, list(dict.fromkeys(ids)), events)
+            ) as frames:
+                async for frame in frames:
+                    await resp.write(frame)
+            await resp.write_eof()
+        except ConnectionResetError:
+            log.debug("event stream of tenant %s: the client went away", tenant)
+        except TransientError as exc:
+            log.warning("event stream of tenant %s ended: %s", tenant, exc.message)
+        finally:
+            api.streams.discard(events)
+    return resp
+
+
+def _stream_response() -> web.StreamResponse:
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+        }
+    )
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -1,5 +1,6 @@
-"""A job's Server-Sent Events (`GET /v1/jobs/{id}/events`): the frames, and following the job's
-events until it ends; the handler writes what `follow` yields."""
+"""Server-Sent Events: one job's (`GET /v1/jobs/{id}/events`: its events until it ends) and a
+tenant's (`GET /v1/events`: every job of the tenant over one stream); the frames, and what the
+handlers write (`follow`, `follow_tenant`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from shared.errors import JobNotFound
 from shared.jobs.outcome import TERMINAL_EVENTS, event_id
-from shared.jobs.watch import JobEvents
+from shared.jobs.watch import LAGGED, JobEvents
 from shared.models import Job
 from shared.runtime.context import Context
 
@@ -18,6 +20,8 @@ KEEPALIVE_S = 15.0
 SHUTDOWN = "_shutdown"
 """The type of the event put on a stream's queue to end it (the server is stopping)."""
 TERMINAL_TYPES = frozenset(TERMINAL_EVENTS.values())
+MAX_FOLLOWED = 200
+"""Jobs whose state a tenant's stream sends first (`GET /v1/events?jobs=…`), at most."""
 
 
 def sse(event: str, data: Any, event_id: str | None = None) -> bytes:
@@ -52,8 +56,49 @@ async def follow(ctx: Context, job: Job, events: JobEvents) -> AsyncGenerator[by
         if kind == SHUTDOWN:
             return
         if kind == "job.progress":
-            done = (event["data"].get("progress") or {}).get("pages_done")
-            yield sse(kind, event["data"], f"{job_id}-progress-{done}")
+            yield frame(event)
         elif kind in TERMINAL_TYPES:
-            yield sse(kind, event["data"], event_id(job_id, kind))
+            yield frame(event)
             return
+
+
+def frame(event: dict[str, Any]) -> bytes:
+    """One job event from the watcher as a frame, with its stable id (a progress event's names
+    its pages done)."""
+    kind, data = event["type"], event["data"]
+    job_id = str(data.get("job_id"))
+    if kind == "job.progress":
+        done = (data.get("progress") or {}).get("pages_done")
+        return sse(kind, data, f"{job_id}-progress-{done}")
+    return sse(kind, data, event_id(job_id, kind))
+
+
+async def follow_tenant(
+    ctx: Context, tenant: str, job_ids: list[str], events: JobEvents
+) -> AsyncGenerator[bytes, None]:
+    """The listed jobs as they are now (`job.state`, or the terminal event of one that has
+    ended; nothing of an id the tenant has no job of), then every job event of the tenant, with
+    keep-alives when quiet, until shutdown, or until the client fell so far behind that its
+    backlog was dropped (it reconnects and reads the states afresh). `events`: the tenant's,
+    subscribed before the states are read."""
+
+    async def own(job_id: str) -> Job | None:
+        try:
+            return await ctx.jobs.get(job_id, tenant)
+        except JobNotFound:
+            return None
+
+    jobs = [j for j in await asyncio.gather(*(own(i) for i in job_ids)) if j is not None]
+    views = await asyncio.gather(*(ctx.jobs.view(j, ctx.settings.base_url) for j in jobs))
+    for job, view in zip(jobs, views, strict=True):
+        yield terminal(job, view) if job.status.terminal else sse("job.state", view)
+    while True:
+        try:
+            async with asyncio.timeout(KEEPALIVE_S):
+                event = await events.get()
+        except TimeoutError:
+            yield b": keep-alive\n\n"
+            continue
+        if event["type"] in (SHUTDOWN, LAGGED):
+            return
+        yield frame(event)

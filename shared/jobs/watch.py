@@ -18,12 +18,19 @@ from shared.runtime.context import Context
 JobEvents = asyncio.Queue[dict[str, Any]]
 """One listener's events of a job: `{"type": routing key, "data": the job's view}`."""
 
+TENANT_BACKLOG = 1000
+"""Events a tenant's stream may hold unsent; past it the stream is told it lagged."""
+LAGGED = "_lagged"
+"""The type of the event that replaces a tenant stream's backlog when it overflowed: the
+stream ends and its client reads the jobs' states afresh."""
+
 
 class JobWatcher:
     """One exclusive, auto-deleted queue per process, bound to every job event."""
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[JobEvents]] = defaultdict(set)
+        self._tenants: dict[str, set[JobEvents]] = defaultdict(set)
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self.observers: list[Callable[[str, bytes], None]] = []
@@ -42,12 +49,23 @@ class JobWatcher:
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         for observe in self.observers:
             observe(message.routing_key or "", message.body)
-        job_id = (message.headers or {}).get("job_id")
-        if not isinstance(job_id, str) or job_id not in self._listeners:
+        headers = message.headers or {}
+        job_id, tenant = headers.get("job_id"), headers.get("tenant")
+        jobs = self._listeners.get(job_id) if isinstance(job_id, str) else None
+        tenants = self._tenants.get(tenant) if isinstance(tenant, str) else None
+        if not jobs and not tenants:
             return
         event = {"type": message.routing_key, "data": json.loads(message.body)}
-        for q in self._listeners[job_id]:
+        for q in jobs or ():
             q.put_nowait(event)
+        for q in tenants or ():
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                # A client that does not read: drop its backlog, not the process's memory.
+                while not q.empty():
+                    q.get_nowait()
+                q.put_nowait({"type": LAGGED})
 
     @contextlib.asynccontextmanager
     async def listen(self, job_id: str) -> AsyncIterator[JobEvents]:
@@ -60,6 +78,18 @@ class JobWatcher:
             self._listeners[job_id].discard(q)
             if not self._listeners[job_id]:
                 del self._listeners[job_id]
+
+    @contextlib.asynccontextmanager
+    async def listen_tenant(self, tenant: str) -> AsyncIterator[JobEvents]:
+        """Every job event of `tenant` while the block runs (one stream for many jobs)."""
+        q: JobEvents = asyncio.Queue(TENANT_BACKLOG)
+        self._tenants[tenant].add(q)
+        try:
+            yield q
+        finally:
+            self._tenants[tenant].discard(q)
+            if not self._tenants[tenant]:
+                del self._tenants[tenant]
 
 
 async def until_ended(jobs: JobStore, job: Job, events: JobEvents, wait: float) -> Job:
