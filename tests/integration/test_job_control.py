@@ -384,6 +384,31 @@ async def test_one_tenant_stream_follows_many_jobs_and_no_other_tenants(
         assert (await stack.client.get("/v1/events")).status == 401
 
 
+async def test_a_followed_job_is_heard_to_start_before_its_worker_reports_a_page(
+    make_settings: Any,
+) -> None:
+    # Its worker stalls at once: the record says processing, and no page is ever reported.
+    async with running_stack(make_settings(progress_after_s=0)) as stack:
+        assert stack.ctx.pool is not None
+        pids = freezer(stack)
+        resp = await stack.client.get("/v1/events")
+        events = read_events(resp)
+        job = await upload(stack, make_pdf(["stalls"]))
+        try:
+            await asyncio.wait_for(pids.get(), TIMEOUT_S)
+            seen: list[tuple[str, str]] = []
+            async with asyncio.timeout(TIMEOUT_S):
+                while not seen or seen[-1] != ("job.progress", "processing"):
+                    kind, view = await anext(events)
+                    assert view["job_id"] == job["job_id"]
+                    seen.append((kind, view["status"]))
+        finally:
+            resp.close()
+            stack.ctx.pool.on_start.clear()
+            resp = await stack.client.delete(f"/v1/jobs/{job['job_id']}")
+            assert (await resp.json())["status"] == "cancelled"
+
+
 # --- retention -----------------------------------------------------------------------------------
 
 

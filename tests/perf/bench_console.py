@@ -131,7 +131,33 @@ async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, 
     return figures
 
 
-async def run(repeat: int, jobs: int, pages: int) -> None:
+async def list_under_burst(
+    session: aiohttp.ClientSession, base: str, burst: int, pages: int
+) -> list[float]:
+    """Milliseconds of `GET /v1/jobs?limit=25`, one after another, while `burst` PDFs of `pages`
+    pages are uploaded at once and extracted (distinct bytes: no result-cache hit)."""
+    docs = [long_pdf(pages) + f"%burst {i}\n".encode() for i in range(burst)]
+    ids = await asyncio.gather(
+        *(submit(session, base, d, f"burst-{i}.pdf") for i, d in enumerate(docs))
+    )
+    times: list[float] = []
+    done = asyncio.Event()
+
+    async def lister() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
+                assert len((await resp.json())["jobs"]) == 25
+            times.append((time.perf_counter() - start) * 1000)
+
+    task = asyncio.create_task(lister())
+    await asyncio.gather(*(wait_done(session, base, i) for i in ids))
+    done.set()
+    await task
+    return times
+
+
+async def run(repeat: int, jobs: int, pages: int, burst: int = 0) -> None:
     with tempfile.TemporaryDirectory(prefix="pdfrelay-bench-console-") as raw:
         work = Path(raw)
         with moto_server(work) as s3, rabbit_vhost() as amqp_url:
@@ -163,6 +189,16 @@ async def run(repeat: int, jobs: int, pages: int) -> None:
                         async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
                             assert len((await resp.json())["jobs"]) == 25
                         api_ms.append((time.perf_counter() - start) * 1000)
+                    burst_ms = await list_under_burst(session, base, burst, 20) if burst else []
+                if burst:
+                    q = statistics.quantiles(burst_ms, n=10)
+                    print(
+                        f"GET /v1/jobs?limit=25 during a burst of {burst} 20-page PDFs: "
+                        f"{len(burst_ms)} calls, median {statistics.median(burst_ms):.0f} ms, "
+                        f"p90 {q[-1]:.0f} ms, max {max(burst_ms):.0f} ms"
+                    )
+                if repeat == 0:
+                    return
                 figures = await measure(base, long_id, repeat, work)
                 figures["(the API alone: GET /v1/jobs?limit=25)"] = api_ms
     print(f"\nconsole, {jobs} jobs of one tenant, a {pages}-page result; median of {repeat} (ms)")
@@ -175,8 +211,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--pages", type=int, default=1000)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="also time the list API while this many 20-page PDFs are uploaded and extracted",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.repeat, args.jobs, args.pages))
+    asyncio.run(run(args.repeat, args.jobs, args.pages, args.burst))
 
 
 if __name__ == "__main__":
