@@ -22,7 +22,7 @@ from shared.api.sse import MAX_FOLLOWED, SHUTDOWN, follow, follow_tenant, sse, t
 from shared.errors import ErrorCode, PermanentError, QuotaExceeded, TransientError
 from shared.jobs import retention
 from shared.jobs.cancel import cancel_and_wait
-from shared.jobs.listing import InvalidCursor, list_jobs
+from shared.jobs.listing import EndedRecords, InvalidCursor, list_jobs
 from shared.jobs.quota import retry_after_s
 from shared.jobs.throughput import ThroughputMeter, estimate_now
 from shared.jobs.watch import JobEvents, JobWatcher
@@ -40,6 +40,8 @@ class JobsApi:
     ctx: Context
     watcher: JobWatcher
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
+    ended: EndedRecords = field(default_factory=EndedRecords)
+    """Ended jobs' records the lists have read (never written again: no GET for them next time)."""
     streams: set[JobEvents] = field(default_factory=set)
     """The event queues of open SSE streams, ended at shutdown."""
 
@@ -65,11 +67,12 @@ def setup(
 async def get_jobs(request: web.Request) -> web.Response:
     """A page of the tenant's jobs, newest first (`status`, `door`, `client_ref`,
     `created_after`, `limit`, `cursor`)."""
-    ctx = request.app[API].ctx
+    api = request.app[API]
+    ctx = api.ctx
     query = list_query(request.query)
     try:
         page = await list_jobs(
-            ctx.jobs, tenant_of(request), query.filter, query.limit, query.cursor
+            ctx.jobs, tenant_of(request), query.filter, query.limit, query.cursor, ended=api.ended
         )
     except InvalidCursor as exc:
         raise PermanentError(str(exc), ErrorCode.INVALID_REQUEST) from exc

@@ -52,6 +52,7 @@ async def get_ops(request: web.Request) -> web.Response:
         ),
         MAX_LIMIT,
         None,
+        ended=api.ended if api is not None else None,
     )
     body: dict[str, Any] = {
         "queues": queues,
