@@ -167,8 +167,15 @@ async def test_read_shows_the_text_of_page_2_beside_the_image_of_page_2(
         assert text_box is not None
         assert img_box["x"] + img_box["width"] <= text_box["x"]
         await c.shot("read")
+        # The Markdown beside the page is that page's, page by page.
         await c.page.click("#tab-markdown")
-        assert "bravo is page two" in await c.page.locator("#markdown").inner_text()
+        markdown = c.page.locator("#markdown[data-page='2']")
+        assert (await markdown.inner_text()).strip() == "bravo is page two"
+        await c.page.keyboard.press("ArrowRight")
+        await c.page.locator("#page-image[data-page='3']").wait_for()
+        markdown = c.page.locator("#markdown[data-page='3']")
+        assert (await markdown.inner_text()).strip() == "charlie is page three"
+        await c.shot("read-markdown")
         assert c.seen.errors == []
 
 
