@@ -145,16 +145,33 @@ async def list_under_burst(
 
     async def lister() -> None:
         while not done.is_set():
-            start = time.perf_counter()
-            async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
-                assert len((await resp.json())["jobs"]) == 25
-            times.append((time.perf_counter() - start) * 1000)
+            times.extend(await list_times(session, base, 1))
 
     task = asyncio.create_task(lister())
     await asyncio.gather(*(wait_done(session, base, i) for i in ids))
     done.set()
     await task
     return times
+
+
+async def list_times(session: aiohttp.ClientSession, base: str, n: int) -> list[float]:
+    """Milliseconds of `GET /v1/jobs?limit=25`, `n` times one after another."""
+    times: list[float] = []
+    for _ in range(n):
+        start = time.perf_counter()
+        async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
+            assert len((await resp.json())["jobs"]) == 25
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def report(label: str, times: list[float]) -> None:
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    print(
+        f"GET /v1/jobs?limit=25, {label}: {len(times)} calls, median "
+        f"{statistics.median(times):.0f} ms, p90 {q[-1]:.0f} ms, max {max(times):.0f} ms",
+        flush=True,
+    )
 
 
 async def run(repeat: int, jobs: int, pages: int, burst: int = 0) -> None:
@@ -189,14 +206,11 @@ async def run(repeat: int, jobs: int, pages: int, burst: int = 0) -> None:
                         async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
                             assert len((await resp.json())["jobs"]) == 25
                         api_ms.append((time.perf_counter() - start) * 1000)
-                    burst_ms = await list_under_burst(session, base, burst, 20) if burst else []
-                if burst:
-                    q = statistics.quantiles(burst_ms, n=10)
-                    print(
-                        f"GET /v1/jobs?limit=25 during a burst of {burst} 20-page PDFs: "
-                        f"{len(burst_ms)} calls, median {statistics.median(burst_ms):.0f} ms, "
-                        f"p90 {q[-1]:.0f} ms, max {max(burst_ms):.0f} ms"
-                    )
+                    if burst:
+                        quiet = await list_times(session, base, 10)
+                        report(f"{jobs} jobs, nothing running", quiet)
+                        during = await list_under_burst(session, base, burst, 20)
+                        report(f"during a burst of {burst} 20-page PDFs", during)
                 if repeat == 0:
                     return
                 figures = await measure(base, long_id, repeat, work)
