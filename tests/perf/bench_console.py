@@ -70,12 +70,26 @@ async def ms(page: Any, action: Awaitable[Any], selector: str) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+async def list_request_ms(page: Any) -> float:
+    """The browser's own timing of its last `GET /v1/jobs` (request sent to response end)."""
+    value: float = await page.evaluate(
+        """() => {
+            const all = performance.getEntriesByType("resource")
+                .filter((e) => e.name.includes("/v1/jobs?"));
+            const e = all[all.length - 1];
+            return e ? e.responseEnd - e.requestStart : -1;
+        }"""
+    )
+    return value
+
+
 async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, list[float]]:
     from playwright.async_api import async_playwright
 
     figures: dict[str, list[float]] = {
         "load (navigation to ready)": [],
         "jobs list, first page of 25": [],
+        "(of which the list request in the browser)": [],
         "jobs list, next page": [],
         "read, 1,000-page result to page 1 text": [],
         "read, page turn (text)": [],
@@ -99,6 +113,8 @@ async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, 
                     "#jobs-table tbody tr:nth-child(25)",
                 )
             )
+            request_ms = await list_request_ms(page)
+            figures["(of which the list request in the browser)"].append(request_ms)
             first = await page.locator("#jobs-table tbody tr").first.get_attribute("data-job-id")
             figures["jobs list, next page"].append(
                 await ms(
