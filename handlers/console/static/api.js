@@ -136,14 +136,16 @@ class JobStream {
 
   /**
    * `onEvent(type, data)` for each event of `jobId`; resolves, with the function that stops
-   * it, once the stream is subscribed (a state read after that misses no change).
+   * it, once the stream is subscribed (a state read after that misses no change), or after
+   * 5 s without a stream.
    */
   async watch(jobId, onEvent) {
     let set = this.watchers.get(jobId);
     if (!set) this.watchers.set(jobId, (set = new Set()));
     set.add(onEvent);
     if (!this.abort) this.run();
-    await this.ready;
+    // Not forever while the service is away: the reconnect sends the job's state anyway.
+    await Promise.race([this.ready, sleep(5000)]);
     return () => {
       set.delete(onEvent);
       if (!set.size) this.watchers.delete(jobId);
