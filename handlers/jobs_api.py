@@ -20,11 +20,11 @@ from aiohttp import web
 
 from handlers.http.common import tenant_of
 from shared.api.queries import list_query
-from shared.api.sse import SHUTDOWN, follow, sse, terminal
+from shared.api.sse import MAX_FOLLOWED, SHUTDOWN, follow, follow_tenant, sse, terminal
 from shared.errors import ErrorCode, PermanentError, QuotaExceeded, TransientError
 from shared.jobs import retention
 from shared.jobs.cancel import cancel_and_wait
-from shared.jobs.listing import InvalidCursor, list_jobs
+from shared.jobs.listing import EndedRecords, InvalidCursor, list_jobs
 from shared.jobs.quota import retry_after_s
 from shared.jobs.throughput import ThroughputMeter, estimate_now
 from shared.jobs.watch import JobEvents, JobWatcher
@@ -42,6 +42,8 @@ class JobsApi:
     ctx: Context
     watcher: JobWatcher
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
+    ended: EndedRecords = field(default_factory=EndedRecords)
+    """Ended jobs' records the lists have read (never written again: no GET for them next time)."""
     streams: set[JobEvents] = field(default_factory=set)
     """The event queues of open SSE streams, ended at shutdown."""
 
@@ -67,11 +69,12 @@ def setup(
 async def get_jobs(request: web.Request) -> web.Response:
     """A page of the tenant's jobs, newest first (`status`, `door`, `client_ref`,
     `created_after`, `limit`, `cursor`)."""
-    ctx = request.app[API].ctx
+    api = request.app[API]
+    ctx = api.ctx
     query = list_query(request.query)
     try:
         page = await list_jobs(
-            ctx.jobs, tenant_of(request), query.filter, query.limit, query.cursor
+            ctx.jobs, tenant_of(request), query.filter, query.limit, query.cursor, ended=api.ended
         )
     except InvalidCursor as exc:
         raise PermanentError(str(exc), ErrorCode.INVALID_REQUEST) from exc
@@ -123,6 +126,39 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def tenant_events(request: web.Request) -> web.StreamResponse:
+    """One stream for many jobs: the states of the jobs in `jobs` (comma-separated ids), then
+    every job event of the tenant until the client goes (a console follows all its cards over
+    it; a browser has only ~6 connections per host)."""
+    api = request.app[API]
+    ids = [i for i in request.query.get("jobs", "").split(",") if i]
+    if len(ids) > MAX_FOLLOWED:
+        raise PermanentError(
+            f"jobs may name at most {MAX_FOLLOWED} jobs", ErrorCode.INVALID_REQUEST
+        )
+    tenant = tenant_of(request)
+    resp = stream_response()
+    async with api.watcher.listen_tenant(tenant) as events:
+        api.streams.add(events)
+        try:
+            # Subscribed before the states are read: no change falls between.
+            await resp.prepare(request)
+            await resp.write(b"retry: 3000\n\n")
+            async with contextlib.aclosing(
+                follow_tenant(api.ctx, tenant, list(dict.fromkeys(ids)), events)
+            ) as frames:
+                async for frame in frames:
+                    await resp.write(frame)
+            await resp.write_eof()
+        except ConnectionResetError:
+            log.debug("event stream of tenant %s: the client went away", tenant)
+        except TransientError as exc:
+            log.warning("event stream of tenant %s ended: %s", tenant, exc.message)
+        finally:
+            api.streams.discard(events)
+    return resp
+
+
 def stream_response() -> web.StreamResponse:
     """An event stream's response, before `prepare`."""
     return web.StreamResponse(
@@ -137,7 +173,7 @@ def stream_response() -> web.StreamResponse:
 async def _end_streams(app: web.Application) -> None:
     """At shutdown: end open event streams, so they do not hold the server's graceful stop."""
     for events in list(app[API].streams):
-        while events.full():  # a bounded backlog (a batch's): what is unsent goes anyway
+        while events.full():  # a bounded backlog (a batch's, a tenant's): what is unsent goes
             events.get_nowait()
         events.put_nowait({"type": SHUTDOWN})
 

@@ -380,6 +380,15 @@ class PageText(Frozen):
     """The model's Markdown of the page (output `llm`); also `text` when no `text` was asked."""
 
 
+class MarkdownPage(Frozen):
+    """Where one page's Markdown is in the result's `markdown`: `markdown[start:end]`, offsets
+    in characters (Unicode code points); start == end for a page with no Markdown."""
+
+    number: int
+    start: int
+    end: int
+
+
 class ExtractionResult(BaseModel):
     """The document stored at `results/{job_id}/result.json` (GET /v1/jobs/{id}/result)."""
 
@@ -388,6 +397,9 @@ class ExtractionResult(BaseModel):
     page_count: int
     pages: list[PageText] = []
     markdown: str | None = None
+    markdown_pages: list[MarkdownPage] | None = None
+    """Each page's part of `markdown`, in page order (None: not known, e.g. a result stored
+    before it was added)."""
     metadata: dict[str, object] | None = None
     tables: list[dict[str, object]] | None = None
     transformed: str | None = None

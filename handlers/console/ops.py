@@ -1,9 +1,9 @@
-"""`GET /v1/console/ops` (queue depths, workers, pages/s, failures of the last hour, parked
-webhooks of the tenant) and `POST /v1/console/dead-webhooks/{job_id}/replay`."""
+"""`GET /v1/console/ops` (the depth of every queue of the service, workers, pages/s, failures
+of the last hour, parked webhooks of the tenant) and
+`POST /v1/console/dead-webhooks/{job_id}/replay`."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -27,20 +27,17 @@ async def get_ops(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     api = request.app.get(jobs_api.API)
     topo = ctx.topology
-    names = {
-        "extract": topo.extract,
-        "extract.ranges": topo.extract_ranges,
-        "extract.dead": topo.extract_dead,
-        "webhooks": topo.webhooks,
-        "webhooks.dead": topo.webhooks_dead,
-        "previews": topo.previews,
-    }
-    depths = await asyncio.gather(
-        *(ctx.metrics.queue_depth(name, QUEUE_PROBE_TTL_S) for name in names.values())
-    )
+    # Every queue of the service (its topology), read by passive declares: service-wide, as
+    # the broker knows them (the retry ladder, the doors, the llm and preview queues too).
+    names = [q.name for q in topo.queues()]
+    depths = await ctx.metrics.queue_depths(names, QUEUE_PROBE_TTL_S)
     queues = [
-        {"name": short, "ready": d[0] if d else None, "consumers": d[1] if d else None}
-        for short, d in zip(names, depths, strict=True)
+        {
+            "name": name.removeprefix(f"{topo.ns}."),
+            "ready": d[0] if d else None,
+            "consumers": d[1] if d else None,
+        }
+        for name, d in depths.items()
     ]
     pool = ctx.pool
     failed = await list_jobs(
@@ -52,6 +49,7 @@ async def get_ops(request: web.Request) -> web.Response:
         ),
         MAX_LIMIT,
         None,
+        ended=api.ended if api is not None else None,
     )
     body: dict[str, Any] = {
         "queues": queues,

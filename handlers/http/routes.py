@@ -218,6 +218,40 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         Operation(
+            "get",
+            "/v1/events",
+            "streamTenantEvents",
+            "Server-Sent Events of all the tenant's jobs, over one stream",
+            "jobs",
+            description=(
+                "First the state of each job named in `jobs` (`job.state`, or its terminal "
+                "event if it has ended; ids the tenant has no job of are left out), then every "
+                "event of the tenant's jobs (`job.accepted`, `job.progress`, `job.completed`, "
+                "`job.failed`, `job.cancelled`) until the client closes the stream. For "
+                "following many jobs at once (a browser allows about six connections per host)."
+            ),
+            params=(
+                Param(
+                    "jobs",
+                    "query",
+                    "Job ids (comma-separated, at most 200) whose state is sent first.",
+                ),
+            ),
+            responses=(
+                Resp(
+                    200,
+                    "The listed jobs' states, then the tenant's job events.",
+                    content_type="text/event-stream",
+                    schema=SSE_EVENT,
+                ),
+                *errors(400, 401),
+            ),
+            auth=True,
+        ),
+        jobs_api.tenant_events,
+    ),
+    Route(
+        Operation(
             "post",
             "/v1/jobs/{job_id}/webhook/redeliver",
             "redeliverWebhook",

@@ -1,6 +1,7 @@
-"""Server-Sent Events: a job's (`GET /v1/jobs/{id}/events`: its events until it ends) and a
-batch's (`GET /v1/batches/{id}/events`: its items' events until `batch.completed`); the frames,
-and what the handlers write (`follow`, `follow_batch`)."""
+"""Server-Sent Events: a job's (`GET /v1/jobs/{id}/events`: its events until it ends), a
+batch's (`GET /v1/batches/{id}/events`: its items' events until `batch.completed`) and a
+tenant's (`GET /v1/events`: every job of the tenant over one stream); the frames, and what the
+handlers write (`follow`, `follow_batch`, `follow_tenant`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from shared.errors import JobNotFound
 from shared.jobs import batches
 from shared.jobs.batches import Batch
 from shared.jobs.outcome import TERMINAL_EVENTS, event_id
@@ -21,6 +23,8 @@ KEEPALIVE_S = 15.0
 SHUTDOWN = "_shutdown"
 """The type of the event put on a stream's queue to end it (the server is stopping)."""
 TERMINAL_TYPES = frozenset(TERMINAL_EVENTS.values())
+MAX_FOLLOWED = 200
+"""Jobs whose state a tenant's stream sends first (`GET /v1/events?jobs=…`), at most."""
 
 
 def sse(event: str, data: Any, event_id: str | None = None) -> bytes:
@@ -107,5 +111,36 @@ async def follow_batch(
             return
         if kind == batches.COMPLETED_EVENT:
             yield sse(kind, event["data"], batches.event_id(batch.batch_id))
+            return
+        yield frame(event)
+
+
+async def follow_tenant(
+    ctx: Context, tenant: str, job_ids: list[str], events: JobEvents
+) -> AsyncGenerator[bytes, None]:
+    """The listed jobs as they are now (`job.state`, or the terminal event of one that has
+    ended; nothing of an id the tenant has no job of), then every job event of the tenant, with
+    keep-alives when quiet, until shutdown, or until the client fell so far behind that its
+    backlog was dropped (it reconnects and reads the states afresh). `events`: the tenant's,
+    subscribed before the states are read."""
+
+    async def own(job_id: str) -> Job | None:
+        try:
+            return await ctx.jobs.get(job_id, tenant)
+        except JobNotFound:
+            return None
+
+    jobs = [j for j in await asyncio.gather(*(own(i) for i in job_ids)) if j is not None]
+    views = await asyncio.gather(*(ctx.jobs.view(j, ctx.settings.base_url) for j in jobs))
+    for job, view in zip(jobs, views, strict=True):
+        yield terminal(job, view) if job.status.terminal else sse("job.state", view)
+    while True:
+        try:
+            async with asyncio.timeout(KEEPALIVE_S):
+                event = await events.get()
+        except TimeoutError:
+            yield b": keep-alive\n\n"
+            continue
+        if event["type"] in (SHUTDOWN, LAGGED):
             return
         yield frame(event)

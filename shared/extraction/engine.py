@@ -35,7 +35,12 @@ from shared.extraction.hostile import (
     take_mupdf_messages,
 )
 from shared.extraction.images import EmbeddedImageWriter, PageImageWriter
-from shared.extraction.layout import MARKDOWN_ARTIFACT, layout_outputs, wants_layout
+from shared.extraction.layout import (
+    MARKDOWN_ARTIFACT,
+    layout_outputs,
+    markdown_pages,
+    wants_layout,
+)
 from shared.extraction.markdown import MarkdownBuilder, uri_links
 from shared.extraction.metadata import MetadataCollector
 from shared.extraction.modelpages import render_model_page
@@ -298,6 +303,7 @@ class _Extraction:
             layout = layout_outputs(self.markdown, self.options)
             if self.want_markdown:
                 result.markdown = layout.markdown
+                result.markdown_pages = markdown_pages(layout)
             for file in layout.files:
                 path = os.path.join(self.out_dir, file.name)
                 Path(path).write_bytes(file.data)

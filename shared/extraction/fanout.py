@@ -11,6 +11,7 @@ from typing import Any
 from shared.extraction import ExtractLimits
 from shared.extraction.layout import (
     LayoutOutputs,
+    markdown_pages,
 )
 from shared.extraction.markdown import MarkdownBuilder
 from shared.extraction.metadata import merge_page_parts
@@ -115,6 +116,8 @@ def merge_parts(parts: list[RangePart], layout: LayoutOutputs | None = None) -> 
         page_count=head.page_count,
         pages=pages,
         markdown=layout.markdown if layout is not None else _merged_markdown(parts),
+        # Joined Markdown (parts of other versions) has no page spans: the whole is shown.
+        markdown_pages=markdown_pages(layout) if layout is not None else None,
         metadata=merge_page_parts(
             head.metadata,
             (p.result.metadata for p in parts[1:] if p.result.metadata is not None),

@@ -11,8 +11,8 @@ from typing import Any
 from shared.extraction.chunks import build_chunks
 from shared.extraction.document import build_document
 from shared.extraction.jsonwrite import chunks_jsonl, document_json, plain_floats
-from shared.extraction.markdown import MarkdownBuilder
-from shared.models import ExtractOptions
+from shared.extraction.markdown import MarkdownBuilder, PageSpan
+from shared.models import ExtractOptions, MarkdownPage
 
 MARKDOWN_ARTIFACT = "document.md"
 DOCUMENT_ARTIFACT = "document.json"
@@ -34,19 +34,26 @@ class LayoutOutputs:
     files: list[LayoutFile] = field(default_factory=list)
     """document.md (also for `blocks`/`chunks` alone: their spans point into it),
     document.json, chunks.jsonl, as asked."""
+    pages: list[PageSpan] = field(default_factory=list)
+    """Where each page's Markdown is in `markdown` (the result's `markdown_pages`)."""
 
 
 def wants_layout(options: ExtractOptions) -> bool:
     return not LAYOUT_OUTPUTS.isdisjoint(options.outputs)
 
 
+def markdown_pages(layout: LayoutOutputs) -> list[MarkdownPage]:
+    """The result's `markdown_pages`: where each page's Markdown is."""
+    return [MarkdownPage(number=p.number, start=p.start, end=p.end) for p in layout.pages]
+
+
 def layout_outputs(builder: MarkdownBuilder, options: ExtractOptions) -> LayoutOutputs:
     """Render the builder's pages (with its outline) as the outputs `options` asks for."""
     outputs: set[str] = set(options.outputs)
     if not outputs & {"blocks", "chunks"}:
-        markdown = builder.render()
+        markdown, spans = builder.render_pages()
         files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
-        return LayoutOutputs(markdown, files)
+        return LayoutOutputs(markdown, files, spans)
     # Blocks and chunks are trees of fresh dicts and lists without cycles: the cyclic
     # collector's passes over them would cost more than building them (8 ms against 60 ms for
     # the 6000 blocks of a 234-page manual).
@@ -62,7 +69,7 @@ def layout_outputs(builder: MarkdownBuilder, options: ExtractOptions) -> LayoutO
 def _with_blocks(
     builder: MarkdownBuilder, options: ExtractOptions, outputs: set[str]
 ) -> LayoutOutputs:
-    markdown, placed = builder.render_placed()
+    markdown, placed, spans = builder.render_placed()
     files = [LayoutFile(MARKDOWN_ARTIFACT, markdown.encode(), MARKDOWN_TYPE)]
     document = build_document(builder, placed)
     # one check of the boxes' numbers for both files: the chunks' parts are the blocks' boxes
@@ -74,7 +81,7 @@ def _with_blocks(
         chunks = build_chunks(markdown, document["blocks"], options.chunking)
         data = chunks_jsonl(chunks, plain).encode()
         files.append(LayoutFile(CHUNKS_ARTIFACT, data, "application/x-ndjson"))
-    return LayoutOutputs(markdown, files)
+    return LayoutOutputs(markdown, files, spans)
 
 
 MARKDOWN_TYPE = "text/markdown; charset=utf-8"

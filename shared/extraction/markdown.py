@@ -143,6 +143,17 @@ class Placed:
     """Its Markdown block's span in the rendered text (start == end when not in it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class PageSpan:
+    """Where one page's Markdown is in the document's: `markdown[start:end]` (offsets in
+    characters, Unicode code points), its blocks in reading order; start == end for a page
+    with none."""
+
+    number: int
+    start: int
+    end: int
+
+
 _font_cache: dict[str, tuple[bool, bool]] = {}
 
 
@@ -882,11 +893,18 @@ class MarkdownBuilder:
         """The Markdown of every page added so far, in the order they were added."""
         return self._render(None)
 
-    def render_placed(self) -> tuple[str, list[Placed]]:
-        """The Markdown and, in reading order, every paragraph with its heading level and its
-        Markdown span: one layout pass for the Markdown and the `blocks`/`chunks` outputs."""
+    def render_pages(self) -> tuple[str, list[PageSpan]]:
+        """The Markdown and where each page's part of it is (`PageSpan`, in page order)."""
+        spans: list[PageSpan] = []
+        return self._render(None, spans), spans
+
+    def render_placed(self) -> tuple[str, list[Placed], list[PageSpan]]:
+        """The Markdown, in reading order every paragraph with its heading level and its
+        Markdown span, and each page's span: one layout pass for the Markdown and the
+        `blocks`/`chunks` outputs."""
         placed: list[Placed] = []
-        return self._render(placed), placed
+        spans: list[PageSpan] = []
+        return self._render(placed, spans), placed, spans
 
     def body_size(self) -> float:
         """The size (to half a point) of most characters of the pages added."""
@@ -897,7 +915,7 @@ class MarkdownBuilder:
         """(number, width, height) of the pages added, in order."""
         return [(page.number, page.size[0], page.size[1]) for page in self._pages]
 
-    def _render(self, placed: list[Placed] | None) -> str:
+    def _render(self, placed: list[Placed] | None, spans: list[PageSpan] | None = None) -> str:
         body = _body_size(self._sizes)
         drop = _running_heads(self._pages)
         levels, bold_level = _heading_levels(self._pages, body, drop)
@@ -909,6 +927,7 @@ class MarkdownBuilder:
             figures = page.figures if placed is not None else ()
             on_page = titles.get(page.number)
             fig = 0
+            start = -1
             for n, para in enumerate(page.paras):
                 while fig < len(figures) and figures[fig][0] <= n:
                     assert placed is not None
@@ -929,6 +948,8 @@ class MarkdownBuilder:
                 if prev_kind == "li" and (level or para.kind != "li"):
                     out.append("\n")  # a list ends with a blank line
                     pos += 1
+                if start < 0:
+                    start = pos
                 if level:
                     piece = f"{'#' * level} {para.text}\n\n"
                     prev_kind = "h"
@@ -952,11 +973,20 @@ class MarkdownBuilder:
                 if placed is not None:
                     end = pos + len(piece.rstrip("\n"))
                     placed.append(Placed(page.number, para, level, False, pos, end))
-                    pos += len(piece)
+                pos += len(piece)
             for _, box in figures[fig:]:
                 assert placed is not None
                 placed.append(Placed(page.number, Para("figure", "", bbox=box), 0, False, pos, pos))
-        return "".join(out).rstrip("\n") + "\n" if out else ""
+            if spans is not None:
+                spans.append(PageSpan(page.number, pos if start < 0 else start, pos))
+        text = "".join(out).rstrip("\n") + "\n" if out else ""
+        if spans:
+            # The text's end lost its trailing blank line: the last spans end where it ends.
+            spans[:] = [
+                PageSpan(sp.number, min(sp.start, len(text)), min(sp.end, len(text)))
+                for sp in spans
+            ]
+        return text
 
 
 _OUTLINE_KINDS = ("p", "li")

@@ -282,6 +282,7 @@ async def handle_merge(task: ExtractTask, ctx: Context) -> None:
         files = [LayoutFile(MARKDOWN_ARTIFACT, result.markdown.encode(), MARKDOWN_TYPE)]
     if "markdown" not in job.options.outputs:
         result.markdown = None  # only document.md, which the blocks/chunks spans point into
+        result.markdown_pages = None
     dumped = await asyncio.to_thread(result.model_dump_json, by_alias=True)
     await ctx.storage.put_bytes(result_key(job.job_id), dumped.encode(), "application/json")
     artifacts: list[Artifact] = []

@@ -27,7 +27,8 @@ class ProgressReporter:
 
     Nothing goes out during a job's first `after_s` (PDFRELAY_PROGRESS_AFTER_S): a short job
     costs no `processing` record write and no progress event; a longer one has its record say
-    `processing` (with its progress) from then on.
+    `processing` (with its progress) from then on, and a `job.progress` event says so even
+    before its worker has reported a page.
     """
 
     def __init__(
@@ -97,6 +98,9 @@ class ProgressReporter:
         if self._latest is None:
             self._record_due = False
             await lifecycle.save_progress(self._ctx, self.job, self._rev)
+            # Followers hear of `processing` too, not only readers of the record (a worker
+            # may report no page for a long while).
+            await publish_event(self._ctx, self.job, "job.progress")
             return
         self._record_due = False
         done, total = self._latest

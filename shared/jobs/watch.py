@@ -19,12 +19,12 @@ from shared.runtime.context import Context
 JobEvents = asyncio.Queue[dict[str, Any]]
 """One listener's events of a job: `{"type": routing key, "data": the job's view}`."""
 
-BATCH_BACKLOG = 1000
-"""Events a batch's stream may hold unsent (a batch of many items ends many jobs at once);
-past it the stream is told it lagged."""
+BACKLOG = 1000
+"""Events a batch's or a tenant's stream may hold unsent (a batch of many items ends many jobs
+at once); past it the stream is told it lagged."""
 LAGGED = "_lagged"
-"""The type of the event that replaces a batch stream's backlog when it overflowed: the stream
-ends, and its client reconnects and reads the batch's state afresh."""
+"""The type of the event that replaces such a stream's backlog when it overflowed: the stream
+ends, and its client reconnects and reads the states afresh."""
 
 
 class JobWatcher:
@@ -34,6 +34,7 @@ class JobWatcher:
     def __init__(self) -> None:
         self._listeners: dict[str, set[JobEvents]] = defaultdict(set)
         self._batches: dict[str, set[JobEvents]] = defaultdict(set)
+        self._tenants: dict[str, set[JobEvents]] = defaultdict(set)
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self.observers: list[Callable[[str, bytes], None]] = []
@@ -55,14 +56,16 @@ class JobWatcher:
             observe(message.routing_key or "", message.body)
         headers = message.headers or {}
         job_id, batch_id = headers.get("job_id"), headers.get("batch_id")
+        tenant = headers.get("tenant") if (message.routing_key or "").startswith("job.") else None
         jobs = self._listeners.get(job_id) if isinstance(job_id, str) else None
         batches = self._batches.get(batch_id) if isinstance(batch_id, str) else None
-        if not jobs and not batches:
+        tenants = self._tenants.get(tenant) if isinstance(tenant, str) else None
+        if not jobs and not batches and not tenants:
             return
         event = {"type": message.routing_key, "data": json.loads(message.body)}
         for q in jobs or ():
             q.put_nowait(event)
-        for q in batches or ():
+        for q in (*(batches or ()), *(tenants or ())):
             try:
                 q.put_nowait(event)
             except asyncio.QueueFull:
@@ -83,18 +86,27 @@ class JobWatcher:
             if not self._listeners[job_id]:
                 del self._listeners[job_id]
 
-    @contextlib.asynccontextmanager
-    async def listen_batch(self, batch_id: str) -> AsyncIterator[JobEvents]:
+    def listen_batch(self, batch_id: str) -> contextlib.AbstractAsyncContextManager[JobEvents]:
         """The events of the batch's items and its `batch.completed` while the block runs;
         subscribe before reading the batch's state."""
-        q: JobEvents = asyncio.Queue(BATCH_BACKLOG)
-        self._batches[batch_id].add(q)
-        try:
-            yield q
-        finally:
-            self._batches[batch_id].discard(q)
-            if not self._batches[batch_id]:
-                del self._batches[batch_id]
+        return _bounded(self._batches, batch_id)
+
+    def listen_tenant(self, tenant: str) -> contextlib.AbstractAsyncContextManager[JobEvents]:
+        """Every job event of `tenant` while the block runs (one stream for many jobs)."""
+        return _bounded(self._tenants, tenant)
+
+
+@contextlib.asynccontextmanager
+async def _bounded(registry: dict[str, set[JobEvents]], key: str) -> AsyncIterator[JobEvents]:
+    """A listener of at most `BACKLOG` unsent events under `key` while the block runs."""
+    q: JobEvents = asyncio.Queue(BACKLOG)
+    registry[key].add(q)
+    try:
+        yield q
+    finally:
+        registry[key].discard(q)
+        if not registry[key]:
+            del registry[key]
 
 
 async def until_ended(jobs: JobStore, job: Job, events: JobEvents, wait: float) -> Job:

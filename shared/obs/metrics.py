@@ -173,6 +173,13 @@ class Metrics:
         await self._queues.refresh([name], max_age_s)
         return self._queues.values.get(name)
 
+    async def queue_depths(
+        self, names: Sequence[str], max_age_s: float
+    ) -> dict[str, tuple[int, int] | None]:
+        """`queue_depth` of each of `names`, read together (one channel, one pass)."""
+        await self._queues.refresh(names, max_age_s)
+        return {name: self._queues.values.get(name) for name in names}
+
     async def render(self) -> bytes:
         """The exposition text, with queue depths at most `QUEUE_DEPTH_TTL_S` old."""
         await self._queues.refresh(self._queues.names, QUEUE_DEPTH_TTL_S)

@@ -122,6 +122,24 @@ async def test_previews_and_operations_view_are_the_tenants_own(make_settings: A
         assert (await resp.json())["replayed"] == 0
 
 
+async def test_operations_view_shows_the_depth_of_every_queue_of_the_service(
+    make_settings: Any,
+) -> None:
+    async with running_stack(make_settings(), extract_running=False) as stack:
+        for i in range(3):
+            await upload(stack, make_pdf([f"waiting {i}"]))
+        ops = await (await stack.client.get("/v1/console/ops")).json()
+        topo = stack.ctx.topology
+        shown = {q["name"]: q for q in ops["queues"]}
+        assert set(shown) == {q.name.removeprefix(f"{topo.ns}.") for q in topo.queues()}
+        # As the broker has them: three tasks wait, nothing consumes them; the retry ladder,
+        # the doors' and the llm queues are there, empty.
+        assert (shown["extract"]["ready"], shown["extract"]["consumers"]) == (3, 0)
+        assert shown["llm"]["ready"] == 0
+        assert shown["object-drop"]["ready"] == 0
+        assert sum(n.startswith("webhooks.retry.") for n in shown) == len(topo.retry_delays_ms)
+
+
 async def test_operations_view_lists_and_replays_only_the_tenants_dead_webhooks(
     make_settings: Any,
 ) -> None:

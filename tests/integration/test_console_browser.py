@@ -167,8 +167,15 @@ async def test_read_shows_the_text_of_page_2_beside_the_image_of_page_2(
         assert text_box is not None
         assert img_box["x"] + img_box["width"] <= text_box["x"]
         await c.shot("read")
+        # The Markdown beside the page is that page's, page by page.
         await c.page.click("#tab-markdown")
-        assert "bravo is page two" in await c.page.locator("#markdown").inner_text()
+        markdown = c.page.locator("#markdown[data-page='2']")
+        assert (await markdown.inner_text()).strip() == "bravo is page two"
+        await c.page.keyboard.press("ArrowRight")
+        await c.page.locator("#page-image[data-page='3']").wait_for()
+        markdown = c.page.locator("#markdown[data-page='3']")
+        assert (await markdown.inner_text()).strip() == "charlie is page three"
+        await c.shot("read-markdown")
         assert c.seen.errors == []
 
 
@@ -218,6 +225,38 @@ async def test_cancel_a_long_job_from_its_card(
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # its worker was stopped
         await c.shot("cancelled")
+
+
+async def test_many_cards_follow_their_jobs_over_one_event_stream(
+    make_settings: Any, browser: Any, tmp_path: Path
+) -> None:
+    # Six jobs stay queued (nothing extracts): a stream per card would hold the browser's
+    # connections with cards whose jobs do not move, and the others would never hear of theirs.
+    async with (
+        running_stack(make_settings(), extract_running=False) as stack,
+        console(browser, stack, tmp_path) as c,
+    ):
+        await c.open()
+        for i in range(6):
+            await c.drop(make_pdf([f"card {i}"]), f"card-{i}.pdf")
+        queued = c.page.locator("job-card[data-status='queued']")
+        await playwright_api.expect(queued).to_have_count(6, timeout=TIMEOUT_MS)
+        ids = await queued.evaluate_all("(cards) => cards.map((c) => c.dataset.jobId)")
+        assert len(set(ids)) == 6
+        # Cancelled elsewhere (by the API): the cards hear it over the page's one stream.
+        for job_id in ids[:2]:
+            resp = await stack.client.delete(f"/v1/jobs/{job_id}")
+            assert resp.status == 200, await resp.text()
+        for job_id in ids[:2]:
+            await c.page.locator(
+                f"job-card[data-job-id='{job_id}'][data-status='cancelled']"
+            ).wait_for()
+        await playwright_api.expect(queued).to_have_count(4)
+        await c.shot("many-cards")
+        streams = [u for u in c.seen.requests if "/events" in u]
+        assert len(streams) == 1, streams
+        assert "/v1/events?jobs=" in streams[0]
+        assert c.seen.errors == []
 
 
 async def test_a_tenants_console_shows_only_its_own_jobs(

@@ -330,6 +330,85 @@ async def test_event_stream_delivers_progress_and_the_end(make_settings: Any) ->
         assert resp.status == 404
 
 
+async def test_one_tenant_stream_follows_many_jobs_and_no_other_tenants(
+    make_settings: Any,
+) -> None:
+    acme, globex = {"Authorization": "Bearer ka"}, {"Authorization": "Bearer kb"}
+    settings = make_settings(api_keys="a:ka,b:kb")
+    async with running_stack(settings, extract_running=False) as stack:
+        first = await upload(stack, make_pdf(["first"]), headers=acme)
+        theirs = await upload(stack, make_pdf(["theirs"]), headers=globex)
+        resp = await stack.client.get(
+            "/v1/events",
+            params={"jobs": f"{first['job_id']},{theirs['job_id']},{'0' * 32}"},
+            headers=acme,
+        )
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        events = read_events(resp)
+        async with asyncio.timeout(TIMEOUT_S):
+            # The listed jobs' states first: only the tenant's own.
+            kind, view = await anext(events)
+            assert (kind, view["job_id"], view["status"]) == (
+                "job.state",
+                first["job_id"],
+                "queued",
+            )
+            # Then every job of the tenant over this one stream, also those submitted after.
+            more = [await upload(stack, make_pdf([f"more {i}"]), headers=acme) for i in range(5)]
+            stack.start_extract()
+            assert (await wait_done(stack, theirs["job_id"], headers=globex))["status"] == (
+                "completed"
+            )
+            ended: set[str] = set()
+            wanted = {first["job_id"], *(j["job_id"] for j in more)}
+            seen: list[tuple[str, str]] = []
+            while ended != wanted:
+                kind, view = await anext(events)
+                seen.append((kind, view["job_id"]))
+                if kind == "job.completed":
+                    ended.add(view["job_id"])
+            # Anything of the other tenant's job was on the watcher's queue before this one's
+            # events: a last job of ours, seen on the stream, proves none came through.
+            last = await upload(stack, make_pdf(["last"]), headers=acme)
+            while (kind, view["job_id"]) != ("job.completed", last["job_id"]):
+                kind, view = await anext(events)
+                seen.append((kind, view["job_id"]))
+        assert theirs["job_id"] not in {i for _, i in seen}
+        resp.close()
+        # Listing too many jobs is refused; without a key, nothing.
+        many = ",".join(new_job_id() for _ in range(201))
+        assert (
+            await stack.client.get("/v1/events", params={"jobs": many}, headers=acme)
+        ).status == 400
+        assert (await stack.client.get("/v1/events")).status == 401
+
+
+async def test_a_followed_job_is_heard_to_start_before_its_worker_reports_a_page(
+    make_settings: Any,
+) -> None:
+    # Its worker stalls at once: the record says processing, and no page is ever reported.
+    async with running_stack(make_settings(progress_after_s=0)) as stack:
+        assert stack.ctx.pool is not None
+        pids = freezer(stack)
+        resp = await stack.client.get("/v1/events")
+        events = read_events(resp)
+        job = await upload(stack, make_pdf(["stalls"]))
+        try:
+            await asyncio.wait_for(pids.get(), TIMEOUT_S)
+            seen: list[tuple[str, str]] = []
+            async with asyncio.timeout(TIMEOUT_S):
+                while not seen or seen[-1] != ("job.progress", "processing"):
+                    kind, view = await anext(events)
+                    assert view["job_id"] == job["job_id"]
+                    seen.append((kind, view["status"]))
+        finally:
+            resp.close()
+            stack.ctx.pool.on_start.clear()
+            resp = await stack.client.delete(f"/v1/jobs/{job['job_id']}")
+            assert (await resp.json())["status"] == "cancelled"
+
+
 # --- retention -----------------------------------------------------------------------------------
 
 

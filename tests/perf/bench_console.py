@@ -70,12 +70,26 @@ async def ms(page: Any, action: Awaitable[Any], selector: str) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+async def list_request_ms(page: Any) -> float:
+    """The browser's own timing of its last `GET /v1/jobs` (request sent to response end)."""
+    value: float = await page.evaluate(
+        """() => {
+            const all = performance.getEntriesByType("resource")
+                .filter((e) => e.name.includes("/v1/jobs?"));
+            const e = all[all.length - 1];
+            return e ? e.responseEnd - e.requestStart : -1;
+        }"""
+    )
+    return value
+
+
 async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, list[float]]:
     from playwright.async_api import async_playwright
 
     figures: dict[str, list[float]] = {
         "load (navigation to ready)": [],
         "jobs list, first page of 25": [],
+        "(of which the list request in the browser)": [],
         "jobs list, next page": [],
         "read, 1,000-page result to page 1 text": [],
         "read, page turn (text)": [],
@@ -99,6 +113,8 @@ async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, 
                     "#jobs-table tbody tr:nth-child(25)",
                 )
             )
+            request_ms = await list_request_ms(page)
+            figures["(of which the list request in the browser)"].append(request_ms)
             first = await page.locator("#jobs-table tbody tr").first.get_attribute("data-job-id")
             figures["jobs list, next page"].append(
                 await ms(
@@ -131,7 +147,50 @@ async def measure(base: str, long_id: str, repeat: int, tmp: Path) -> dict[str, 
     return figures
 
 
-async def run(repeat: int, jobs: int, pages: int) -> None:
+async def list_under_burst(
+    session: aiohttp.ClientSession, base: str, burst: int, pages: int
+) -> list[float]:
+    """Milliseconds of `GET /v1/jobs?limit=25`, one after another, while `burst` PDFs of `pages`
+    pages are uploaded at once and extracted (distinct bytes: no result-cache hit)."""
+    docs = [long_pdf(pages) + f"%burst {i}\n".encode() for i in range(burst)]
+    ids = await asyncio.gather(
+        *(submit(session, base, d, f"burst-{i}.pdf") for i, d in enumerate(docs))
+    )
+    times: list[float] = []
+    done = asyncio.Event()
+
+    async def lister() -> None:
+        while not done.is_set():
+            times.extend(await list_times(session, base, 1))
+
+    task = asyncio.create_task(lister())
+    await asyncio.gather(*(wait_done(session, base, i) for i in ids))
+    done.set()
+    await task
+    return times
+
+
+async def list_times(session: aiohttp.ClientSession, base: str, n: int) -> list[float]:
+    """Milliseconds of `GET /v1/jobs?limit=25`, `n` times one after another."""
+    times: list[float] = []
+    for _ in range(n):
+        start = time.perf_counter()
+        async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
+            assert len((await resp.json())["jobs"]) == 25
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def report(label: str, times: list[float]) -> None:
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    print(
+        f"GET /v1/jobs?limit=25, {label}: {len(times)} calls, median "
+        f"{statistics.median(times):.0f} ms, p90 {q[-1]:.0f} ms, max {max(times):.0f} ms",
+        flush=True,
+    )
+
+
+async def run(repeat: int, jobs: int, pages: int, burst: int = 0) -> None:
     with tempfile.TemporaryDirectory(prefix="pdfrelay-bench-console-") as raw:
         work = Path(raw)
         with moto_server(work) as s3, rabbit_vhost() as amqp_url:
@@ -163,6 +222,13 @@ async def run(repeat: int, jobs: int, pages: int) -> None:
                         async with session.get(f"{base}/v1/jobs", params={"limit": "25"}) as resp:
                             assert len((await resp.json())["jobs"]) == 25
                         api_ms.append((time.perf_counter() - start) * 1000)
+                    if burst:
+                        quiet = await list_times(session, base, 10)
+                        report(f"{jobs} jobs, nothing running", quiet)
+                        during = await list_under_burst(session, base, burst, 20)
+                        report(f"during a burst of {burst} 20-page PDFs", during)
+                if repeat == 0:
+                    return
                 figures = await measure(base, long_id, repeat, work)
                 figures["(the API alone: GET /v1/jobs?limit=25)"] = api_ms
     print(f"\nconsole, {jobs} jobs of one tenant, a {pages}-page result; median of {repeat} (ms)")
@@ -175,8 +241,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--pages", type=int, default=1000)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="also time the list API while this many 20-page PDFs are uploaded and extracted",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.repeat, args.jobs, args.pages))
+    asyncio.run(run(args.repeat, args.jobs, args.pages, args.burst))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ async def test_item_events_and_batch_completed_reach_the_batchs_stream_only() ->
 
 
 async def test_a_stream_that_does_not_read_is_told_it_lagged(monkeypatch: Any) -> None:
-    monkeypatch.setattr(watch, "BATCH_BACKLOG", 3)
+    monkeypatch.setattr(watch, "BACKLOG", 3)
     watcher = JobWatcher()
     async with watcher.listen_batch(BATCH) as events:
         for _ in range(4):

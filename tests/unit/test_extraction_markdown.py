@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 from pathlib import Path
 
@@ -188,3 +190,49 @@ def test_empty_pages_give_empty_markdown() -> None:
 def test_headings_helper() -> None:
     md = "# One\n\ntext\n\n## **Two**\n\n####### seven is no heading\n#nospace\n"
     assert headings(md) == ["One", "Two"]
+
+
+def test_each_pages_markdown_is_known_and_ranges_merge_to_the_same_spans(
+    tmp_path: Path,
+) -> None:
+    from shared.extraction import ExtractLimits, extract_document
+    from shared.extraction.engine import MARKDOWN_STATE
+    from shared.extraction.layout import merged_outputs
+    from shared.models import ExtractOptions
+    from tests.factories import make_pdf
+
+    texts = ["alpha is page one", "", "charlie is page three", "delta is four"]
+    pdf = tmp_path / "four.pdf"
+    pdf.write_bytes(make_pdf(texts))
+    opts = ExtractOptions(outputs=("markdown",))
+    out = tmp_path / "one"
+    out.mkdir()
+    result = extract_document(str(pdf), opts, ExtractLimits(), str(out), lambda d, t: None).result
+    md, spans = result.markdown, result.markdown_pages
+    assert md is not None
+    assert spans is not None
+    assert md == (out / "document.md").read_text(encoding="utf-8")  # the Markdown as it was
+    assert [s.number for s in spans] == [1, 2, 3, 4]
+    for span, text in zip(spans, texts, strict=True):
+        assert md[span.start : span.end].strip() == text
+    assert spans[0].start == 0
+    assert all(a.end <= b.start for a, b in itertools.pairwise(spans))
+    assert spans[-1].end == len(md)
+    # Split into ranges (fan-out), the merged Markdown has the same spans.
+    states = []
+    for n, pages in enumerate(("1-2", "3-")):
+        part = tmp_path / f"part{n}"
+        part.mkdir()
+        extract_document(
+            str(pdf),
+            ExtractOptions(outputs=("markdown",), pages=pages),
+            ExtractLimits(range_part=True),
+            str(part),
+            lambda d, t: None,
+        )
+        states.append(json.loads((part / MARKDOWN_STATE).read_text(encoding="utf-8")))
+    merged = merged_outputs(states, opts)
+    assert merged.markdown == md
+    assert [(s.number, s.start, s.end) for s in merged.pages] == [
+        (s.number, s.start, s.end) for s in spans
+    ]

@@ -15,7 +15,7 @@ import pytest
 
 from shared.errors import JobNotFound, WriteConflict
 from shared.jobs import lifecycle
-from shared.jobs.listing import JobFilter, list_jobs
+from shared.jobs.listing import EndedRecords, JobFilter, list_jobs
 from shared.jobs.records import (
     IdempotencyClaim,
     JobStore,
@@ -222,3 +222,50 @@ async def test_a_tenants_list_is_newest_first_paged_and_filtered() -> None:
     assert rest.next_cursor is None
     odd = await list_jobs(jobs, "acme", JobFilter(client_ref="r1"), limit=10)
     assert [j.job_id for j in odd.jobs] == [made[3], made[1]]
+
+
+async def test_a_list_page_reads_only_the_records_it_shows_and_an_ended_one_once() -> None:
+    store = InMemoryStore()
+    jobs = JobStore(store)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    made: list[Job] = []
+    for i in range(60):  # the 57 oldest ended, the 3 newest still queued
+        at = base + timedelta(seconds=i)
+        job = Job(job_id=new_job_id(at), tenant="acme", created_at=at)
+        await jobs.create(job)
+        if i < 57:
+            job = lifecycle.cancelled(job)
+            await jobs.save(job)
+        made.append(job)
+    newest_first = [j.job_id for j in reversed(made)]
+    ended = EndedRecords()
+
+    def reads() -> list[tuple[str, str]]:
+        seen = [r for r in store.requests if r[0] in ("get", "list")]
+        store.requests.clear()
+        return seen
+
+    reads()
+    page = await list_jobs(jobs, "acme", JobFilter(), 25, ended=ended)
+    assert [j.job_id for j in page.jobs] == newest_first[:25]
+    assert [op for op, _ in reads()].count("get") == 25  # one per row shown, no more
+    # Again: only the three jobs still moving are read; an ended job's record does not change.
+    again = await list_jobs(jobs, "acme", JobFilter(), 25, ended=ended)
+    assert again.jobs == page.jobs
+    assert [op for op, _ in reads()] == ["list", "get", "get", "get"]
+    # A job that ends meanwhile is shown ended (it was never kept while it moved).
+    await jobs.save(lifecycle.cancelled(made[-1]))
+    third = await list_jobs(jobs, "acme", JobFilter(), 25, ended=ended)
+    assert third.jobs[0].status is JobStatus.CANCELLED
+    # The next page through the cursor, and a filter, read what they have not read before.
+    reads()
+    rest = await list_jobs(jobs, "acme", JobFilter(), 25, page.next_cursor, ended=ended)
+    assert [j.job_id for j in rest.jobs] == newest_first[25:50]
+    assert [op for op, _ in reads()].count("get") == 25
+    queued = await list_jobs(
+        jobs, "acme", JobFilter(statuses=frozenset({JobStatus.QUEUED})), 25, ended=ended
+    )
+    assert [j.job_id for j in queued.jobs] == newest_first[1:3]
+    assert [op for op, _ in reads()].count("get") == 2 + 10  # the moving two, the 10 unread
+    # Another tenant reaches none of them, whatever this process remembers.
+    assert (await list_jobs(jobs, "other", JobFilter(), 25, ended=ended)).jobs == []

@@ -122,38 +122,84 @@ function postForm(form, onProgress) {
 }
 
 /**
- * Follow a job's event stream: `onEvent(type, data)` for each event, until a terminal event,
- * `signal` aborts, or the stream ends (then it reconnects after the server's `retry:`).
+ * One Server-Sent Events stream (GET /v1/events) for every job this page follows: a browser
+ * allows about six HTTP/1.1 connections per host, so a stream per card would stall the rest of
+ * the page. It opens with the first job watched and closes with the last; it reconnects after
+ * the server's `retry:`, and then the server sends the followed jobs' states again.
  */
-export async function followEvents(jobId, onEvent, signal) {
-  let delay = 3000;
-  for (let tries = 0; tries < 20 && !signal.aborted; tries++) {
-    let ended = false;
-    try {
-      const resp = await api(`/v1/jobs/${encodeURIComponent(jobId)}/events`, { raw: true, signal });
-      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let cut;
-        while ((cut = buffer.indexOf("\n\n")) >= 0) {
-          const block = buffer.slice(0, cut);
-          buffer = buffer.slice(cut + 2);
-          const event = parseEvent(block);
-          if (event.retry) delay = event.retry;
-          if (!event.type || event.data === undefined) continue;
-          onEvent(event.type, event.data);
-          if (["job.completed", "job.failed", "job.cancelled"].includes(event.type)) ended = true;
+class JobStream {
+  constructor() {
+    this.watchers = new Map(); // job id -> Set of onEvent(type, data)
+    this.abort = null;
+    this.ready = null; // resolves once the current connection is subscribed
+  }
+
+  /**
+   * `onEvent(type, data)` for each event of `jobId`; resolves, with the function that stops
+   * it, once the stream is subscribed (a state read after that misses no change), or after
+   * 5 s without a stream.
+   */
+  async watch(jobId, onEvent) {
+    let set = this.watchers.get(jobId);
+    if (!set) this.watchers.set(jobId, (set = new Set()));
+    set.add(onEvent);
+    if (!this.abort) this.run();
+    // Not forever while the service is away: the reconnect sends the job's state anyway.
+    await Promise.race([this.ready, sleep(5000)]);
+    return () => {
+      set.delete(onEvent);
+      if (!set.size) this.watchers.delete(jobId);
+      if (!this.watchers.size) this.stop();
+    };
+  }
+
+  stop() {
+    if (this.abort) this.abort.abort();
+    this.abort = null;
+  }
+
+  run() {
+    const abort = (this.abort = new AbortController());
+    let opened;
+    this.ready = new Promise((resolve) => (opened = resolve));
+    (async () => {
+      let delay = 3000;
+      while (!abort.signal.aborted) {
+        try {
+          const ids = [...this.watchers.keys()].slice(-200).join(",");
+          const resp = await api(`/v1/events?jobs=${encodeURIComponent(ids)}`, { raw: true, signal: abort.signal });
+          opened(); // the server subscribes before it answers
+          await readEvents(resp, (event) => {
+            if (event.retry) delay = event.retry;
+            if (!event.type || !event.data || typeof event.data.job_id !== "string") return;
+            for (const onEvent of [...(this.watchers.get(event.data.job_id) || [])]) onEvent(event.type, event.data);
+          });
+        } catch {
+          // ended or refused: try again after `delay`, as an EventSource would
         }
+        if (abort.signal.aborted) return; // a new run() owns `ready` now
+        this.ready = new Promise((resolve) => (opened = resolve));
+        await sleep(delay);
       }
-    } catch (err) {
-      if (signal.aborted) return;
-      if (err instanceof ApiError && err.status >= 400 && err.status < 500) throw err;
+    })();
+  }
+}
+
+export const jobStream = new JobStream();
+
+async function readEvents(resp, onEvent) {
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      onEvent(parseEvent(block));
     }
-    if (ended) return;
-    await sleep(delay);
   }
 }
 

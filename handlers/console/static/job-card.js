@@ -1,34 +1,27 @@
-// <job-card>: one job, followed live over its event stream (at most a few streams at a time:
-// a browser allows six connections per host, and the page must stay usable).
+// <job-card>: one job, followed live; every card's events come over one stream of the page
+// (api.js `jobStream`), however many cards there are.
 
-import { api, followEvents } from "./api.js";
+import { api, jobStream } from "./api.js";
 import { describeError, h } from "./dom.js";
 
-const MAX_STREAMS = 4;
-let open = 0;
-const waiting = [];
-
-function acquire() {
-  if (open < MAX_STREAMS) {
-    open++;
-    return Promise.resolve();
-  }
-  return new Promise((resolve) => waiting.push(resolve));
-}
-
-function release() {
-  const next = waiting.shift();
-  if (next) next();
-  else open--;
-}
-
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+
+/** How far a job has got: a view that is not ahead of the shown one must not undo it. */
+function stage(view) {
+  const rank = TERMINAL.has(view.status) ? 2 : view.status === "processing" ? 1 : 0;
+  return [rank, view.progress?.pages_done ?? 0];
+}
+
+function behind(view, shown) {
+  const [a, b] = [stage(view), stage(shown)];
+  return a[0] < b[0] || (a[0] === b[0] && a[0] === 1 && a[1] < b[1]);
+}
 
 export class JobCard extends HTMLElement {
   constructor() {
     super();
     this.job = null;
-    this.abort = new AbortController();
+    this.unwatch = null;
   }
 
   /** Show upload progress before there is a job. */
@@ -55,24 +48,25 @@ export class JobCard extends HTMLElement {
     this.update(job);
     if (TERMINAL.has(job.status)) return;
     try {
-      // Queue position and ETA are in the job's status, once; then the stream tells the rest.
+      this.unwatch = await jobStream.watch(job.job_id, (_type, data) => this.update(data));
+      // Read after subscribing, so no change is missed; queue position and ETA are in it.
       this.update(await api(`/v1/jobs/${encodeURIComponent(job.job_id)}`));
-    } catch {
-      // the stream below still tells how it goes
-    }
-    if (TERMINAL.has(this.job.status)) return;
-    await acquire();
-    try {
-      await followEvents(job.job_id, (_type, data) => this.update(data), this.abort.signal);
     } catch (err) {
       this.render({ error: describeError(err) });
-    } finally {
-      release();
+    }
+    this.stopWatchingIfEnded();
+  }
+
+  stopWatchingIfEnded() {
+    if (this.unwatch && TERMINAL.has(this.job.status)) {
+      this.unwatch();
+      this.unwatch = null;
     }
   }
 
   update(view) {
     const known = this.job || {};
+    if (this.job && behind(view, known)) return; // an older state that came in late
     this.job = { ...known, ...view };
     if (view.queue_position === undefined && known.queue_position !== undefined && view.status === "queued") {
       this.job.queue_position = known.queue_position;
@@ -80,6 +74,7 @@ export class JobCard extends HTMLElement {
     }
     this.dataset.status = this.job.status;
     this.dataset.jobId = this.job.job_id;
+    this.stopWatchingIfEnded();
     this.render();
   }
 

@@ -22,6 +22,22 @@ function result(jobId) {
   return results.get(jobId);
 }
 
+const codePoints = new WeakMap(); // result -> its Markdown as an array of code points
+
+/**
+ * That page's part of the result's Markdown (`markdown_pages`: offsets in code points), or
+ * null when the result does not say. A JS string counts a character beyond U+FFFF twice, so
+ * such a Markdown is cut as code points.
+ */
+function pageMarkdown(res, page) {
+  const span = (res.markdown_pages || []).find((p) => p.number === page);
+  if (!span) return res.markdown_pages ? "" : null;
+  const md = res.markdown;
+  if (!/[\uD800-\uDFFF]/.test(md)) return md.slice(span.start, span.end);
+  if (!codePoints.has(res)) codePoints.set(res, Array.from(md));
+  return codePoints.get(res).slice(span.start, span.end).join("");
+}
+
 function previewWidth(box) {
   const want = (box.clientWidth || 600) * (window.devicePixelRatio || 1);
   return WIDTHS.find((w) => w >= want) || WIDTHS[WIDTHS.length - 1];
@@ -88,6 +104,15 @@ export function readView(jobId, firstPage) {
   function showSide() {
     if (!res) return;
     if (tab === "markdown") {
+      const part = res.markdown ? pageMarkdown(res, page) : null;
+      if (part !== null) {
+        const node = h("div.markdown", { id: "markdown", dataset: { page: String(page) } });
+        if (part.trim()) renderMarkdown(node, part);
+        else node.append(h("p.detail", {}, "No Markdown on this page."));
+        panel.replaceChildren(h("p.detail", {}, `The Markdown of page ${page}:`), node);
+        return;
+      }
+      // No Markdown, or a result that does not say where its pages are (stored before it did).
       if (!markdownNode) {
         markdownNode = h("div.markdown", { id: "markdown" });
         if (res.markdown) renderMarkdown(markdownNode, res.markdown);
