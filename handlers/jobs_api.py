@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -20,7 +20,7 @@ from aiohttp import web
 
 from handlers.http.common import tenant_of
 from shared.api.queries import list_query
-from shared.api.sse import MAX_FOLLOWED, SHUTDOWN, follow, follow_tenant, sse, terminal
+from shared.api.sse import MAX_FOLLOWED, SHUTDOWN, follow_tenant, job_stream
 from shared.errors import ErrorCode, PermanentError, QuotaExceeded, TransientError
 from shared.jobs import retention
 from shared.jobs.cancel import cancel_and_wait
@@ -96,34 +96,16 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     """The job now (`job.state`), then `job.progress` events and the terminal event; then EOF.
 
     A job that has already ended gets only its terminal event."""
-    api = request.app[API]
-    ctx = api.ctx
+    ctx = request.app[API].ctx
     job = await ctx.jobs.get(request.match_info["job_id"], tenant_of(request))
-    resp = stream_response()
-    async with api.watcher.listen(job.job_id) as events:
-        api.streams.add(events)
-        try:
-            # After subscribing: no change falls between.
-            job = await ctx.jobs.get(job.job_id, job.tenant)
-            await resp.prepare(request)
-            await resp.write(b"retry: 3000\n\n")
-            view = await ctx.jobs.view(job, ctx.settings.base_url)
-            if job.status.terminal:
-                await resp.write(terminal(job, view))
-            else:
-                await resp.write(sse("job.state", view))
-                async with contextlib.aclosing(follow(ctx, job, events)) as frames:
-                    async for frame in frames:
-                        await resp.write(frame)
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.debug("event stream of job %s: the client went away", job.job_id)
-        except TransientError as exc:
-            # Headers are sent: end the stream, the client reconnects and starts afresh.
-            log.warning("event stream of job %s ended: %s", job.job_id, exc.message)
-        finally:
-            api.streams.discard(events)
-    return resp
+
+    async def start(events: JobEvents) -> AsyncGenerator[bytes, None]:
+        now = await ctx.jobs.get(job.job_id, job.tenant)
+        return job_stream(ctx, now, await ctx.jobs.view(now, ctx.settings.base_url), events)
+
+    return await stream_events(
+        request, request.app[API].watcher.listen(job.job_id), start, job.job_id
+    )
 
 
 async def tenant_events(request: web.Request) -> web.StreamResponse:
@@ -137,23 +119,44 @@ async def tenant_events(request: web.Request) -> web.StreamResponse:
             f"jobs may name at most {MAX_FOLLOWED} jobs", ErrorCode.INVALID_REQUEST
         )
     tenant = tenant_of(request)
+
+    async def start(events: JobEvents) -> AsyncGenerator[bytes, None]:
+        return follow_tenant(api.ctx, tenant, list(dict.fromkeys(ids)), events)
+
+    return await stream_events(
+        request, api.watcher.listen_tenant(tenant), start, f"tenant {tenant}"
+    )
+
+
+async def stream_events(
+    request: web.Request,
+    listener: contextlib.AbstractAsyncContextManager[JobEvents],
+    start: Callable[[JobEvents], Awaitable[AsyncGenerator[bytes, None]]],
+    what: str,
+) -> web.StreamResponse:
+    """An event stream (a job's, a batch's, a tenant's): subscribed by `listener` first; then
+    `start` reads the state (no change falls between; its errors are still plain answers) and
+    gives the frames, written until they end, the client goes, or the service stops (the
+    stream is in `api.streams` meanwhile)."""
+    api = request.app[API]
     resp = stream_response()
-    async with api.watcher.listen_tenant(tenant) as events:
+    async with listener as events:
         api.streams.add(events)
         try:
-            # Subscribed before the states are read: no change falls between.
+            frames = await start(events)
             await resp.prepare(request)
             await resp.write(b"retry: 3000\n\n")
-            async with contextlib.aclosing(
-                follow_tenant(api.ctx, tenant, list(dict.fromkeys(ids)), events)
-            ) as frames:
+            async with contextlib.aclosing(frames):
                 async for frame in frames:
                     await resp.write(frame)
             await resp.write_eof()
         except ConnectionResetError:
-            log.debug("event stream of tenant %s: the client went away", tenant)
+            log.debug("event stream of %s: the client went away", what)
         except TransientError as exc:
-            log.warning("event stream of tenant %s ended: %s", tenant, exc.message)
+            if not resp.prepared:
+                raise
+            # Headers are sent: end the stream, the client reconnects and starts afresh.
+            log.warning("event stream of %s ended: %s", what, exc.message)
         finally:
             api.streams.discard(events)
     return resp

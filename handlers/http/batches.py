@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
@@ -15,8 +15,8 @@ from handlers.http.batch_sources import read_json_batch
 from handlers.http.bodies import read_batch_form
 from handlers.http.common import CTX, SUBMITTER, options, tenant_of, webhook_spec
 from handlers.jobs_api import API
-from shared.api.sse import batch_completed, follow_batch, sse
-from shared.errors import ErrorCode, JobNotFound, PermanentError, TransientError
+from shared.api.sse import batch_completed, batch_stream, sse
+from shared.errors import ErrorCode, JobNotFound, PermanentError
 from shared.intake import limits
 from shared.intake.batch import BatchFile, BatchRefused, submit_batch
 from shared.intake.targets import resolve_target
@@ -24,6 +24,7 @@ from shared.jobs import batches
 from shared.jobs.batches import Batch, BatchItem
 from shared.jobs.cancel import request_cancel
 from shared.jobs.throughput import QUEUE_PROBE_TTL_S, batch_eta
+from shared.jobs.watch import JobEvents
 from shared.models import Job, JobError, Progress, WebhookState, utcnow
 from shared.runtime.context import Context
 
@@ -180,33 +181,20 @@ async def batch_events(request: web.Request) -> web.StreamResponse:
     api = request.app[API]
     ctx = api.ctx
     batch = await batches.load(ctx, request.match_info["batch_id"], tenant_of(request))
-    resp = jobs_api.stream_response()
-    async with api.watcher.listen_batch(batch.batch_id) as events:
-        api.streams.add(events)
-        try:
-            # After subscribing: no change falls between (the record leaves `accepting` too).
-            batch = await batches.load(ctx, batch.batch_id, batch.tenant)
-            completed = await batch_completed(ctx, batch)
-            await resp.prepare(request)
-            await resp.write(b"retry: 3000\n\n")
-            if completed is not None:
-                await resp.write(completed)
-            else:
-                state = await batch_view(ctx, batch, 0, 0)
-                del state["items"], state["next_cursor"]  # the state only: items are paged
-                await resp.write(sse("batch.state", state))
-                async with contextlib.aclosing(follow_batch(ctx, batch, events)) as frames:
-                    async for frame in frames:
-                        await resp.write(frame)
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.debug("event stream of batch %s: the client went away", batch.batch_id)
-        except TransientError as exc:
-            # Headers are sent: end the stream, the client reconnects and starts afresh.
-            log.warning("event stream of batch %s ended: %s", batch.batch_id, exc.message)
-        finally:
-            api.streams.discard(events)
-    return resp
+
+    async def start(events: JobEvents) -> AsyncGenerator[bytes, None]:
+        # After subscribing: no change falls between (the record leaves `accepting` too).
+        now = await batches.load(ctx, batch.batch_id, batch.tenant)
+        completed = await batch_completed(ctx, now)
+        if completed is not None:
+            return batch_stream(ctx, now, completed, events)
+        state = await batch_view(ctx, now, 0, 0)
+        del state["items"], state["next_cursor"]  # the state only: items are paged
+        return batch_stream(ctx, now, sse("batch.state", state), events)
+
+    return await jobs_api.stream_events(
+        request, api.watcher.listen_batch(batch.batch_id), start, f"batch {batch.batch_id}"
+    )
 
 
 async def cancel_batch(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ handlers write (`follow`, `follow_batch`, `follow_tenant`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -144,3 +145,31 @@ async def follow_tenant(
         if event["type"] in (SHUTDOWN, LAGGED):
             return
         yield frame(event)
+
+
+async def job_stream(
+    ctx: Context, job: Job, view: dict[str, Any], events: JobEvents
+) -> AsyncGenerator[bytes, None]:
+    """A job's stream from its state read after subscribing: its terminal event alone when it
+    has ended, else `job.state` and what `follow` writes."""
+    if job.status.terminal:
+        yield terminal(job, view)
+        return
+    yield sse("job.state", view)
+    async with contextlib.aclosing(follow(ctx, job, events)) as frames:
+        async for frame in frames:
+            yield frame
+
+
+async def batch_stream(
+    ctx: Context, batch: Batch, first: bytes, events: JobEvents
+) -> AsyncGenerator[bytes, None]:
+    """A batch's stream from its state read after subscribing: `first` (its `batch.completed`
+    when it has completed, the stream's only frame then; else `batch.state`), then what
+    `follow_batch` writes."""
+    yield first
+    if first.startswith(f"event: {batches.COMPLETED_EVENT}\n".encode()):
+        return
+    async with contextlib.aclosing(follow_batch(ctx, batch, events)) as frames:
+        async for frame in frames:
+            yield frame

@@ -264,7 +264,8 @@ class Ledger:
             await self._notify()
         elif key == "job.progress":
             progress = json.loads(message.body).get("progress") or {}
-            done, total = progress.get("pages_done", 0), progress.get("pages_total", 0)
+            # A job just started announces `processing` before its page count is known (null).
+            done, total = progress.get("pages_done") or 0, progress.get("pages_total") or 0
             self.progress.append(Progress(job_id, done, total, time.monotonic()))
             await self._notify()
 
