@@ -26,7 +26,7 @@ from shared.jobs import lifecycle
 from shared.models import DeliveryTask
 from shared.runtime.context import Context
 from shared.settings import Settings
-from shared.webhooks.dead import parked_queue
+from shared.webhooks.dead import parked_queue, peek_parked
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,18 @@ def _task(message: AbstractIncomingMessage) -> DeliveryTask | None:
         return None
 
 
+def _parked(message: AbstractIncomingMessage) -> ParkedDelivery:
+    task = _task(message)
+    return ParkedDelivery(
+        job_id=task.job_id if task else None,
+        tenant=task.tenant if task else None,
+        reason="rejected" if task else "invalid message",
+    )
+
+
 async def list_parked(settings: Settings, limit: int = 1000) -> list[ParkedDelivery]:
     """The parked delivery tasks, oldest first; the queue is left as it was."""
-    found: list[ParkedDelivery] = []
-    async with parked_queue(settings, _targets_dead) as (_, _connection, queue):
-        while len(found) < limit:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            task = _task(message)
-            found.append(
-                ParkedDelivery(
-                    job_id=task.job_id if task else None,
-                    tenant=task.tenant if task else None,
-                    reason="rejected" if task else "invalid message",
-                )
-            )
-    return found
+    return await peek_parked(settings, _targets_dead, _parked, limit)
 
 
 async def replay(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
@@ -21,6 +22,8 @@ from shared.adapters.topology import Topology, topology_for
 from shared.models import WebhookDelivery
 from shared.settings import Settings
 from shared.webhooks.dispatch import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER, STATUS_HEADER
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,16 +85,27 @@ def _webhooks_dead(topo: Topology) -> str:
     return topo.webhooks_dead
 
 
-async def list_dead(settings: Settings, limit: int = 1000) -> list[DeadLetter]:
-    """The parked webhook deliveries, oldest first; the queue is left as it was."""
-    found: list[DeadLetter] = []
-    async with parked_queue(settings, _webhooks_dead) as (_, _connection, queue):
+async def peek_parked(
+    settings: Settings,
+    name: Callable[[Topology], str],
+    describe: Callable[[AbstractIncomingMessage], T],
+    limit: int,
+) -> list[T]:
+    """A parking lot's messages (at most `limit`), oldest first, each as `describe` says; the
+    queue is left as it was."""
+    found: list[T] = []
+    async with parked_queue(settings, name) as (_, _connection, queue):
         while len(found) < limit:
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
-            found.append(_describe(message))
+            found.append(describe(message))
     return found
+
+
+async def list_dead(settings: Settings, limit: int = 1000) -> list[DeadLetter]:
+    """The parked webhook deliveries, oldest first; the queue is left as it was."""
+    return await peek_parked(settings, _webhooks_dead, _describe, limit)
 
 
 async def replay_dead(
