@@ -3,16 +3,25 @@ and the `Broker` protocol the lifecycle and the announcements publish through.""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import time
 from typing import Protocol, TypedDict, Unpack
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, HeadersType
+from aio_pika.abc import AbstractChannel, AbstractConnection, HeadersType
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from pydantic import BaseModel
 
 from shared.errors import NotRoutable, QueueFullError, TransientError
 
+log = logging.getLogger(__name__)
+
 PUBLISH_TIMEOUT_S = 10.0
+RENEW_INTERVAL_S = 1.0
+"""A publishing channel the broker nacks is replaced at most this often: a queue really at its
+length limit nacks on every channel, and is not worth a new channel per refused message."""
 
 
 async def publish(
@@ -87,12 +96,72 @@ class Broker(Protocol):
 
 
 class ChannelBroker:
-    """`Broker` over one publishing channel (confirms on, unroutable messages raise)."""
+    """`Broker` over one publishing channel (confirms on, unroutable messages raise).
 
-    def __init__(self, channel: AbstractChannel) -> None:
+    A channel whose publish the broker nacks is replaced by a new one from `connection` (at
+    most once per `RENEW_INTERVAL_S`; the caller still gets the QueueFullError), and closed
+    once its publishes in flight are over (never the channel it was given: the context's,
+    which declared the topology). The broker keeps, per channel, a session with each quorum
+    queue that channel publishes to; RabbitMQ 3.10 begins it with the node its record names
+    as leader, and when that node has just died (a publish right after a reconnect, before the
+    record names the new leader) the session rejects every later publish of the channel until
+    that node is back, however healthy the queue. A new channel begins a new session, with
+    the leader elected meanwhile. A queue really at its length limit nacks on any channel."""
+
+    def __init__(self, channel: AbstractChannel, connection: AbstractConnection | None = None):
         self.channel = channel
+        self._connection = connection
+        self._opened: set[AbstractChannel] = set()
+        """Channels opened here (the one given is not among them)."""
+        self._in_flight: dict[AbstractChannel, int] = {}
+        self._renewing = asyncio.Lock()
+        self._renewed_at = -math.inf
+        self.renewals = 0
 
     async def publish(
         self, exchange: str, routing_key: str, body: Body, **properties: Unpack[MessageProperties]
     ) -> None:
-        await publish(self.channel, exchange, routing_key, body, **properties)
+        channel = self.channel
+        self._in_flight[channel] = self._in_flight.get(channel, 0) + 1
+        try:
+            await publish(channel, exchange, routing_key, body, **properties)
+        except QueueFullError:
+            await self._renew(channel)
+            raise
+        finally:
+            left = self._in_flight.pop(channel) - 1
+            if left:
+                self._in_flight[channel] = left
+            elif channel is not self.channel and channel in self._opened:
+                self._opened.discard(channel)
+                await _close(channel)
+
+    async def _renew(self, refused: AbstractChannel) -> None:
+        """Publish on a new channel from now on, unless `refused` was replaced already or
+        the last replacement is too recent."""
+        if self._connection is None:
+            return
+        async with self._renewing:
+            now = time.monotonic()
+            if self.channel is not refused or now - self._renewed_at < RENEW_INTERVAL_S:
+                return
+            self._renewed_at = now
+            try:
+                fresh = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+            except (AMQPError, ConnectionError, RuntimeError) as exc:
+                log.warning("the nacked publishing channel is kept (no new one: %s)", exc)
+                return
+            self._opened.add(fresh)
+            self.channel = fresh
+            self.renewals += 1
+            # `refused` is closed by the last of its publishes in flight (`publish`).
+            log.warning("the broker nacked a publish: publishing on a new channel")
+
+
+async def _close(channel: AbstractChannel) -> None:
+    try:
+        await channel.close()
+    except (AMQPError, ConnectionError, RuntimeError) as exc:
+        log.debug("closing a replaced publishing channel: %s", exc)

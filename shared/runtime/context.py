@@ -54,7 +54,8 @@ class Context:
     channel: AbstractChannel
     """Publishing channel: publisher confirms on, unroutable messages raise."""
     broker: Broker
-    """What everything publishes through: `ChannelBroker(channel)` (tests: a fake)."""
+    """What everything publishes through: `ChannelBroker` over `channel`, which it replaces
+    by a channel of its own when the broker keeps nacking it (tests: a fake)."""
     storage: Storage
     jobs: JobStore
     pool: WorkerPool | None
@@ -131,7 +132,7 @@ async def open_context(
             topology=topology,
             connection=connection,
             channel=channel,
-            broker=ChannelBroker(channel),
+            broker=ChannelBroker(channel, connection),
             storage=storage,
             jobs=JobStore(storage),
             pool=pool,
