@@ -110,9 +110,9 @@ class ChannelBroker:
 
     def __init__(self, channel: AbstractChannel, connection: AbstractConnection | None = None):
         self.channel = channel
+        self._given = channel
+        """The context's channel, never closed here; every other one was opened here."""
         self._connection = connection
-        self._opened: set[AbstractChannel] = set()
-        """Channels opened here (the one given is not among them)."""
         self._in_flight: dict[AbstractChannel, int] = {}
         self._renewing = asyncio.Lock()
         self._renewed_at = -math.inf
@@ -132,8 +132,7 @@ class ChannelBroker:
             left = self._in_flight.pop(channel) - 1
             if left:
                 self._in_flight[channel] = left
-            elif channel is not self.channel and channel in self._opened:
-                self._opened.discard(channel)
+            elif channel is not self.channel and channel is not self._given:
                 await _close(channel)
 
     async def _renew(self, refused: AbstractChannel) -> None:
@@ -153,7 +152,6 @@ class ChannelBroker:
             except (AMQPError, ConnectionError, RuntimeError) as exc:
                 log.warning("the nacked publishing channel is kept (no new one: %s)", exc)
                 return
-            self._opened.add(fresh)
             self.channel = fresh
             self.renewals += 1
             # `refused` is closed by the last of its publishes in flight (`publish`).
