@@ -145,6 +145,7 @@ async def _extract(
                         options=job.options,
                         limits=extract_limits(settings),
                         split_above=fanout.split_above(settings, job),
+                        split_min_cpu_s=settings.fanout_min_cpu_s,
                     ),
                     progress.update,
                     job_id=job.job_id,

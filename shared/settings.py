@@ -129,7 +129,12 @@ class Settings(BaseSettings):
     `DECOMPRESSION_LIMIT`."""
     fanout_min_pages: int = Field(default=400, ge=1)
     """Documents with more pages than this are split into page ranges when no other document
-    waits for a worker (README "Fan-out")."""
+    waits for a worker and their extraction is long enough (`fanout_min_cpu_s`; README
+    "Fan-out")."""
+    fanout_min_cpu_s: float = Field(default=2.0, ge=0)
+    """A document over `fanout_min_pages` is split only when one worker would spend at least
+    this many CPU seconds on it: OCR is to run, or the text of sampled pages, scaled to its page
+    count, takes that long (a text-only manual of ~1,600 pages here). 0: every such document."""
     fanout_range_pages: int = Field(default=100, ge=1)
     """Pages per range task of a fanned-out document."""
     job_timeout_s: float = Field(default=600.0, gt=0, le=1500)

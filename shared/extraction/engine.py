@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -388,9 +389,48 @@ def extract_document(
                 doc.close()
 
 
-def page_count_above(path: str, limits: ExtractLimits, held: HeldDocument, above: int) -> int:
-    """The page count of the PDF at `path` when it is over `above`, else 0; the document is
-    opened into `held` (checked and scanned as `extract_document` opens it) and left there."""
+SPLIT_SAMPLES = 5
+"""Pages a document over the fan-out's page floor is sampled at to estimate its extraction."""
+
+
+def page_count_above(
+    path: str,
+    limits: ExtractLimits,
+    held: HeldDocument,
+    above: int,
+    options: ExtractOptions | None = None,
+    min_cpu_s: float = 0.0,
+) -> int:
+    """The page count of the PDF at `path` when it is over `above` and its extraction would
+    take one worker at least `min_cpu_s` (`worth_splitting`), else 0; the document is opened
+    into `held` (checked and scanned as `extract_document` opens it) and left there."""
     with quiet_mupdf():
-        count: int = held.get(path, limits).page_count
-    return count if count > above else 0
+        doc = held.get(path, limits)
+        count: int = doc.page_count
+        if count <= above:
+            return 0
+        return count if worth_splitting(doc, options or ExtractOptions(), min_cpu_s) else 0
+
+
+def worth_splitting(doc: pymupdf.Document, options: ExtractOptions, min_cpu_s: float) -> bool:
+    """Whether extracting `doc` whole would take one worker at least `min_cpu_s` of CPU: OCR is
+    to run (`always`, or `auto` on a sampled page without a text layer), or the text of
+    `SPLIT_SAMPLES` pages spread over it, scaled to its page count, takes that long. Each sample
+    is timed (this process's CPU time) the second time it is read: the first reading parses the
+    fonts its page uses, which a whole extraction parses once for all its pages. A split costs
+    its ranges, their parts and the merge (~0.25 CPU-s for a 495-page manual whose text takes
+    ~0.6): worth it only for long extractions."""
+    if min_cpu_s <= 0 or options.ocr == "always":
+        return True
+    count = doc.page_count
+    picks = sorted({i * (count - 1) // max(1, SPLIT_SAMPLES - 1) for i in range(SPLIT_SAMPLES)})
+    for index in picks:
+        page = doc[index]
+        text = page.get_text(flags=TEXT_FLAGS)
+        if options.ocr == "auto" and needs_ocr(page, text):
+            return True
+    started = time.process_time()
+    for index in picks:
+        doc[index].get_text(flags=TEXT_FLAGS)
+    per_page = (time.process_time() - started) / len(picks)
+    return bool(per_page * count >= min_cpu_s)

@@ -113,6 +113,9 @@ class WorkRequest:
     count costs nothing (no counting process of its own), and is exact; a document it keeps is
     extracted from the same open file, checked and scanned once. The pool drops it when other
     documents wait for a worker when this one gets its slot (`WorkerPool.run`)."""
+    split_min_cpu_s: float = 0.0
+    """With `split_above`: split only a document whose extraction would take one worker at least
+    this much CPU (`worth_splitting`: OCR, or its sampled pages' text scaled to its length)."""
 
 
 def _serve(
@@ -194,7 +197,14 @@ def _one(
             path, count = render_page(req.pdf_path, *req.preview, req.limits, req.out_dir)
             reply = ("ok", path, count, 1, (), (), {})
         elif req.split_above is not None and (
-            pages := page_count_above(req.pdf_path, req.limits, held, req.split_above)
+            pages := page_count_above(
+                req.pdf_path,
+                req.limits,
+                held,
+                req.split_above,
+                req.options,
+                req.split_min_cpu_s,
+            )
         ):
             reply = ("split", pages)
         elif req.split_above is not None:

@@ -21,7 +21,7 @@ from tests.unit.pdfgen import figures_pdf, structured_pdf
 
 pytestmark = pytest.mark.integration
 
-FANOUT = {"fanout_min_pages": 8, "fanout_range_pages": 3}
+FANOUT = {"fanout_min_pages": 8, "fanout_min_cpu_s": 0.0, "fanout_range_pages": 3}
 OPTIONS = {"outputs": ["markdown", "blocks", "chunks"], "chunking": {"max_chars": 600}}
 FILES = ("document.md", "document.json", "chunks.jsonl")
 
@@ -63,7 +63,7 @@ async def test_figures_and_outline_headings_fan_out_as_one_pass(
     extract_document(str(pdf), options, ExtractLimits(), str(whole), lambda d, t: None)
     document = json.loads((whole / "document.json").read_text(encoding="utf-8"))
     assert [b["kind"] for b in document["blocks"]].count("figure") == 2
-    settings = make_settings(fanout_min_pages=1, fanout_range_pages=1)
+    settings = make_settings(fanout_min_pages=1, fanout_min_cpu_s=0.0, fanout_range_pages=1)
     async with running_stack(settings) as stack:
         assert stack.ctx.pool is not None
         job = await upload(stack, pdf.read_bytes(), options=json.dumps(OPTIONS))

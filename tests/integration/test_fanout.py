@@ -27,7 +27,7 @@ from tests.unit import pdfgen
 
 pytestmark = pytest.mark.integration
 
-FANOUT = {"fanout_min_pages": 8, "fanout_range_pages": 3}
+FANOUT = {"fanout_min_pages": 8, "fanout_min_cpu_s": 0.0, "fanout_range_pages": 3}
 OPTIONS = json.dumps({"outputs": ["text", "markdown", "metadata"]})
 
 
@@ -113,6 +113,20 @@ async def _result(stack: Any, job_id: str) -> Any:
     resp = await stack.client.get(f"/v1/jobs/{job_id}/result")
     assert resp.status == 200
     return await resp.json()
+
+
+async def test_a_document_too_quick_to_split_runs_whole_by_default(make_settings: Any) -> None:
+    """Over the page floor, but its text takes one worker milliseconds, far under the default
+    `fanout_min_cpu_s`: one worker extracts it at once, no range task, no part."""
+    settings = make_settings(fanout_min_pages=8, fanout_range_pages=3)
+    assert settings.fanout_min_cpu_s > 0.5
+    async with running_stack(settings) as stack:
+        assert stack.ctx.pool is not None
+        job = await upload(stack, _manual(20), options=OPTIONS)
+        done = await wait_done(stack, job["job_id"])
+        assert done["status"] == "completed", done
+        assert stack.ctx.pool.started == 1
+        assert (await _result(stack, job["job_id"]))["page_count"] == 20
 
 
 async def test_ranges_give_the_same_pages_as_one_pass(make_settings: Any, tmp_path: Path) -> None:

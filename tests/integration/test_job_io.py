@@ -201,7 +201,9 @@ async def test_a_fanned_out_job_reads_its_source_once_per_process(
     make_settings: Any, counting_s3: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """20 pages in 4 ranges in one extract process: not one download of the PDF per range."""
-    settings = make_settings(s3_endpoint=counting_s3, fanout_min_pages=5, fanout_range_pages=5)
+    settings = make_settings(
+        s3_endpoint=counting_s3, fanout_min_pages=5, fanout_min_cpu_s=0.0, fanout_range_pages=5
+    )
     async with counted_stack(settings, monkeypatch) as (stack, seen):
         await counts(counting_s3, reset=True)
         pdf = make_pdf([f"page {n} of many" for n in range(20)])

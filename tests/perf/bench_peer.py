@@ -378,7 +378,11 @@ class PdfRelay:
 
 @contextlib.asynccontextmanager
 async def pdfrelay_party(
-    amqp_url: str, s3: CountingS3, work: Path, session: aiohttp.ClientSession
+    amqp_url: str,
+    s3: CountingS3,
+    work: Path,
+    session: aiohttp.ClientSession,
+    overrides: Mapping[str, str] | None = None,
 ) -> AsyncIterator[PdfRelay]:
     port = free_port()
     settings = settings_env(amqp_url, s3.endpoint, work / "pdfrelay-spool", port)
@@ -387,6 +391,7 @@ async def pdfrelay_party(
         {
             "PDFRELAY_WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             "PDFRELAY_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            **(overrides or {}),
         }
     )
     topology = topology_for(Settings(namespace=settings["PDFRELAY_NAMESPACE"]))
@@ -869,7 +874,7 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
         await asyncio.to_thread(pool.map, bare_text, inputs.small[: WORKERS * 2], 1)
         async with (
             http_session() as session,
-            pdfrelay_party(relay_amqp, relay_s3, work, session) as relay,
+            pdfrelay_party(relay_amqp, relay_s3, work, session, args.set) as relay,
             peer_party(peer_amqp, peer_s3, work, session) as peer,
         ):
             parties: list[Party] = [relay, peer]
@@ -905,6 +910,7 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
                         results.burst[party.label] = await burst(party, inputs, args.burst)
             if "counts" not in args.parts:
                 return
+            large = f"large ({inputs.pages[inputs.fanned]} pages)"
             async with Receiver().serving() as receiver:
                 for party in parties:
                     async with party.publishes.tracing() as counts:
@@ -913,11 +919,7 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
                         for kind, path, hook in (
                             ("small", inputs.small[0], None),
                             ("small + webhook", inputs.small[1], receiver),
-                            (
-                                f"large ({inputs.pages[inputs.fanned]} pages, fanned out)",
-                                inputs.fanned,
-                                None,
-                            ),
+                            (large, inputs.fanned, None),
                         ):
                             progress(f"per job: {party.label}, {kind}")
                             results.per_job.append(
@@ -925,6 +927,20 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
                                     party, session, counts, kind, path, inputs, args.reps, hook
                                 )
                             )
+            # The same document split into page ranges: by default its text is too quick to
+            # split (PDFRELAY_FANOUT_MIN_CPU_S), so a pdfrelay of its own splits every one.
+            split = {**args.set, "PDFRELAY_FANOUT_MIN_CPU_S": "0"}
+            async with (
+                pdfrelay_party(relay_amqp, relay_s3, work, session, split) as splitting,
+                splitting.publishes.tracing() as counts,
+            ):
+                kind = f"{large}, split into ranges (`PDFRELAY_FANOUT_MIN_CPU_S=0`)"
+                progress(f"per job: {splitting.label}, {kind}")
+                results.per_job.append(
+                    await per_job(
+                        splitting, session, counts, kind, inputs.fanned, inputs, args.reps
+                    )
+                )
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -1089,6 +1105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PDFRELAY_NAME=VALUE",
+        help="a setting of pdfrelay's handlers for a what-if run (repeatable)",
+    )
+    parser.add_argument(
         "--parts",
         default="batch,burst,counts",
         type=lambda v: set(v.split(",")),
@@ -1098,6 +1121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.burst = args.burst or (10 if args.quick else 100)
     args.reps = args.reps or (1 if args.quick else 3)
+    args.set = dict(item.split("=", 1) for item in args.set)
     started = time.perf_counter()
     results = Results(
         started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -72,7 +72,12 @@ async def _one_document(pool: WorkerPool, settings: Settings, path: str, tmp: st
     then its ranges."""
     limits = ExtractLimits(max_inflated_bytes=settings.max_inflated_bytes)
     req = WorkRequest(
-        path, tempfile.mkdtemp(dir=tmp), OPTIONS, limits, split_above=settings.fanout_min_pages
+        path,
+        tempfile.mkdtemp(dir=tmp),
+        OPTIONS,
+        limits,
+        split_above=settings.fanout_min_pages,
+        split_min_cpu_s=settings.fanout_min_cpu_s,
     )
     out = await pool.run(req, lambda d, t: None)
     if not out.split:

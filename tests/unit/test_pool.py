@@ -215,6 +215,42 @@ def test_a_probed_document_under_the_limit_is_extracted_from_the_same_open_file(
     assert not held.is_open
 
 
+def test_a_probe_keeps_a_document_whole_when_its_text_is_too_quick_to_split(
+    tmp_path: Path,
+) -> None:
+    """Over the page floor, but one worker would take far less than the CPU minimum: a split's
+    ranges, parts and merge would cost more than they save, so it is extracted at once."""
+    pages = [f"page {n}" for n in range(6)]
+    req = replace(_probe(tmp_path, "quick", make_pdf(pages), split_above=2), split_min_cpu_s=60)
+    pipe = _Pipe()
+    _one(pipe, req, None, HeldDocument())  # type: ignore[arg-type]
+    kind, _, count, processed = pipe.sent[-1][:4]
+    assert (kind, count, processed) == ("ok", 6, 6)
+    # With no minimum, the same document is split, as every one over the floor was before.
+    req = replace(_probe(tmp_path, "any", make_pdf(pages), split_above=2), split_min_cpu_s=0)
+    _one(pipe, req, None, HeldDocument())  # type: ignore[arg-type]
+    assert pipe.sent[-1] == ("split", 6)
+
+
+@pytest.mark.parametrize("ocr", ["auto", "always"])
+def test_a_probe_splits_a_document_whose_pages_are_to_be_ocred(
+    tmp_path: Path, ocr: str
+) -> None:
+    """OCR costs seconds a page: a scanned page among the samples (`auto`), or `always`, is
+    reason enough, whatever the sampled text took."""
+    if ocr == "auto":
+        data = pdfgen.scanned_pdf(tmp_path / "scan.pdf", ["scanned"], with_text_page=True)
+    else:
+        data = tmp_path / "text.pdf"
+        data.write_bytes(make_pdf(["one", "two"]))
+    req = _probe(tmp_path, ocr, data.read_bytes(), split_above=1)
+    options = req.options.model_copy(update={"ocr": ocr})
+    req = replace(req, options=options, split_min_cpu_s=3600)
+    pipe = _Pipe()
+    _one(pipe, req, None, HeldDocument())  # type: ignore[arg-type]
+    assert pipe.sent[-1] == ("split", 2)
+
+
 def test_a_probe_refuses_a_bomb_before_any_split(tmp_path: Path) -> None:
     bomb = pdfgen.bomb_pdf(tmp_path / "bomb.pdf", side=20_000).read_bytes()
     req = _probe(tmp_path, "bomb", bomb, split_above=0)
