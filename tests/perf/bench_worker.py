@@ -35,7 +35,7 @@ import pymupdf
 from shared.extraction import ExtractLimits, HeldDocument, extract_document
 from shared.extraction.fanout import ranges
 from shared.extraction.inflate import check_inflated
-from shared.extraction.pool import WorkerPool, WorkRequest
+from shared.extraction.pool import STORE_SHRINK_PERCENT, WorkerPool, WorkRequest
 from shared.models import ExtractOptions
 from shared.settings import Settings
 from tests.perf.bench_core import CORPUS, WORKERS, say
@@ -125,7 +125,7 @@ def _engine(
         out = extract_document(path, options, limits, tmp, lambda d, t: None, held)
         out.result.model_dump_json(by_alias=True)
     if held is None:
-        pymupdf.TOOLS.store_shrink(100)
+        pymupdf.TOOLS.store_shrink(STORE_SHRINK_PERCENT)  # as a worker after each document
     gc.collect()
 
 

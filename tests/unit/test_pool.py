@@ -233,9 +233,7 @@ def test_a_probe_keeps_a_document_whole_when_its_text_is_too_quick_to_split(
 
 
 @pytest.mark.parametrize("ocr", ["auto", "always"])
-def test_a_probe_splits_a_document_whose_pages_are_to_be_ocred(
-    tmp_path: Path, ocr: str
-) -> None:
+def test_a_probe_splits_a_document_whose_pages_are_to_be_ocred(tmp_path: Path, ocr: str) -> None:
     """OCR costs seconds a page: a scanned page among the samples (`auto`), or `always`, is
     reason enough, whatever the sampled text took."""
     if ocr == "auto":
