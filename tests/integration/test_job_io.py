@@ -219,3 +219,20 @@ async def test_a_fanned_out_job_reads_its_source_once_per_process(
         assert s3["requests"].count(source) <= 3, report
         record = f"PUT /{settings.s3_bucket}/" + record_key("default", job_id)
         assert s3["requests"].count(record) == 3, report  # accepted, split, completed
+
+
+async def test_a_result_of_a_few_mebibytes_is_stored_in_one_put(
+    make_settings: Any, counting_s3: str, tmp_path: Any
+) -> None:
+    """The S3 client's own part size (5 MiB) made a multipart upload of a 6 MiB result: 4
+    requests where one does (`PUT_PART_BYTES`)."""
+    async with running_stack(make_settings(s3_endpoint=counting_s3)) as stack:
+        path = tmp_path / "result.json"
+        path.write_bytes(b"[" + b"0," * (3 * 1024 * 1024) + b"0]")
+        await counts(counting_s3, reset=True)
+        await stack.ctx.storage.put_file("results/big.json", str(path), "application/json")
+        await stack.ctx.storage.put_bytes("results/big2.json", path.read_bytes())
+        kinds = (await counts(counting_s3))["by_kind"]
+        ours = {k: n for k, n in kinds.items() if k.startswith(("PUT object", "POST object"))}
+        assert ours == {"PUT object": 2}, kinds  # no multipart upload, no part
+        assert await stack.ctx.storage.get_bytes("results/big.json") == path.read_bytes()
