@@ -188,7 +188,7 @@ def _one(
     keep = req.limits.range_part
     if held.is_open and not (keep and held.holds(req.pdf_path)):
         _forget(held)  # another document: nothing of the last one stays
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     last = 0.0
 
     def progress(done: int, total: int) -> None:
@@ -234,7 +234,12 @@ def _one(
     gc.collect()
     if trace_dir:
         with open(os.path.join(trace_dir, f"{os.getpid()}.trace"), "a") as fh:
-            span = {"pid": os.getpid(), "start": started, "end": time.monotonic()}
+            span = {
+                "pid": os.getpid(),
+                "start": started,
+                "end": time.monotonic(),
+                "cpu": time.process_time() - cpu,
+            }
             fh.write(json.dumps(span) + "\n")
     conn.send(reply)
 
