@@ -424,13 +424,22 @@ def worth_splitting(doc: pymupdf.Document, options: ExtractOptions, min_cpu_s: f
         return True
     count = doc.page_count
     picks = sorted({i * (count - 1) // max(1, SPLIT_SAMPLES - 1) for i in range(SPLIT_SAMPLES)})
+    readable = []
     for index in picks:
-        page = doc[index]
-        text = page.get_text(flags=TEXT_FLAGS)
+        try:
+            page = doc[index]
+            text = page.get_text(flags=TEXT_FLAGS)
+        except PageError as exc:
+            if is_out_of_memory(exc):
+                raise MemoryError(str(exc)) from exc
+            continue  # not a sample: the extraction reads it again and reports it
         if options.ocr == "auto" and needs_ocr(page, text):
             return True
+        readable.append(index)
+    if not readable:
+        return False
     started = time.process_time()
-    for index in picks:
+    for index in readable:
         doc[index].get_text(flags=TEXT_FLAGS)
-    per_page = (time.process_time() - started) / len(picks)
+    per_page = (time.process_time() - started) / len(readable)
     return bool(per_page * count >= min_cpu_s)

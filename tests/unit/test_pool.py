@@ -7,12 +7,14 @@ import os
 import signal
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pymupdf
 import pytest
 
 from shared.errors import PermanentError, WorkerCrashed
 from shared.extraction import ExtractLimits, HeldDocument, hostile, inflate
+from shared.extraction.engine import worth_splitting
 from shared.extraction.pool import WorkerPool, WorkRequest, _one, _Slots
 from shared.models import ExtractOptions
 from tests.factories import make_pdf
@@ -247,6 +249,25 @@ def test_a_probe_splits_a_document_whose_pages_are_to_be_ocred(tmp_path: Path, o
     pipe = _Pipe()
     _one(pipe, req, None, HeldDocument())  # type: ignore[arg-type]
     assert pipe.sent[-1] == ("split", 2)
+
+
+def test_the_split_estimate_skips_a_sample_page_that_cannot_be_read() -> None:
+    """A broken page among the samples is not the probe's to report (the extraction reads it
+    again and warns): the estimate goes on with the others."""
+    doc = pymupdf.open(stream=make_pdf([f"page {n}" for n in range(5)]), filetype="pdf")
+
+    class Broken:
+        page_count = doc.page_count
+
+        def __getitem__(self, index: int) -> pymupdf.Page:
+            if index == 0:
+                raise RuntimeError("code=2: cannot find object in xref")
+            return doc[index]
+
+    broken: Any = Broken()
+    options = ExtractOptions(outputs=("text",))
+    assert worth_splitting(broken, options, min_cpu_s=1e-12)
+    assert not worth_splitting(broken, options, min_cpu_s=3600)
 
 
 def test_a_probe_refuses_a_bomb_before_any_split(tmp_path: Path) -> None:
