@@ -398,8 +398,8 @@ def page_count_above(
     limits: ExtractLimits,
     held: HeldDocument,
     above: int,
-    options: ExtractOptions | None = None,
-    min_cpu_s: float = 0.0,
+    options: ExtractOptions,
+    min_cpu_s: float,
 ) -> int:
     """The page count of the PDF at `path` when it is over `above` and its extraction would
     take one worker at least `min_cpu_s` (`worth_splitting`), else 0; the document is opened
@@ -409,7 +409,7 @@ def page_count_above(
         count: int = doc.page_count
         if count <= above:
             return 0
-        return count if worth_splitting(doc, options or ExtractOptions(), min_cpu_s) else 0
+        return count if worth_splitting(doc, options, min_cpu_s) else 0
 
 
 def worth_splitting(doc: pymupdf.Document, options: ExtractOptions, min_cpu_s: float) -> bool:
