@@ -57,6 +57,7 @@ import pymupdf
 from aiohttp import web
 
 from infra.s3server import COUNTS_PATH
+from shared.adapters.storage import Storage
 from shared.adapters.topology import topology_for
 from shared.settings import Settings
 from tests.perf.bench_core import (
@@ -75,6 +76,7 @@ from tests.perf.bench_throughput import concatenate
 from tests.perf.harness import (
     Handler,
     _wait_for_port,
+    cpu_seconds,
     find_pid_by_comm,
     free_port,
     http_session,
@@ -696,6 +698,49 @@ async def burst(party: Party, inputs: Inputs, n: int) -> BurstRun:
     )
 
 
+@dataclass
+class S3Alone:
+    """`n` concurrent PUTs of the burst's document to an S3 server of their own, from pdfrelay's
+    S3 client with `threads` threads: no ingress, no broker, no worker."""
+
+    threads: int
+    answer_s: list[float]
+    cpu_s: float
+    """The S3 server's."""
+
+
+S3_ALONE_THREADS = 16
+"""As many as the ingress's S3 client has (shared/adapters/storage.py)."""
+
+
+async def _concurrent_puts(storage: Storage, data: bytes, n: int) -> list[float]:
+    """`n` PUTs of `data` at once: the seconds from the start until each was stored."""
+    started = time.perf_counter()
+
+    async def put(i: int) -> float:
+        await storage.put_bytes(f"upload-{i}.pdf", data, "application/pdf")
+        return time.perf_counter() - started
+
+    return list(await asyncio.gather(*(put(i) for i in range(n))))
+
+
+async def s3_alone(work: Path, data: bytes, n: int) -> list[S3Alone]:
+    """The S3 server on its own taking the burst's uploads: 16 at a time (as the ingress sends
+    them) and all at once. What the burst's time to `202` cannot go below."""
+    runs = []
+    with counting_s3(work, "alone") as s3:
+        for threads in sorted({min(S3_ALONE_THREADS, n), n}):
+            storage = Storage(Settings(s3_bucket=f"alone{threads}"), s3.endpoint, threads=threads)
+            try:
+                await storage.ensure_bucket()
+                before = cpu_seconds(s3.proc.pid)
+                answers = await _concurrent_puts(storage, data, n)
+                runs.append(S3Alone(threads, answers, cpu_seconds(s3.proc.pid) - before))
+            finally:
+                storage.close()
+    return runs
+
+
 class Receiver:
     """A loopback webhook receiver: records the job id of every POST /hook."""
 
@@ -842,6 +887,7 @@ class Results:
     """Per party, one burst per round."""
     bare_burst: list[BatchRun] = field(default_factory=list)
     """The bare loop over the burst's documents, one per round."""
+    s3_alone: list[S3Alone] = field(default_factory=list)
     per_job: list[PerJob] = field(default_factory=list)
     idle: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     """Per party, S3 requests and publishes per second while no job runs (background)."""
@@ -927,6 +973,9 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
                     with _broker_watch(results, f"burst round {r + 1}, {label}"):
                         burst_run = await burst(who, inputs, args.burst)
                     results.burst.setdefault(label, []).append(burst_run)
+            if "burst" in args.parts:
+                progress(f"the S3 server alone: {args.burst} concurrent PUTs")
+                results.s3_alone = await s3_alone(work, inputs.blobs[inputs.burst], args.burst)
             if "counts" not in args.parts:
                 return
             large = f"large ({inputs.pages[inputs.fanned]} pages)"
@@ -1119,6 +1168,17 @@ def report(results: Results) -> str:
             rows += _batch_rows(title, store, results.manual_count)
     if results.bare_burst and all(p in results.burst for p in PARTIES):
         rows += _burst_rows(results)
+    for alone in results.s3_alone:
+        rows.append(
+            [
+                f"the S3 server alone: {len(alone.answer_s)} concurrent PUTs of the same document,"
+                f" {alone.threads} at a time: p50 / p99 done; its CPU",
+                f"{_s(percentile(alone.answer_s, 50))} / {_s(percentile(alone.answer_s, 99))};"
+                f" {alone.cpu_s:.1f} s",
+                NONE,
+                NONE,
+            ]
+        )
     rows += _count_rows(results)
     lines = [
         "| same work, same run | bare 2-process loop | pdfrelay | Celery peer |",
