@@ -916,6 +916,14 @@ async def _warm(party: Party, inputs: Inputs) -> None:
     await batch(party, inputs.small[: WORKERS * 2], inputs)
 
 
+def _rotated(parties: Sequence[Party], round_: int) -> list[Party | None]:
+    """The parties of round `round_` in order, None for the bare loop: bare, pdfrelay, peer,
+    then pdfrelay, peer, bare …, so that the machine's drift falls on all alike."""
+    order: list[Party | None] = [None, *parties]
+    shift = round_ % len(order)
+    return order[shift:] + order[:shift]
+
+
 async def measure(args: argparse.Namespace, results: Results) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="pdfrelay-bench-peer-") as tmp,
@@ -945,10 +953,7 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
                 ("small files first", small_first, results.small_first),
             ):
                 for r in range(args.rounds if batches else 0):
-                    # Rotate the order every round: bare, pdfrelay, peer / pdfrelay, peer, bare …
-                    order: list[Party | None] = [None, *parties]
-                    shift = r % len(order)
-                    for who in order[shift:] + order[:shift]:
+                    for who in _rotated(parties, r):
                         label = who.label if who else "bare"
                         progress(f"{scenario}: round {r + 1}/{args.rounds}, {label}")
                         with _broker_watch(results, f"{scenario} round {r + 1}, {label}"):
@@ -960,9 +965,7 @@ async def measure(args: argparse.Namespace, results: Results) -> None:
             for r in range(args.burst_rounds if "burst" in args.parts else 0):
                 # One burst each per round, the order rotating as the batches' does: the
                 # machine's speed drifts within a run, and a burst takes half a minute.
-                order = [None, *parties]
-                shift = r % len(order)
-                for who in order[shift:] + order[:shift]:
+                for who in _rotated(parties, r):
                     label = who.label if who else "bare"
                     progress(f"burst of {args.burst}: round {r + 1}/{args.burst_rounds}, {label}")
                     if who is None:
