@@ -108,7 +108,7 @@ class ChannelBroker:
     that node is back, however healthy the queue. A new channel begins a new session, with
     the leader elected meanwhile. A queue really at its length limit nacks on any channel."""
 
-    def __init__(self, channel: AbstractChannel, connection: AbstractConnection | None = None):
+    def __init__(self, channel: AbstractChannel, connection: AbstractConnection):
         self.channel = channel
         self._given = channel
         """The context's channel, never closed here; every other one was opened here."""
@@ -138,8 +138,6 @@ class ChannelBroker:
     async def _renew(self, refused: AbstractChannel) -> None:
         """Publish on a new channel from now on, unless `refused` was replaced already or
         the last replacement is too recent."""
-        if self._connection is None:
-            return
         async with self._renewing:
             now = time.monotonic()
             if self.channel is not refused or now - self._renewed_at < RENEW_INTERVAL_S:

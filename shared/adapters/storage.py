@@ -44,6 +44,10 @@ PUT, where the client's own choice (5 MiB) made a multipart upload of a 6 MiB re
 requests more. At most one part per S3 thread (16) is in memory at once."""
 
 
+THREADS = 16
+"""The S3 client's threads, and so its requests in flight, per process."""
+
+
 class ObjectNotFound(KeyError):
     """The key does not exist."""
 
@@ -106,7 +110,7 @@ class ObjectStore(Protocol):
 class Storage:
     """Async facade over one MinIO client and one bucket."""
 
-    def __init__(self, settings: Settings, endpoint: str, threads: int = 16) -> None:
+    def __init__(self, settings: Settings, endpoint: str, threads: int = THREADS) -> None:
         parts = urlsplit(endpoint)
         self.endpoint = endpoint
         self.bucket = settings.s3_bucket

@@ -423,7 +423,7 @@ def worth_splitting(doc: pymupdf.Document, options: ExtractOptions, min_cpu_s: f
     if min_cpu_s <= 0 or options.ocr == "always":
         return True
     count = doc.page_count
-    picks = sorted({i * (count - 1) // max(1, SPLIT_SAMPLES - 1) for i in range(SPLIT_SAMPLES)})
+    picks = sorted({i * (count - 1) // (SPLIT_SAMPLES - 1) for i in range(SPLIT_SAMPLES)})
     readable = []
     for index in picks:
         try:

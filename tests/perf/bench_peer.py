@@ -43,11 +43,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.pool import Pool
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -57,6 +57,7 @@ import pymupdf
 from aiohttp import web
 
 from infra.s3server import COUNTS_PATH
+from shared.adapters.storage import THREADS as S3_CLIENT_THREADS
 from shared.adapters.storage import Storage
 from shared.adapters.topology import topology_for
 from shared.settings import Settings
@@ -709,10 +710,6 @@ class S3Alone:
     """The S3 server's."""
 
 
-S3_ALONE_THREADS = 16
-"""As many as the ingress's S3 client has (shared/adapters/storage.py)."""
-
-
 async def _concurrent_puts(storage: Storage, data: bytes, n: int) -> list[float]:
     """`n` PUTs of `data` at once: the seconds from the start until each was stored."""
     started = time.perf_counter()
@@ -729,7 +726,7 @@ async def s3_alone(work: Path, data: bytes, n: int) -> list[S3Alone]:
     them) and all at once. What the burst's time to `202` cannot go below."""
     runs = []
     with counting_s3(work, "alone") as s3:
-        for threads in sorted({min(S3_ALONE_THREADS, n), n}):
+        for threads in sorted({min(S3_CLIENT_THREADS, n), n}):
             storage = Storage(Settings(s3_bucket=f"alone{threads}"), s3.endpoint, threads=threads)
             try:
                 await storage.ensure_bucket()
@@ -1074,8 +1071,15 @@ def _median_burst(results: Results, party: str) -> tuple[BurstRun, list[float]]:
     ratios of all rounds in order."""
     rounds = list(zip(results.burst[party], results.bare_burst, strict=False))
     ratios = [b.all_done_s / bare.wall_s for b, bare in rounds]
-    middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
-    return rounds[middle][0], ratios
+    return rounds[_middle(range(len(ratios)), ratios.__getitem__)][0], ratios
+
+
+T = TypeVar("T")
+
+
+def _middle(items: Sequence[T], key: Callable[[T], float]) -> T:
+    """The item at the median of `key` (the upper one of an even count)."""
+    return sorted(items, key=key)[len(items) // 2]
 
 
 def _rounds_text(ratios: Sequence[float]) -> str:
@@ -1085,7 +1089,7 @@ def _rounds_text(ratios: Sequence[float]) -> str:
 def _burst_rows(results: Results) -> list[list[str]]:
     chosen = [_median_burst(results, p) for p in PARTIES]
     bursts = [b for b, _ in chosen]
-    bare = sorted(results.bare_burst, key=lambda b: b.wall_s)[len(results.bare_burst) // 2]
+    bare = _middle(results.bare_burst, lambda b: b.wall_s)
     pages = results.pages.get(BURST_FILE, 0)
     n = bursts[0].uploads
     rounds = len(results.bare_burst)
